@@ -1,0 +1,29 @@
+# Guided Synthesis: `make run` serves ComfyUI with this pack; `make test` runs the whole suite.
+PORT ?= 8188
+VENV := .venv
+PY := $(VENV)/bin/python
+HOST = $(shell cat $(VENV)/.gs-setup/host_path 2>/dev/null)
+CPU_FLAG = $(shell $(PY) -c "import torch,sys; sys.stdout.write('' if torch.cuda.is_available() else '--cpu')" 2>/dev/null)
+
+.PHONY: setup setup-test run test test-fast bench clean
+
+setup:
+	bash scripts/setup.sh
+
+setup-test:
+	WITH_TEST_DEPS=1 bash scripts/setup.sh
+
+run: setup
+	cd "$(HOST)" && "$(CURDIR)/$(PY)" main.py --listen 127.0.0.1 --port $(PORT) $(CPU_FLAG)
+
+test: setup-test
+	$(PY) -m pytest tests -ra
+
+test-fast: setup-test
+	$(PY) -m pytest tests -ra -m "not server"
+
+bench: setup-test
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) .comfyui .pytest_cache test-artifacts

@@ -1,0 +1,14 @@
+"""Guided Synthesis: stroke-, text- and image-guided diffusion methods as ComfyUI nodes.
+
+Thin V3 entrypoint. Importing this file does nothing else: no CUDA, no network, no models.
+"""
+WEB_DIRECTORY = "./web"
+
+
+async def comfy_entrypoint():
+    from .nodes.extension import GuidedSynthesisExtension
+
+    return GuidedSynthesisExtension()
+
+
+__all__ = ["WEB_DIRECTORY", "comfy_entrypoint"]

@@ -1,0 +1,1 @@
+"""ComfyUI side of the pack: thin V3 nodes (one module per capability) and shared host plumbing."""

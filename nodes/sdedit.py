@@ -1,0 +1,177 @@
+"""SDEdit nodes: the sampler (image/latent in, optional mask, repeats, strength sweeps) and a
+SIGMAS node for SamplerCustom. The strength arithmetic lives in ``guidance/sdedit.py``."""
+from __future__ import annotations
+
+import torch
+from comfy_api.latest import io
+
+import comfy.sample
+import comfy.samplers
+
+from ..guidance import sdedit
+from . import host
+
+CATEGORY = "guided_synthesis/sdedit"
+
+_SEMANTICS_TOOLTIP = (
+    "How 'strength' picks the start noise level. paper: t0 on the model's own noise schedule "
+    "(start at sigma(t0), then 'steps' steps down to 0, Meng et al.). diffusers: img2img, run the last "
+    "int(steps*strength) steps of the full schedule (same as KSamplerAdvanced start_at_step). "
+    "comfy: KSampler's denoise (the tail of a longer int(steps/strength)-step schedule).")
+
+
+def _strength_input(default: float = 0.5) -> io.Float.Input:
+    return io.Float.Input("strength", default=default, min=0.01, max=1.0, step=0.01,
+                          tooltip="SDEdit t0 in (0, 1]: how much noise is added to the guide before denoising. "
+                                  "Higher is more realistic, lower is more faithful to the guide. "
+                                  "Stroke paintings: about 0.4-0.6; 1.0 ignores the guide.")
+
+
+def _semantics_input() -> io.Combo.Input:
+    return io.Combo.Input("semantics", options=list(sdedit.SEMANTICS), default="paper", tooltip=_SEMANTICS_TOOLTIP)
+
+
+def sdedit_sigmas(model, sampler_name: str, scheduler: str, steps: int, strength: float,
+                  semantics: str) -> torch.Tensor:
+    """SIGMAS for one SDEdit run (shared by both nodes)."""
+    schedule = host.schedule_fn(model, sampler_name, scheduler)
+    time_to_sigma, sigma_to_time = host.time_sigma_maps(model)
+    return sdedit.select_sigmas(semantics, strength, schedule(steps), schedule=schedule,
+                                time_to_sigma=time_to_sigma, sigma_to_time=sigma_to_time)
+
+
+class SDEditSigmas(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="GS_SDEditSigmas",
+            display_name="SDEdit Sigmas",
+            category=CATEGORY,
+            description="The SIGMAS schedule of an SDEdit run at a given strength, for SamplerCustom / "
+                        "SamplerCustomAdvanced. Feed it a LATENT of the guide and enable add_noise.",
+            inputs=[
+                io.Model.Input("model", tooltip="The model whose noise schedule is used."),
+                io.Combo.Input("scheduler", options=host.SCHEDULER_NAMES, default="normal",
+                               tooltip="How the steps are spaced in noise level."),
+                io.Int.Input("steps", default=30, min=1, max=10000,
+                             tooltip="Number of steps of the full schedule (see semantics for how many run)."),
+                _strength_input(),
+                _semantics_input(),
+            ],
+            outputs=[io.Sigmas.Output(tooltip="Decreasing noise levels ending at 0.")],
+        )
+
+    @classmethod
+    def execute(cls, model, scheduler, steps, strength, semantics) -> io.NodeOutput:
+        return io.NodeOutput(sdedit_sigmas(model, "euler", scheduler, steps, strength, semantics))
+
+
+class SDEditSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="GS_SDEdit",
+            display_name="SDEdit Sampler",
+            category=CATEGORY,
+            description="SDEdit (Meng et al., ICLR 2022): noise a guide (a stroke painting, a photo, a latent) to "
+                        "strength t0 and denoise it with the prompt. Optional mask for stroke-based editing "
+                        "(outside it the input is kept), repeated SDEdit, and strength sweeps in one batch.",
+            inputs=[
+                io.Model.Input("model", tooltip="The diffusion model (SD1.x, SD2, SDXL, ...)."),
+                io.Conditioning.Input("positive", tooltip="What the result should show."),
+                io.Conditioning.Input("negative", tooltip="What the result should avoid."),
+                io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
+                             tooltip="Seed of the added noise; the same seed gives the same result."),
+                io.Int.Input("steps", default=30, min=1, max=10000,
+                             tooltip="Sampling steps (see semantics for how many actually run)."),
+                io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01,
+                               tooltip="Classifier-free guidance scale."),
+                io.Combo.Input("sampler_name", options=host.SAMPLER_NAMES, default="euler",
+                               tooltip="Any ComfyUI sampler. euler / ddim match the paper's deterministic solver."),
+                io.Combo.Input("scheduler", options=host.SCHEDULER_NAMES, default="normal",
+                               tooltip="How the steps are spaced in noise level."),
+                _strength_input(),
+                _semantics_input(),
+                io.Int.Input("repeats", default=1, min=1, max=16,
+                             tooltip="Repeated SDEdit (the paper's K): noise and denoise the result again this many "
+                                     "times. More repeats: more realism, less faithfulness."),
+                io.String.Input("strength_sweep", default="", optional=True,
+                                tooltip="Optional comma-separated strengths, e.g. '0.3, 0.5, 0.7'. When set it "
+                                        "replaces 'strength' and the output batch holds one result per strength "
+                                        "(per input image), all with the same seed, to compare realism and "
+                                        "faithfulness."),
+                io.Image.Input("image", optional=True,
+                               tooltip="The guide as an IMAGE (needs 'vae'). Connect either image or latent."),
+                io.Vae.Input("vae", optional=True, tooltip="VAE that encodes 'image'."),
+                io.Latent.Input("latent", optional=True,
+                                tooltip="The guide as a LATENT (instead of 'image'). Its noise_mask, if any, "
+                                        "is used when no 'mask' is connected."),
+                io.Mask.Input("mask", optional=True,
+                              tooltip="Stroke-based editing: 1 = regenerate, 0 = keep the input. Outside the mask "
+                                      "the input is re-imposed at every step. Same size as the image "
+                                      "(or 8x the latent)."),
+            ],
+            outputs=[io.Latent.Output(tooltip="The edited latent; decode it with VAE Decode.")],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, negative, seed, steps, cfg, sampler_name, scheduler, strength,
+                semantics, repeats, strength_sweep="", image=None, vae=None, latent=None,
+                mask=None) -> io.NodeOutput:
+        strengths = (sdedit.parse_strengths(strength_sweep) if strength_sweep and strength_sweep.strip()
+                     else [sdedit.check_strength(strength)])
+        guide, noise_mask = _guide_latent(image, vae, latent, mask)
+        guide = comfy.sample.fix_empty_latent_channels(model, guide)
+        source = latent if latent is not None else {}
+
+        schedules = [sdedit_sigmas(model, sampler_name, scheduler, steps, s, semantics) for s in strengths]
+        progress = host.SamplingProgress(model, repeats * sum(len(s) - 1 for s in schedules))
+        sampler = comfy.samplers.sampler_object(sampler_name)
+
+        results = []
+        for sigmas in schedules:
+            current = guide
+            for repeat in range(repeats):
+                host.check_interrupt()
+                noise = host.prepare_noise(source, current, seed + repeat)
+                current = comfy.sample.sample_custom(
+                    model, noise, cfg, sampler, sigmas, positive, negative, current, noise_mask=noise_mask,
+                    callback=progress.callback(), disable_pbar=progress.disable_pbar, seed=seed + repeat)
+                progress.advance(len(sigmas) - 1)
+            results.append(current)
+
+        out = dict(source)  # keep the LATENT's other keys, as KSampler does
+        out["samples"] = torch.cat(results, dim=0)
+        if len(strengths) > 1:
+            out.pop("batch_index", None)
+        return io.NodeOutput(out)
+
+
+def _guide_latent(image, vae, latent, mask) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The guide as a raw latent plus the noise mask ([B,1,H,W] or None); validates the inputs."""
+    if image is not None and latent is not None:
+        raise ValueError("connect either 'image' or 'latent', not both")
+    if image is None and latent is None:
+        raise ValueError("connect a guide: 'image' (with 'vae') or 'latent'")
+    if image is not None:
+        if vae is None:
+            raise ValueError("'image' needs a 'vae' to encode it")
+        pixels = host.image_to_rgb(image, "image")
+        batch, pixel_hw = pixels.shape[0], tuple(pixels.shape[1:3])
+        samples = vae.encode(pixels)
+    else:
+        if not isinstance(latent, dict) or "samples" not in latent:
+            raise ValueError("'latent' must be a LATENT")
+        samples = latent["samples"]
+        batch = samples.shape[0]
+        pixel_hw = (samples.shape[-2] * 8, samples.shape[-1] * 8)
+
+    if mask is None:
+        noise_mask = latent.get("noise_mask") if latent is not None else None
+        return samples, noise_mask
+    mask = host.mask_to_batch(mask, "mask")
+    sdedit.check_mask_size(tuple(mask.shape[1:]), pixel_hw, "mask", "image" if image is not None else "latent (x8)")
+    sdedit.check_mask_batch(mask.shape[0], batch, "mask")
+    if image is not None:
+        mask = vae.vae_encode_crop_pixels(mask.unsqueeze(-1))[..., 0]
+    return samples, mask.unsqueeze(1).clone()

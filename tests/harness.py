@@ -1,0 +1,213 @@
+"""Shared test harness: a real ComfyUI host in-process, prompt execution, and workflow conversion.
+
+The host is the tree ``make test`` installed (``.comfyui/``) or ``$COMFYUI_PATH``. The pack is
+loaded the way ComfyUI loads any custom node: from a ``custom_nodes`` folder holding a link to
+this repository, next to ``tests/host_nodes`` (the test-only tiny-model nodes).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = ROOT / "tests"
+HOST_NODES = TESTS / "host_nodes"
+WORKFLOWS = ROOT / "example_workflows"
+PACK_NAME = "guided_synthesis"
+
+
+def host_path() -> Path:
+    stamp = ROOT / ".venv" / ".gs-setup" / "host_path"
+    if os.environ.get("COMFYUI_PATH"):
+        return Path(os.environ["COMFYUI_PATH"]).resolve()
+    if stamp.exists():
+        return Path(stamp.read_text().strip())
+    return ROOT / ".comfyui"
+
+
+def put_host_first() -> Path:
+    """The host's modules (``nodes``, ``comfy``...) must win over this repo's ``nodes/`` package."""
+    host = str(host_path())
+    if host in sys.path:
+        sys.path.remove(host)
+    sys.path.insert(0, host)
+    if str(ROOT) not in sys.path:
+        sys.path.append(str(ROOT))
+    return Path(host)
+
+
+def make_custom_nodes_dir(base: Path) -> Path:
+    folder = base / "custom_nodes"
+    folder.mkdir(parents=True, exist_ok=True)
+    link = folder / PACK_NAME
+    if not link.exists():
+        link.symlink_to(ROOT, target_is_directory=True)
+    return folder
+
+
+class RecordingServer:
+    """The duck-typed PromptServer the executor talks to; records every message."""
+
+    def __init__(self):
+        self.client_id = "gs-tests"  # non-None: the executor then sends every message
+        self.last_node_id = None
+        self.last_prompt_id = None
+        self.messages: list[tuple[str, dict]] = []
+
+    def send_sync(self, event, data, sid=None):
+        self.messages.append((event, data))
+
+    def queue_updated(self):
+        pass
+
+
+class PromptFailed(AssertionError):
+    pass
+
+
+class Host:
+    """A ComfyUI host initialised once per test session (``--cpu``)."""
+
+    def __init__(self, workdir: Path):
+        put_host_first()
+        saved_argv = sys.argv
+        sys.argv = [saved_argv[0], "--cpu", "--disable-all-custom-nodes"]
+        try:
+            import comfy.options
+            comfy.options.enable_args_parsing()
+            import comfy.cli_args  # noqa: F401  (parses --cpu)
+        finally:
+            sys.argv = saved_argv
+        import comfy.cli_args as cli_args
+        cli_args.args.disable_all_custom_nodes = False
+        # Import the host's ``utils`` package before nodes.py puts comfy/ (with its utils.py) first
+        # on sys.path, as main.py does.
+        import utils.install_util  # noqa: F401
+        import folder_paths
+        import nodes
+
+        self.workdir = workdir
+        custom_nodes = make_custom_nodes_dir(workdir)
+        folder_paths.folder_names_and_paths["custom_nodes"] = ([str(custom_nodes), str(HOST_NODES)], set())
+        folder_paths.set_output_directory(str(workdir / "output"))
+        folder_paths.set_input_directory(str(workdir / "input"))
+        folder_paths.set_temp_directory(str(workdir / "temp"))
+        for sub in ("output", "input", "temp"):
+            (workdir / sub).mkdir(exist_ok=True)
+        asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
+        missing = [n for n in ("GS_SDEdit", "GS_TestTinyCheckpoint") if n not in nodes.NODE_CLASS_MAPPINGS]
+        if missing:
+            raise RuntimeError(f"nodes failed to load: {missing}")
+        self.nodes = nodes
+
+    def run(self, prompt: dict, expect_success: bool = True) -> tuple[dict, RecordingServer]:
+        """Validate and execute an API-format prompt through the real PromptExecutor."""
+        import execution
+
+        prompt_id = str(uuid.uuid4())
+        valid = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
+        ok, error, outputs, node_errors = valid[0], valid[1], valid[2], valid[3]
+        server = RecordingServer()
+        if not ok:
+            if expect_success:
+                raise PromptFailed(f"invalid prompt: {error} {json.dumps(node_errors, default=str)[:2000]}")
+            return {"validation_error": error, "node_errors": node_errors}, server
+        executor = execution.PromptExecutor(server, cache_type=execution.CacheType.CLASSIC,
+                                            cache_args={"lru": 0, "ram": 0})
+        executor.execute(prompt, prompt_id, {"client_id": server.client_id}, outputs)
+        if expect_success and not executor.success:
+            errors = [data for event, data in server.messages if event == "execution_error"]
+            message = errors[0].get("exception_message") if errors else "unknown error"
+            raise PromptFailed(f"execution failed: {message}\n{errors[0].get('traceback', '') if errors else ''}")
+        result = dict(executor.history_result or {})
+        result["success"] = executor.success
+        return result, server
+
+    def node_error(self, server: RecordingServer) -> str:
+        errors = [data for event, data in server.messages if event == "execution_error"]
+        return errors[0]["exception_message"] if errors else ""
+
+
+def test_nodes_module():
+    """The test-node package as the host loaded it (its CAPTURED store is the live one)."""
+    for name, module in sys.modules.items():
+        if name.endswith("gs_test_nodes") and hasattr(module, "CAPTURED"):
+            return module
+    raise RuntimeError("gs_test_nodes is not loaded")
+
+
+def executed_order(server: RecordingServer) -> list[str]:
+    return [data["node"] for event, data in server.messages
+            if event == "executing" and data.get("node") is not None]
+
+
+# ----------------------------------------------------------------------------------------------
+# UI workflow (as the frontend saves it) -> API prompt
+
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+
+# Swaps applied so example workflows run on the tiny test models.
+TINY_SWAPS = {
+    "CheckpointLoaderSimple": ("GS_TestTinyCheckpoint", {"kind": "sd15", "seed": 0}),
+}
+
+
+def _widget_inputs(node_class) -> list[tuple[str, dict]]:
+    spec = node_class.INPUT_TYPES()
+    widgets = []
+    for section in ("required", "optional"):
+        for name, value in spec.get(section, {}).items():
+            kind, options = value[0], (value[1] if len(value) > 1 else {})
+            is_widget = isinstance(kind, list) or kind in WIDGET_TYPES
+            if is_widget and not options.get("forceInput"):
+                widgets.append((name, options))
+    return widgets
+
+
+def workflow_to_prompt(workflow: dict, node_classes: dict, swaps: dict | None = None) -> dict:
+    """Convert a UI-format workflow to an API prompt, the way the frontend's graphToPrompt does."""
+    swaps = TINY_SWAPS if swaps is None else swaps
+    links = {link[0]: link for link in workflow.get("links", [])}
+    prompt = {}
+    for node in workflow["nodes"]:
+        if node.get("mode", 0) in (2, 4):  # muted / bypassed
+            continue
+        class_type = node["type"]
+        if class_type in ("Note", "MarkdownNote", "Reroute"):
+            continue
+        if class_type not in node_classes:
+            raise KeyError(f"workflow node {node['id']} has unknown type {class_type!r}")
+        inputs = {}
+        values = list(node.get("widgets_values") or [])
+        index = 0
+        for name, options in _widget_inputs(node_classes[class_type]):
+            if index < len(values):
+                inputs[name] = values[index]
+            index += 1
+            if options.get("control_after_generate"):
+                index += 1
+            if options.get("image_upload"):
+                index += 1
+        for socket in node.get("inputs", []):
+            link_id = socket.get("link")
+            if link_id is None:
+                continue
+            link = links[link_id]
+            inputs[socket["name"]] = [str(link[1]), link[2]]
+        if class_type in swaps:
+            class_type, inputs = swaps[class_type][0], dict(swaps[class_type][1])
+        prompt[str(node["id"])] = {"class_type": class_type, "inputs": inputs}
+    return prompt
+
+
+def example_workflows() -> list[Path]:
+    return sorted(WORKFLOWS.glob("*.json"))
+
+
+def temp_workdir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="gs-host-"))

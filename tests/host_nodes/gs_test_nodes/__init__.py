@@ -1,0 +1,116 @@
+"""Test-only ComfyUI nodes for the Guided Synthesis suite. Never shipped in the pack's node list.
+
+Loaded from ``tests/host_nodes/`` as a custom_nodes folder (in-process and by the real server).
+"""
+from __future__ import annotations
+
+import hashlib
+
+import torch
+from comfy_api.latest import ComfyExtension, io
+
+from . import probes, tiny
+
+CATEGORY = "guided_synthesis_tests"
+CAPTURED: dict[str, torch.Tensor] = {}
+
+
+class TinyCheckpoint(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(node_id="GS_TestTinyCheckpoint", display_name="Tiny Checkpoint (test)", category=CATEGORY,
+                         description="Seeded random tiny MODEL, CLIP and VAE; stands in for CheckpointLoaderSimple.",
+                         inputs=[io.Combo.Input("kind", options=list(tiny.KINDS), default="sd15"),
+                                 io.Int.Input("seed", default=0, min=0, max=2**31)],
+                         outputs=[io.Model.Output(), io.Clip.Output(), io.Vae.Output()])
+
+    @classmethod
+    def execute(cls, kind, seed) -> io.NodeOutput:
+        return io.NodeOutput(tiny.tiny_model(kind, seed), tiny.tiny_clip(seed), tiny.tiny_vae(seed))
+
+
+class RandomConditioning(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(node_id="GS_TestConditioning", display_name="Random Conditioning (test)", category=CATEGORY,
+                         inputs=[io.Combo.Input("kind", options=list(tiny.KINDS), default="sd15"),
+                                 io.Int.Input("seed", default=0, min=0, max=2**31)],
+                         outputs=[io.Conditioning.Output()])
+
+    @classmethod
+    def execute(cls, kind, seed) -> io.NodeOutput:
+        return io.NodeOutput(tiny.random_conditioning(kind, seed))
+
+
+class Capture(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(node_id="GS_TestCapture", display_name="Capture (test)", category=CATEGORY,
+                         is_output_node=True,
+                         inputs=[io.String.Input("key", default="out"),
+                                 io.Latent.Input("latent", optional=True), io.Image.Input("image", optional=True),
+                                 io.Sigmas.Input("sigmas", optional=True)],
+                         outputs=[])
+
+    @classmethod
+    def execute(cls, key, latent=None, image=None, sigmas=None) -> io.NodeOutput:
+        value = latent["samples"] if latent is not None else image if image is not None else sigmas
+        CAPTURED[key] = value.detach().clone().cpu()
+        return io.NodeOutput(ui={"gs_capture": [{"key": key, "shape": list(value.shape),
+                                                 "sum": float(value.double().sum())}]})
+
+
+def _digest(tensors) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+class Fingerprint(io.ComfyNode):
+    """Hashes of upstream objects, to prove a pack node left them unchanged."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(node_id="GS_TestFingerprint", display_name="Fingerprint (test)", category=CATEGORY,
+                         is_output_node=True,
+                         inputs=[io.Model.Input("model"), io.Vae.Input("vae"), io.Latent.Input("latent"),
+                                 io.AnyType.Input("after", optional=True)],
+                         outputs=[])
+
+    @classmethod
+    def execute(cls, model, vae, latent, after=None) -> io.NodeOutput:
+        model_sd = model.model.state_dict()
+        vae_sd = vae.first_stage_model.state_dict()
+        return io.NodeOutput(ui={"gs_fingerprint": [{
+            "model": _digest(model_sd[k] for k in sorted(model_sd)),
+            "vae": _digest(vae_sd[k] for k in sorted(vae_sd)),
+            "latent": _digest([latent["samples"]]),
+            "model_options_keys": sorted(model.model_options.get("transformer_options", {}).keys()),
+            "weight_wrappers": len(model.weight_wrapper_patches),
+        }]})
+
+
+class GradientProbe(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(node_id="GS_TestGradientProbe", display_name="Gradient Probe (test)", category=CATEGORY,
+                         is_output_node=True,
+                         inputs=[io.Model.Input("model"), io.Vae.Input("vae"), io.Latent.Input("latent"),
+                                 io.Conditioning.Input("positive"),
+                                 io.Float.Input("sigma", default=5.0, min=0.0, max=100.0)],
+                         outputs=[io.Latent.Output()])
+
+    @classmethod
+    def execute(cls, model, vae, latent, positive, sigma) -> io.NodeOutput:
+        result = probes.gradient_norms(model, vae, latent, positive, sigma)
+        return io.NodeOutput(latent, ui={"gs_gradients": [result]})
+
+
+class TestNodes(ComfyExtension):
+    async def get_node_list(self):
+        return [TinyCheckpoint, RandomConditioning, Capture, Fingerprint, GradientProbe]
+
+
+async def comfy_entrypoint():
+    return TestNodes()

@@ -1,0 +1,130 @@
+"""Unit tests of guidance/sdedit.py and guidance/schedules.py (pure torch, no host)."""
+import math
+
+import pytest
+import torch
+
+from guidance import schedules, sdedit
+
+
+def karras_like(steps: int) -> torch.Tensor:
+    sigma_min, sigma_max, rho = 0.03, 14.6, 7.0
+    ramp = torch.linspace(0, 1, steps)
+    s = (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+    return torch.cat([s, torch.zeros(1)])
+
+
+# An SD1-like VP schedule: t in [0, 1] -> sigma, monotone, sigma(1) = 14.6.
+def time_to_sigma(t: float) -> float:
+    if t <= 0:
+        return 0.0
+    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
+    alphas = torch.cumprod(1 - betas, 0)
+    sig = ((1 - alphas) / alphas) ** 0.5
+    position = min(max(t, 0.0), 1.0) * 999
+    low = int(math.floor(position))
+    high = min(low + 1, 999)
+    w = position - low
+    return float(torch.exp((1 - w) * sig[low].log() + w * sig[high].log()))
+
+
+def sigma_to_time(sigma: float) -> float:
+    return schedules.invert_increasing(time_to_sigma, sigma)
+
+
+def test_check_strength_bounds_name_the_input():
+    assert sdedit.check_strength(1.0) == 1.0
+    for bad in (0.0, -0.1, 1.01, float("nan")):
+        with pytest.raises(ValueError, match="strength must be in \\(0, 1\\]"):
+            sdedit.check_strength(bad)
+
+
+def test_parse_strengths():
+    assert sdedit.parse_strengths("0.3, 0.5,0.7") == [0.3, 0.5, 0.7]
+    assert sdedit.parse_strengths("0.2 0.4") == [0.2, 0.4]
+    with pytest.raises(ValueError, match="strength_sweep has no strengths"):
+        sdedit.parse_strengths(" , ,")
+    with pytest.raises(ValueError, match="strength_sweep: 'abc' is not a number"):
+        sdedit.parse_strengths("0.3, abc")
+    with pytest.raises(ValueError, match="strength_sweep entry '1.5'"):
+        sdedit.parse_strengths("0.3, 1.5")
+
+
+def test_diffusers_start_index_matches_reference_rounding():
+    # diffusers: int(50 * 0.8) = 40 steps run, start at index 10 (t = 781 with ddim_uniform).
+    assert sdedit.diffusers_start_index(50, 0.8) == 10
+    assert sdedit.diffusers_start_index(50, 1.0) == 0
+    assert sdedit.diffusers_start_index(10, 0.05) == 10
+    full = karras_like(50)
+    out = sdedit.diffusers_sigmas(full, 0.8)
+    assert len(out) == 41
+    torch.testing.assert_close(out, full[10:])
+    with pytest.raises(ValueError, match="runs no step"):
+        sdedit.diffusers_sigmas(karras_like(10), 0.05)
+
+
+def test_comfy_denoise_matches_ksampler_rule():
+    calls = []
+
+    def schedule(n):
+        calls.append(n)
+        return karras_like(n)
+
+    out = sdedit.comfy_denoise_sigmas(schedule, 20, 0.5)
+    assert calls == [40]
+    assert len(out) == 21
+    torch.testing.assert_close(out, karras_like(40)[-21:])
+
+
+def test_paper_sigmas_start_at_t0_and_keep_steps():
+    full = karras_like(30)
+    for t0 in (0.2, 0.5, 0.8, 1.0):
+        out = sdedit.paper_sigmas(full, t0, time_to_sigma, sigma_to_time)
+        assert len(out) == len(full)
+        assert out[-1] == 0
+        assert math.isclose(float(out[0]), time_to_sigma(t0), rel_tol=1e-6)
+        assert bool((out[:-1] > out[1:]).all()), "schedule must be strictly decreasing"
+
+
+def test_paper_mapping_is_monotonic_and_reaches_both_ends():
+    full = karras_like(20)
+    strengths = torch.linspace(0.01, 1.0, 40).tolist()
+    starts = [float(sdedit.paper_sigmas(full, s, time_to_sigma, sigma_to_time)[0]) for s in strengths]
+    assert all(a < b for a, b in zip(starts, starts[1:]))
+    assert math.isclose(starts[-1], time_to_sigma(1.0), rel_tol=1e-6)  # sigma_max
+    assert starts[0] < 0.1  # close to sigma_min
+
+
+def test_paper_uniform_schedule_becomes_uniform_in_t():
+    # A schedule uniform in t compressed into [0, t0] stays uniform (the paper's dt = t0 / N).
+    times = torch.linspace(1.0, 0.05, 10).tolist()
+    full = torch.tensor([time_to_sigma(t) for t in times] + [0.0])
+    out = sdedit.paper_sigmas(full, 0.5, time_to_sigma, sigma_to_time)
+    out_times = [sigma_to_time(float(s)) for s in out[:-1]]
+    steps = [a - b for a, b in zip(out_times, out_times[1:])]
+    assert max(steps) - min(steps) < 1e-6
+    assert math.isclose(out_times[0], 0.5, abs_tol=1e-6)
+
+
+def test_select_sigmas_dispatch_and_errors():
+    full = karras_like(10)
+    torch.testing.assert_close(sdedit.select_sigmas("diffusers", 0.5, full), full[5:])
+    with pytest.raises(ValueError, match="semantics must be one of"):
+        sdedit.select_sigmas("other", 0.5, full)
+
+
+def test_mask_checks_name_the_inputs():
+    sdedit.check_mask_size((64, 64), (64, 64))
+    with pytest.raises(ValueError, match="mask is 32x64 \\(HxW\\) but image is 64x64"):
+        sdedit.check_mask_size((32, 64), (64, 64))
+    with pytest.raises(ValueError, match="mask has a batch of 3; expected 1 or 2"):
+        sdedit.check_mask_batch(3, 2)
+
+
+def test_vp_ve_round_trip_and_alpha():
+    x = torch.randn(2, 4, 8, 8)
+    torch.testing.assert_close(schedules.ve_from_vp(schedules.vp_from_ve(x, 4.69), 4.69), x)
+    # diffusers add_noise(x0, eps, t) = sqrt(ab) x0 + sqrt(1-ab) eps equals (x0 + sigma eps) / sqrt(1 + sigma^2)
+    x0, eps, sigma = torch.randn(4), torch.randn(4), 4.692
+    ab = schedules.alpha_bar_from_sigma(sigma).float()
+    torch.testing.assert_close(ab.sqrt() * x0 + (1 - ab).sqrt() * eps, schedules.vp_from_ve(x0 + sigma * eps, sigma))

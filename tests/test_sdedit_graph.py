@@ -1,0 +1,188 @@
+"""SDEdit nodes through the real PromptExecutor on tiny models."""
+import math
+
+import pytest
+import torch
+
+import graphs
+
+
+def guide_latent(prompt, batch=1):
+    image = graphs.solid_image(prompt, "10", width=64, height=64, batch=batch, color=0x3366CC)
+    return graphs.encode(prompt, "11", image)
+
+
+def run_capture(host, captured, prompt, key="out"):
+    host.run(prompt)
+    return captured[key]
+
+
+def ksampler_advanced(prompt, node_id, latent, steps, start, seed, sampler="euler", scheduler="normal", cfg=5.0):
+    prompt[node_id] = {"class_type": "KSamplerAdvanced", "inputs": {
+        "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": latent,
+        "add_noise": "enable", "noise_seed": seed, "steps": steps, "cfg": cfg, "sampler_name": sampler,
+        "scheduler": scheduler, "start_at_step": start, "end_at_step": 10000,
+        "return_with_leftover_noise": "disable"}}
+    return [node_id, 0]
+
+
+@pytest.mark.parametrize("sampler,scheduler,batch", [("euler", "ddim_uniform", 1), ("dpmpp_2m", "karras", 2)])
+def test_diffusers_semantics_matches_ksampler_advanced(host, captured, sampler, scheduler, batch):
+    steps, strength, seed = 10, 0.8, 123
+    prompt = graphs.base()
+    latent = guide_latent(prompt, batch)
+    ours = graphs.sdedit(prompt, "20", latent=latent, steps=steps, strength=strength, semantics="diffusers",
+                         seed=seed, sampler_name=sampler, scheduler=scheduler)
+    reference = ksampler_advanced(prompt, "21", latent, steps, steps - int(steps * strength), seed, sampler, scheduler)
+    graphs.capture(prompt, "30", "ours", latent=ours)
+    graphs.capture(prompt, "31", "reference", latent=reference)
+    graphs.capture(prompt, "32", "guide", latent=latent)
+    host.run(prompt)
+    assert captured["ours"].shape == (batch, 4, 8, 8)
+    assert (captured["ours"] - captured["guide"]).abs().max() > 1e-2  # it really sampled
+    torch.testing.assert_close(captured["ours"], captured["reference"], atol=1e-5, rtol=1e-5)
+
+
+def test_masked_edit_preserves_the_unmasked_area(host, captured):
+    prompt = graphs.base()
+    latent = guide_latent(prompt)
+    prompt["12"] = {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": 64, "height": 64}}
+    prompt["13"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 32, "height": 64}}
+    prompt["14"] = {"class_type": "MaskComposite", "inputs": {"destination": ["12", 0], "source": ["13", 0],
+                                                              "x": 0, "y": 0, "operation": "add"}}
+    edited = graphs.sdedit(prompt, "20", latent=latent, mask=["14", 0], strength=0.9)
+    graphs.capture(prompt, "30", "edited", latent=edited)
+    graphs.capture(prompt, "31", "guide", latent=latent)
+    host.run(prompt)
+    edited, guide = captured["edited"], captured["guide"]
+    # Latent columns 0-3 lie under mask = 1, columns 4-7 under mask = 0.
+    torch.testing.assert_close(edited[..., 5:], guide[..., 5:], atol=1e-5, rtol=1e-5)
+    assert (edited[..., :3] - guide[..., :3]).abs().mean() > 0.05
+
+
+def test_image_input_matches_latent_input(host, captured):
+    prompt = graphs.base()
+    image = graphs.solid_image(prompt, "10")
+    latent = graphs.encode(prompt, "11", image)
+    from_image = graphs.sdedit(prompt, "20", image=image, vae=["1", 2])
+    from_latent = graphs.sdedit(prompt, "21", latent=latent)
+    graphs.capture(prompt, "30", "a", latent=from_image)
+    graphs.capture(prompt, "31", "b", latent=from_latent)
+    host.run(prompt)
+    torch.testing.assert_close(captured["a"], captured["b"])
+
+
+def test_seed_reproducible_and_seed_sensitive(host, captured):
+    prompt = graphs.base()
+    latent = guide_latent(prompt)
+    graphs.capture(prompt, "30", "a", latent=graphs.sdedit(prompt, "20", latent=latent, seed=5))
+    graphs.capture(prompt, "31", "b", latent=graphs.sdedit(prompt, "21", latent=latent, seed=5, cfg=5.0001))
+    graphs.capture(prompt, "32", "c", latent=graphs.sdedit(prompt, "22", latent=latent, seed=6))
+    host.run(prompt)
+    torch.testing.assert_close(captured["a"], captured["b"], atol=1e-3, rtol=0)
+    assert (captured["a"] - captured["c"]).abs().max() > 1e-2
+
+
+def test_repeats_chain_sdedit_with_the_next_seed(host, captured):
+    prompt = graphs.base()
+    latent = guide_latent(prompt)
+    twice = graphs.sdedit(prompt, "20", latent=latent, seed=9, repeats=2)
+    first = graphs.sdedit(prompt, "21", latent=latent, seed=9)
+    second = graphs.sdedit(prompt, "22", latent=first, seed=10)
+    graphs.capture(prompt, "30", "twice", latent=twice)
+    graphs.capture(prompt, "31", "chained", latent=second)
+    graphs.capture(prompt, "32", "once", latent=first)
+    host.run(prompt)
+    torch.testing.assert_close(captured["twice"], captured["chained"], atol=1e-5, rtol=1e-5)
+    assert (captured["twice"] - captured["once"]).abs().max() > 1e-3
+
+
+def test_strength_sweep_is_a_batch_of_single_runs(host, captured):
+    prompt = graphs.base()
+    latent = guide_latent(prompt, batch=2)
+    sweep = graphs.sdedit(prompt, "20", latent=latent, strength_sweep="0.3, 0.7")
+    graphs.capture(prompt, "30", "sweep", latent=sweep)
+    graphs.capture(prompt, "31", "s03", latent=graphs.sdedit(prompt, "21", latent=latent, strength=0.3))
+    graphs.capture(prompt, "32", "s07", latent=graphs.sdedit(prompt, "22", latent=latent, strength=0.7))
+    host.run(prompt)
+    assert captured["sweep"].shape[0] == 4
+    torch.testing.assert_close(captured["sweep"][:2], captured["s03"])
+    torch.testing.assert_close(captured["sweep"][2:], captured["s07"])
+
+
+@pytest.mark.parametrize("kind", ["sd2_v", "sdxl"])
+def test_other_model_families(host, captured, kind):
+    prompt = graphs.base(kind)
+    prompt["10"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 2}}
+    prompt["11"] = {"class_type": "LatentAdd", "inputs": {"samples1": ["10", 0], "samples2": ["10", 0]}}
+    out = graphs.sdedit(prompt, "20", latent=["10", 0], strength=0.7, sampler_name="dpmpp_2m", scheduler="karras")
+    graphs.capture(prompt, "30", "out", latent=out)
+    host.run(prompt)
+    assert captured["out"].shape == (2, 4, 8, 8)
+    assert torch.isfinite(captured["out"]).all()
+    assert captured["out"].abs().max() > 0
+
+
+def sigmas_for(host, captured, semantics, strength, scheduler="ddim_uniform", steps=50):
+    prompt = graphs.base()
+    prompt["20"] = {"class_type": "GS_SDEditSigmas", "inputs": {"model": ["1", 0], "scheduler": scheduler,
+                                                                 "steps": steps, "strength": strength,
+                                                                 "semantics": semantics}}
+    graphs.capture(prompt, "30", "sigmas", sigmas=["20", 0])
+    host.run(prompt)
+    return captured["sigmas"]
+
+
+def test_sigmas_node_reference_values(host, captured):
+    # ALGORITHMS.md section 2: diffusers DDIM s=0.8 starts at t=781, sigma 4.692, and runs 40 steps;
+    # the paper's t0=0.8 starts at percent_to_sigma(0.2) = 5.092 and runs all 50.
+    diffusers = sigmas_for(host, captured, "diffusers", 0.8)
+    assert len(diffusers) == 41 and math.isclose(float(diffusers[0]), 4.692, abs_tol=2e-3)
+    paper = sigmas_for(host, captured, "paper", 0.8)
+    assert len(paper) == 51 and math.isclose(float(paper[0]), 5.092, abs_tol=2e-3)
+    comfy = sigmas_for(host, captured, "comfy", 0.8)
+    assert len(comfy) == 51 and math.isclose(float(comfy[0]), 4.776, abs_tol=2e-3)
+    full = sigmas_for(host, captured, "paper", 1.0, scheduler="normal")
+    assert math.isclose(float(full[0]), 14.6146, abs_tol=1e-3)  # sigma_max
+
+
+def test_sigmas_node_monotonic_in_strength(host, captured):
+    starts = [float(sigmas_for(host, captured, "paper", s, scheduler="karras", steps=8)[0])
+              for s in (0.01, 0.25, 0.5, 0.75, 1.0)]
+    assert all(a < b for a, b in zip(starts, starts[1:]))
+    assert starts[0] < 0.15 and math.isclose(starts[-1], 14.6146, abs_tol=1e-3)
+
+
+def expect_error(host, prompt, *fragments):
+    result, server = host.run(prompt, expect_success=False)
+    message = host.node_error(server) or str(result.get("validation_error")) + str(result.get("node_errors"))
+    for fragment in fragments:
+        assert fragment in message, message
+    return message
+
+
+def test_bad_inputs_give_clear_errors(host, captured):
+    prompt = graphs.base()
+    latent = guide_latent(prompt)
+    graphs.capture(prompt, "30", "x", latent=graphs.sdedit(prompt, "20", latent=latent, strength_sweep=" , "))
+    expect_error(host, prompt, "strength_sweep has no strengths")
+
+    prompt = graphs.base()
+    latent = guide_latent(prompt)
+    graphs.capture(prompt, "30", "x", latent=graphs.sdedit(prompt, "20", latent=latent, strength=0.0))
+    expect_error(host, prompt, "strength")
+
+    prompt = graphs.base()
+    image = graphs.solid_image(prompt, "10")
+    prompt["12"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 32, "height": 64}}
+    graphs.capture(prompt, "30", "x", latent=graphs.sdedit(prompt, "20", image=image, vae=["1", 2], mask=["12", 0]))
+    expect_error(host, prompt, "mask is 64x32 (HxW) but image is 64x64")
+
+    prompt = graphs.base()
+    image = graphs.solid_image(prompt, "10")
+    graphs.capture(prompt, "30", "x", latent=graphs.sdedit(prompt, "20", image=image))
+    expect_error(host, prompt, "'image' needs a 'vae'")
+
+    prompt = graphs.base()
+    graphs.capture(prompt, "30", "x", latent=graphs.sdedit(prompt, "20"))
+    expect_error(host, prompt, "connect a guide")
