@@ -152,8 +152,10 @@ def executed_order(server: RecordingServer) -> list[str]:
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
 # Swaps applied so example workflows run on the tiny test models.
+# A swap is (new class_type, function(old inputs) -> new inputs); links are kept.
 TINY_SWAPS = {
-    "CheckpointLoaderSimple": ("GS_TestTinyCheckpoint", {"kind": "sd15", "seed": 0}),
+    "CheckpointLoaderSimple": ("GS_TestTinyCheckpoint", lambda inputs: {"kind": "sd15", "seed": 0}),
+    "LoadImage": ("GS_TestLoadImageSmall", lambda inputs: {"image": inputs["image"], "size": 64}),
 }
 
 
@@ -200,7 +202,7 @@ def workflow_to_prompt(workflow: dict, node_classes: dict, swaps: dict | None = 
             link = links[link_id]
             inputs[socket["name"]] = [str(link[1]), link[2]]
         if class_type in swaps:
-            class_type, inputs = swaps[class_type][0], dict(swaps[class_type][1])
+            class_type, inputs = swaps[class_type][0], swaps[class_type][1](inputs)
         prompt[str(node["id"])] = {"class_type": class_type, "inputs": inputs}
     return prompt
 

@@ -29,6 +29,28 @@ class TinyCheckpoint(io.ComfyNode):
         return io.NodeOutput(tiny.tiny_model(kind, seed), tiny.tiny_clip(seed), tiny.tiny_vae(seed))
 
 
+class LoadImageSmall(io.ComfyNode):
+    """LoadImage, then a downscale: example workflows keep their 512 px inputs, tests run at 64 px."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(node_id="GS_TestLoadImageSmall", display_name="Load Image Small (test)", category=CATEGORY,
+                         inputs=[io.String.Input("image"), io.Int.Input("size", default=64, min=8, max=4096)],
+                         outputs=[io.Image.Output(), io.Mask.Output()])
+
+    @classmethod
+    def execute(cls, image, size) -> io.NodeOutput:
+        import comfy.utils
+        import nodes
+
+        pixels, mask = nodes.LoadImage().load_image(image)
+        scale = size / max(pixels.shape[1], pixels.shape[2])
+        height, width = (max(8, round(pixels.shape[1] * scale / 8) * 8), max(8, round(pixels.shape[2] * scale / 8) * 8))
+        pixels = comfy.utils.common_upscale(pixels.movedim(-1, 1), width, height, "area", "disabled").movedim(1, -1)
+        mask = comfy.utils.common_upscale(mask.unsqueeze(1), width, height, "area", "disabled")[:, 0]
+        return io.NodeOutput(pixels, mask)
+
+
 class RandomConditioning(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -63,7 +85,7 @@ class Capture(io.ComfyNode):
 def _digest(tensors) -> str:
     h = hashlib.sha256()
     for t in tensors:
-        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
@@ -98,7 +120,7 @@ class GradientProbe(io.ComfyNode):
                          is_output_node=True,
                          inputs=[io.Model.Input("model"), io.Vae.Input("vae"), io.Latent.Input("latent"),
                                  io.Conditioning.Input("positive"),
-                                 io.Float.Input("sigma", default=5.0, min=0.0, max=100.0)],
+                                 io.Float.Input("sigma", default=5.0, min=-100.0, max=100.0)],
                          outputs=[io.Latent.Output()])
 
     @classmethod
@@ -109,7 +131,7 @@ class GradientProbe(io.ComfyNode):
 
 class TestNodes(ComfyExtension):
     async def get_node_list(self):
-        return [TinyCheckpoint, RandomConditioning, Capture, Fingerprint, GradientProbe]
+        return [TinyCheckpoint, LoadImageSmall, RandomConditioning, Capture, Fingerprint, GradientProbe]
 
 
 async def comfy_entrypoint():

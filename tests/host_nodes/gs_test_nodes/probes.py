@@ -23,7 +23,10 @@ def pack_module(name: str):
 def gradient_norms(model, vae, latent, positive, sigma: float) -> dict:
     """d(loss)/d(latent) through (a) the UNet's x0 prediction, (b) the VAE decoder."""
     gradients = pack_module("nodes.gradients")
-    grad_model = gradients.differentiable_model(model)
+    if sigma < 0:  # negative sigma: the naive path (no weight wrappers), which must fail
+        grad_model, sigma = model, -sigma
+    else:
+        grad_model = gradients.differentiable_model(model)
     comfy.model_management.load_models_gpu([grad_model])
     base = grad_model.model
     device = grad_model.load_device

@@ -1,0 +1,57 @@
+"""The gradient recipe (nodes/gradients.py) inside a real PromptExecutor run (inference mode)."""
+import torch
+
+import graphs
+import harness
+
+
+def probe_prompt(with_probe: bool) -> dict:
+    prompt = graphs.base()
+    image = graphs.solid_image(prompt, "10")
+    latent = graphs.encode(prompt, "11", image)
+    if with_probe:
+        prompt["4"] = {"class_type": "GS_TestGradientProbe", "inputs": {
+            "model": ["1", 0], "vae": ["1", 2], "latent": latent, "positive": ["2", 0], "sigma": 3.0}}
+        prompt["5"] = {"class_type": "GS_TestFingerprint", "inputs": {
+            "model": ["1", 0], "vae": ["1", 2], "latent": latent, "after": ["4", 0]}}
+    prompt["6"] = {"class_type": "GS_TestFingerprint", "inputs": {"model": ["1", 0], "vae": ["1", 2], "latent": latent}}
+    # A second branch using the same upstream MODEL, VAE and LATENT.
+    prompt["7"] = {"class_type": "KSampler", "inputs": {
+        "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": latent, "seed": 3,
+        "steps": 4, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 0.7}}
+    prompt["8"] = {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": ["1", 2]}}
+    graphs.capture(prompt, "9", "branch", image=["8", 0])
+    return prompt
+
+
+def test_gradients_flow_through_unet_and_decoder_and_upstream_is_unchanged(host, captured):
+    result, server = host.run(probe_prompt(with_probe=True))
+    outputs = result["outputs"]
+    grads = outputs["4"]["gs_gradients"][0]
+    assert grads["unet_finite"] and grads["vae_finite"]
+    assert grads["unet_norm"] > 1e-8, grads
+    assert grads["vae_norm"] > 1e-8, grads
+    assert grads["image_shape"] == [1, 3, 64, 64]
+
+    before, after = outputs["6"]["gs_fingerprint"][0], outputs["5"]["gs_fingerprint"][0]
+    order = harness.executed_order(server)
+    if order.index("6") < order.index("4"):
+        assert before == after, "MODEL, VAE or LATENT changed after the gradient probe"
+    assert after["weight_wrappers"] == 0, "weight wrappers leaked onto the upstream ModelPatcher"
+    branch_with_probe = captured["branch"].clone()
+    assert order.index("4") < order.index("7"), f"the probe must run before the second branch: {order}"
+
+    result, _ = host.run(probe_prompt(with_probe=False))
+    torch.testing.assert_close(branch_with_probe, captured["branch"], atol=0, rtol=0)
+    assert result["outputs"]["6"]["gs_fingerprint"][0] == before
+
+
+def test_naive_backprop_really_fails_in_the_executor(host):
+    """Guards the premise: without the recipe, backprop through upstream weights fails."""
+    prompt = graphs.base()
+    prompt["4"] = {"class_type": "GS_TestGradientProbe", "inputs": {
+        "model": ["1", 0], "vae": ["1", 2], "latent": graphs.encode(prompt, "11", graphs.solid_image(prompt, "10")),
+        "positive": ["2", 0], "sigma": -1.0}}
+    result, server = host.run(prompt, expect_success=False)
+    assert not result.get("success", True)
+    assert "Inference tensors cannot be saved for backward" in host.node_error(server)
