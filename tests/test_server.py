@@ -1,0 +1,143 @@
+"""End to end: the real ComfyUI server (main.py --cpu) with the pack and the tiny test nodes."""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+import harness
+
+pytestmark = pytest.mark.server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(url: str, payload: dict | None = None, timeout: float = 30):
+    data = json.dumps(payload).encode() if payload is not None else None
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    base = tmp_path_factory.mktemp("server")
+    custom_nodes = harness.make_custom_nodes_dir(base)
+    (base / "extra_model_paths.yaml").write_text(
+        "gs_tests:\n"
+        f"  base_path: {base}\n"
+        f"  custom_nodes: |\n    {custom_nodes}\n    {harness.HOST_NODES}\n")
+    for sub in ("output", "input", "user"):
+        (base / sub).mkdir()
+    for file in (harness.WORKFLOWS / "inputs").glob("*"):
+        shutil.copy(file, base / "input" / file.name)
+    port = free_port()
+    host = harness.host_path()
+    log = open(base / "server.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+         "--output-directory", str(base / "output"), "--input-directory", str(base / "input"),
+         "--user-directory", str(base / "user"), "--extra-model-paths-config", str(base / "extra_model_paths.yaml"),
+         "--disable-auto-launch"],
+        cwd=str(host), stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if process.poll() is not None:
+            break
+        try:
+            http(url + "/system_stats", timeout=2)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        process.kill()
+    if process.poll() is not None:
+        pytest.fail("server did not start:\n" + (base / "server.log").read_text()[-4000:])
+    yield {"url": url, "base": base, "log": base / "server.log"}
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    log.close()
+
+
+def wait_for(server, prompt_id: str, timeout: float = 240) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        history = http(f"{server['url']}/history/{prompt_id}")
+        if prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
+            entry = history[prompt_id]
+            if entry["status"].get("status_str") in ("success", "error"):
+                return entry
+        time.sleep(0.5)
+    raise AssertionError("prompt did not finish:\n" + server["log"].read_text()[-4000:])
+
+
+def test_object_info_lists_the_pack(server):
+    info = http(server["url"] + "/object_info")
+    ours = {name: spec for name, spec in info.items() if name.startswith("GS_") and not name.startswith("GS_Test")}
+    assert {"GS_SDEdit", "GS_SDEditSigmas"} <= set(ours)
+    for name, spec in ours.items():
+        assert spec["category"].startswith("guided_synthesis/"), name
+        assert spec["description"], name
+    log = server["log"].read_text()
+    assert "ComfyUI version: 0.3.75" in log or "0.3.75" in log
+    assert not [line for line in log.splitlines()
+                if "guided_synthesis" in line and ("Cannot import" in line or "IMPORT FAILED" in line)], log[-3000:]
+
+
+def test_example_workflows_are_served_as_templates(server):
+    templates = http(server["url"] + "/workflow_templates")
+    assert "sdedit_strokes" in templates.get("guided_synthesis", []), templates
+
+
+def test_workflow_runs_through_the_server_and_writes_images(server):
+    workflow = json.loads((harness.WORKFLOWS / "sdedit_strokes.json").read_text())
+    info = http(server["url"] + "/object_info")
+
+    class Spec:  # object_info entry -> INPUT_TYPES() shape the converter reads
+        def __init__(self, entry):
+            self.entry = entry
+
+        def INPUT_TYPES(self):
+            return self.entry["input"]
+
+    prompt = harness.workflow_to_prompt(workflow, {name: Spec(entry) for name, entry in info.items()})
+    response = http(server["url"] + "/prompt", {"prompt": prompt, "client_id": str(uuid.uuid4())})
+    entry = wait_for(server, response["prompt_id"])
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]
+    images = [image for node in entry["outputs"].values() for image in node.get("images", [])]
+    assert len(images) == 3
+    for image in images:
+        file = Path(server["base"]) / "output" / image["subfolder"] / image["filename"]
+        assert file.exists() and file.stat().st_size > 0
+
+
+def test_bad_input_reports_an_error_and_the_server_survives(server):
+    prompt = {"1": {"class_type": "GS_TestTinyCheckpoint", "inputs": {"kind": "sd15", "seed": 0}},
+              "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "x"}},
+              "3": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+              "4": {"class_type": "GS_SDEdit", "inputs": {
+                  "model": ["1", 0], "positive": ["2", 0], "negative": ["2", 0], "latent": ["3", 0], "seed": 0,
+                  "steps": 4, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal", "strength": 0.5,
+                  "semantics": "paper", "repeats": 1, "strength_sweep": "0.5, nope"}},
+              "5": {"class_type": "GS_TestCapture", "inputs": {"key": "x", "latent": ["4", 0]}}}
+    response = http(server["url"] + "/prompt", {"prompt": prompt, "client_id": "t"})
+    entry = wait_for(server, response["prompt_id"])
+    assert entry["status"]["status_str"] == "error"
+    messages = json.dumps(entry["status"]["messages"])
+    assert "strength_sweep: 'nope' is not a number" in messages
+    assert http(server["url"] + "/system_stats")["system"]
