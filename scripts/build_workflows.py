@@ -39,11 +39,12 @@ class Builder:
 
     def add(self, node_id: int, node_type: str, pos, widgets: dict, inputs: dict | None = None, size=(315, 200)):
         node_class = self.node_classes[node_type]
+        spec = node_class.INPUT_TYPES()
+        flat_spec = {**spec.get("required", {}), **spec.get("optional", {})}
         values = []
         for name, options in harness._widget_inputs(node_class):
             if name not in widgets:
-                spec = {**node_class.INPUT_TYPES().get("required", {}), **node_class.INPUT_TYPES().get("optional", {})}
-                kind, opts = spec[name][0], (spec[name][1] if len(spec[name]) > 1 else {})
+                kind, opts = flat_spec[name][0], (flat_spec[name][1] if len(flat_spec[name]) > 1 else {})
                 default = opts.get("default", kind[0] if isinstance(kind, list) and kind else "")
                 widgets[name] = default
             values.append(widgets[name])
@@ -51,7 +52,6 @@ class Builder:
                 values.append("fixed")
             if options.get("image_upload"):
                 values.append("image")
-        spec = node_class.INPUT_TYPES()
         sockets = []
         for section in ("required", "optional"):
             for name, value in spec.get(section, {}).items():

@@ -133,12 +133,17 @@ class Host:
         return errors[0]["exception_message"] if errors else ""
 
 
+def loaded_module(suffix: str):
+    """A module as the host loaded it (custom nodes are imported by file location, under mangled names)."""
+    for name, module in list(sys.modules.items()):
+        if name.endswith(suffix):
+            return module
+    raise RuntimeError(f"no loaded module ends with {suffix!r}")
+
+
 def test_nodes_module():
     """The test-node package as the host loaded it (its CAPTURED store is the live one)."""
-    for name, module in sys.modules.items():
-        if name.endswith("gs_test_nodes") and hasattr(module, "CAPTURED"):
-            return module
-    raise RuntimeError("gs_test_nodes is not loaded")
+    return loaded_module("gs_test_nodes")
 
 
 def executed_order(server: RecordingServer) -> list[str]:

@@ -11,7 +11,8 @@ def probe_prompt(with_probe: bool) -> dict:
     latent = graphs.encode(prompt, "11", image)
     if with_probe:
         prompt["4"] = {"class_type": "GS_TestGradientProbe", "inputs": {
-            "model": ["1", 0], "vae": ["1", 2], "latent": latent, "positive": ["2", 0], "sigma": 3.0}}
+            "model": ["1", 0], "vae": ["1", 2], "latent": latent, "positive": ["2", 0], "sigma": 3.0,
+            "use_recipe": True}}
         prompt["5"] = {"class_type": "GS_TestFingerprint", "inputs": {
             "model": ["1", 0], "vae": ["1", 2], "latent": latent, "after": ["4", 0]}}
     prompt["6"] = {"class_type": "GS_TestFingerprint", "inputs": {"model": ["1", 0], "vae": ["1", 2], "latent": latent}}
@@ -33,17 +34,18 @@ def test_gradients_flow_through_unet_and_decoder_and_upstream_is_unchanged(host,
     assert grads["vae_norm"] > 1e-8, grads
     assert grads["image_shape"] == [1, 3, 64, 64]
 
-    before, after = outputs["6"]["gs_fingerprint"][0], outputs["5"]["gs_fingerprint"][0]
+    after_probe = outputs["5"]["gs_fingerprint"][0]
+    assert after_probe["weight_wrappers"] == 0, "weight wrappers leaked onto the upstream ModelPatcher"
     order = harness.executed_order(server)
-    if order.index("6") < order.index("4"):
-        assert before == after, "MODEL, VAE or LATENT changed after the gradient probe"
-    assert after["weight_wrappers"] == 0, "weight wrappers leaked onto the upstream ModelPatcher"
-    branch_with_probe = captured["branch"].clone()
+    assert order.index("4") < order.index("5"), order
     assert order.index("4") < order.index("7"), f"the probe must run before the second branch: {order}"
+    branch_with_probe = captured["branch"].clone()
 
+    # The same (seeded) upstream objects in a graph without the probe are the untouched reference.
     result, _ = host.run(probe_prompt(with_probe=False))
+    untouched = result["outputs"]["6"]["gs_fingerprint"][0]
+    assert after_probe == untouched, "MODEL, VAE or LATENT changed after the gradient probe"
     torch.testing.assert_close(branch_with_probe, captured["branch"], atol=0, rtol=0)
-    assert result["outputs"]["6"]["gs_fingerprint"][0] == before
 
 
 def test_naive_backprop_really_fails_in_the_executor(host):
@@ -51,7 +53,7 @@ def test_naive_backprop_really_fails_in_the_executor(host):
     prompt = graphs.base()
     prompt["4"] = {"class_type": "GS_TestGradientProbe", "inputs": {
         "model": ["1", 0], "vae": ["1", 2], "latent": graphs.encode(prompt, "11", graphs.solid_image(prompt, "10")),
-        "positive": ["2", 0], "sigma": -1.0}}
+        "positive": ["2", 0], "sigma": 1.0, "use_recipe": False}}
     result, server = host.run(prompt, expect_success=False)
     assert not result.get("success", True)
     assert "Inference tensors cannot be saved for backward" in host.node_error(server)

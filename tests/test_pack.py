@@ -7,9 +7,7 @@ import harness
 
 
 def pack_nodes(host):
-    import sys
-    module = next(m for name, m in sys.modules.items()
-                  if name.endswith("guided_synthesis.nodes.extension"))
+    module = harness.loaded_module(f"{harness.PACK_NAME}.nodes.extension")
     return asyncio.run(module.GuidedSynthesisExtension().get_node_list())
 
 

@@ -120,12 +120,13 @@ class GradientProbe(io.ComfyNode):
                          is_output_node=True,
                          inputs=[io.Model.Input("model"), io.Vae.Input("vae"), io.Latent.Input("latent"),
                                  io.Conditioning.Input("positive"),
-                                 io.Float.Input("sigma", default=5.0, min=-100.0, max=100.0)],
+                                 io.Float.Input("sigma", default=5.0, min=0.0, max=100.0),
+                                 io.Boolean.Input("use_recipe", default=True)],
                          outputs=[io.Latent.Output()])
 
     @classmethod
-    def execute(cls, model, vae, latent, positive, sigma) -> io.NodeOutput:
-        result = probes.gradient_norms(model, vae, latent, positive, sigma)
+    def execute(cls, model, vae, latent, positive, sigma, use_recipe) -> io.NodeOutput:
+        result = probes.gradient_norms(model, vae, latent, positive, sigma, use_recipe)
         return io.NodeOutput(latent, ui={"gs_gradients": [result]})
 
 

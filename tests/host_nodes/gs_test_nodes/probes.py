@@ -20,13 +20,13 @@ def pack_module(name: str):
     raise RuntimeError(f"the Guided Synthesis pack is not loaded (looking for {name})")
 
 
-def gradient_norms(model, vae, latent, positive, sigma: float) -> dict:
-    """d(loss)/d(latent) through (a) the UNet's x0 prediction, (b) the VAE decoder."""
+def gradient_norms(model, vae, latent, positive, sigma: float, use_recipe: bool = True) -> dict:
+    """d(loss)/d(latent) through (a) the UNet's x0 prediction, (b) the VAE decoder.
+
+    ``use_recipe=False`` backpropagates through the upstream model as is (the naive path, which fails).
+    """
     gradients = pack_module("nodes.gradients")
-    if sigma < 0:  # negative sigma: the naive path (no weight wrappers), which must fail
-        grad_model, sigma = model, -sigma
-    else:
-        grad_model = gradients.differentiable_model(model)
+    grad_model = gradients.differentiable_model(model) if use_recipe else model
     comfy.model_management.load_models_gpu([grad_model])
     base = grad_model.model
     device = grad_model.load_device
