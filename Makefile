@@ -23,7 +23,7 @@ test-fast: setup-test
 	$(PY) -m pytest tests -ra -m "not server"
 
 bench: setup-test
-	$(PY) bench/run.py
+	SECTIONS="$(SECTIONS)" $(PY) bench/run.py
 
 clean:
 	rm -rf $(VENV) .comfyui .pytest_cache test-artifacts

@@ -175,3 +175,6 @@ def _guide_latent(image, vae, latent, mask) -> tuple[torch.Tensor, torch.Tensor 
     if image is not None:
         mask = vae.vae_encode_crop_pixels(mask.unsqueeze(-1))[..., 0]
     return samples, mask.unsqueeze(1).clone()
+
+
+NODES = [SDEditSampler, SDEditSigmas]

@@ -1,0 +1,25 @@
+"""SDEdit example: a strength sweep over the stroke painting."""
+from __future__ import annotations
+
+from workflow_builder import STROKES_FILE, Builder, common, stroke_painting
+
+
+def sdedit_workflow(node_classes) -> dict:
+    b = Builder(node_classes)
+    common(b, "a photograph of a mountain lake at sunset, detailed, realistic",
+           "painting, flat colours, blurry, low quality", STROKES_FILE)
+    b.add(5, "GS_SDEdit", (820, 60), {"seed": 42, "steps": 30, "cfg": 7.5, "sampler_name": "euler",
+                                      "scheduler": "normal", "strength": 0.5, "semantics": "paper", "repeats": 1,
+                                      "strength_sweep": "0.3, 0.5, 0.7"},
+          {"model": (1, 0), "positive": (2, 0), "negative": (3, 0), "image": (4, 0), "vae": (1, 2)},
+          size=(340, 420))
+    b.add(6, "VAEDecode", (1200, 60), {}, {"samples": (5, 0), "vae": (1, 2)}, size=(210, 46))
+    b.add(7, "SaveImage", (1450, 60), {"filename_prefix": "guided_synthesis/sdedit_sweep"}, {"images": (6, 0)},
+          size=(400, 420))
+    return b.workflow()
+
+
+
+WORKFLOWS = {"sdedit_strokes": sdedit_workflow}
+INPUTS = {STROKES_FILE: stroke_painting}
+THUMBNAILS = {"sdedit_strokes": STROKES_FILE}
