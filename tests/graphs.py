@@ -43,3 +43,24 @@ def capture(prompt: dict, node_id: str, key: str, latent=None, image=None, sigma
     if sigmas is not None:
         inputs["sigmas"] = sigmas
     prompt[node_id] = {"class_type": "GS_TestCapture", "inputs": inputs}
+
+
+def strokes(prompt: dict, node_id: str, width=32, height=32, left=0xCC3322, right=0x2255CC, batch=1) -> list:
+    """Two-colour strokes; output 0 is the IMAGE, output 1 a MASK of the left half."""
+    prompt[node_id] = {"class_type": "GS_TestStrokes", "inputs": {"width": width, "height": height, "left": left,
+                                                                  "right": right, "batch": batch}}
+    return [node_id, 0]
+
+
+GRADOP_METHOD = {"strength": 0.8, "iterative_steps": 3, "grad_steps": 12, "learning_rate": 0.1,
+                 "painting_function": "gaussian blur", "decoder": "auto", "mode": "GradOP+", "gamma": 0.001}
+
+
+def gradop(prompt: dict, node_id: str, strokes_image: list, **overrides) -> list:
+    """GS_GradOPPlus on the tiny model; output 0 LATENT, output 1 the optimised IMAGE batch."""
+    inputs = {"model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "vae": ["1", 2],
+              "strokes": strokes_image, "seed": 7, "steps": 50, "cfg": 5.0, "sampler_name": "euler",
+              "scheduler": "ddim_uniform", **GRADOP_METHOD, "width": 0, "height": 0, "batch_size": 1}
+    inputs.update(overrides)
+    prompt[node_id] = {"class_type": "GS_GradOPPlus", "inputs": inputs}
+    return [node_id, 0]

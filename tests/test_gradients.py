@@ -57,3 +57,21 @@ def test_naive_backprop_really_fails_in_the_executor(host):
     result, server = host.run(prompt, expect_success=False)
     assert not result.get("success", True)
     assert "Inference tensors cannot be saved for backward" in host.node_error(server)
+
+
+def test_decoder_copy_matches_vae_decode_for_taesd_and_kl_vaes(host):
+    """The pack-owned decoder copy gives VAE.decode's image, with autograd, for both VAE families."""
+    gradients = harness.loaded_module(f"{harness.PACK_NAME}.nodes.gradients")
+    tiny = harness.test_nodes_module().tiny
+    for vae_factory in (tiny.tiny_vae, tiny.tiny_kl_vae):
+        with torch.inference_mode():  # as the executor runs nodes
+            vae = vae_factory(4)
+            latent = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+            reference = vae.decode(latent).movedim(-1, 1)
+            with gradients.DifferentiableDecoder(vae) as decoder, gradients.grad_enabled():
+                z = gradients.owned(latent).requires_grad_(True)
+                image = decoder.decode(z, clamp=True)
+                image.mean().backward()
+                assert z.grad is not None and z.grad.abs().sum() > 0
+        torch.testing.assert_close(image.detach().cpu(), reference.float().cpu(), atol=1e-5, rtol=1e-4)
+        assert all(p.grad is None for p in vae.first_stage_model.parameters())  # the shared VAE got no grad

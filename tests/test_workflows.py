@@ -12,7 +12,7 @@ WORKFLOWS = harness.example_workflows()
 
 def test_every_capability_has_an_example_workflow():
     names = {p.stem for p in WORKFLOWS}
-    assert "sdedit_strokes" in names
+    assert {"sdedit_strokes", "gradop_strokes"} <= names
     for path in WORKFLOWS:
         assert path.with_suffix(".jpg").exists(), f"{path.name} has no thumbnail"
 
@@ -37,7 +37,10 @@ def test_example_workflow_runs(host, path):
     assert images, "the workflow saved no image"
     import folder_paths
     for image in images:
-        file = Path(folder_paths.get_output_directory()) / image["subfolder"] / image["filename"]
+        file = Path(folder_paths.get_directory_by_type(image.get("type", "output"))) / image["subfolder"] / image["filename"]
         assert file.exists() and file.stat().st_size > 0
+    saved = [image for image in images if image.get("type", "output") == "output"]
     if path.stem == "sdedit_strokes":
-        assert len(images) == 3  # one per strength of the sweep
+        assert len(saved) == 3  # one per strength of the sweep
+    if path.stem == "gradop_strokes":
+        assert sorted(image["filename"].split("_0")[0] for image in saved) == ["gradop_plus", "sdedit_compare"]

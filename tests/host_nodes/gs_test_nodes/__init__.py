@@ -21,12 +21,14 @@ class TinyCheckpoint(io.ComfyNode):
         return io.Schema(node_id="GS_TestTinyCheckpoint", display_name="Tiny Checkpoint (test)", category=CATEGORY,
                          description="Seeded random tiny MODEL, CLIP and VAE; stands in for CheckpointLoaderSimple.",
                          inputs=[io.Combo.Input("kind", options=list(tiny.KINDS), default="sd15"),
-                                 io.Int.Input("seed", default=0, min=0, max=2**31)],
+                                 io.Int.Input("seed", default=0, min=0, max=2**31),
+                                 io.Combo.Input("vae_kind", options=["taesd", "kl"], default="taesd", optional=True)],
                          outputs=[io.Model.Output(), io.Clip.Output(), io.Vae.Output()])
 
     @classmethod
-    def execute(cls, kind, seed) -> io.NodeOutput:
-        return io.NodeOutput(tiny.tiny_model(kind, seed), tiny.tiny_clip(seed), tiny.tiny_vae(seed))
+    def execute(cls, kind, seed, vae_kind="taesd") -> io.NodeOutput:
+        vae = tiny.tiny_kl_vae(seed) if vae_kind == "kl" else tiny.tiny_vae(seed)
+        return io.NodeOutput(tiny.tiny_model(kind, seed), tiny.tiny_clip(seed), vae)
 
 
 class LoadImageSmall(io.ComfyNode):
@@ -62,6 +64,49 @@ class RandomConditioning(io.ComfyNode):
     @classmethod
     def execute(cls, kind, seed) -> io.NodeOutput:
         return io.NodeOutput(tiny.random_conditioning(kind, seed))
+
+
+class ImageChannels(io.ComfyNode):
+    """IMAGE -> the same picture with 1 (grey) or 4 (RGBA) channels, to test channel handling."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(node_id="GS_TestImageChannels", display_name="Image Channels (test)", category=CATEGORY,
+                         inputs=[io.Image.Input("image"), io.Int.Input("channels", default=4, min=1, max=4)],
+                         outputs=[io.Image.Output()])
+
+    @classmethod
+    def execute(cls, image, channels) -> io.NodeOutput:
+        if channels == 1:
+            return io.NodeOutput(image[..., :3].mean(dim=-1, keepdim=True))
+        if channels == 4:
+            return io.NodeOutput(torch.cat([image[..., :3], torch.full_like(image[..., :1], 0.5)], dim=-1))
+        return io.NodeOutput(image[..., :channels])
+
+
+class Strokes(io.ComfyNode):
+    """A two-colour stroke painting (left / right halves) and a MASK of its left half."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(node_id="GS_TestStrokes", display_name="Strokes (test)", category=CATEGORY,
+                         inputs=[io.Int.Input("width", default=32, min=8, max=4096),
+                                 io.Int.Input("height", default=32, min=8, max=4096),
+                                 io.Int.Input("left", default=0xCC3322, min=0, max=0xFFFFFF),
+                                 io.Int.Input("right", default=0x2255CC, min=0, max=0xFFFFFF),
+                                 io.Int.Input("batch", default=1, min=1, max=16)],
+                         outputs=[io.Image.Output(), io.Mask.Output()])
+
+    @classmethod
+    def execute(cls, width, height, left, right, batch) -> io.NodeOutput:
+        def rgb(value):
+            return torch.tensor([(value >> 16) & 255, (value >> 8) & 255, value & 255]) / 255.0
+        image = torch.empty(batch, height, width, 3)
+        image[:, :, : width // 2] = rgb(left)
+        image[:, :, width // 2:] = rgb(right)
+        mask = torch.zeros(batch, height, width)
+        mask[:, :, : width // 2] = 1.0
+        return io.NodeOutput(image, mask)
 
 
 class Capture(io.ComfyNode):
@@ -132,7 +177,7 @@ class GradientProbe(io.ComfyNode):
 
 class TestNodes(ComfyExtension):
     async def get_node_list(self):
-        return [TinyCheckpoint, LoadImageSmall, RandomConditioning, Capture, Fingerprint, GradientProbe]
+        return [TinyCheckpoint, LoadImageSmall, RandomConditioning, ImageChannels, Strokes, Capture, Fingerprint, GradientProbe]
 
 
 async def comfy_entrypoint():

@@ -109,6 +109,35 @@ def tiny_vae(seed: int = 0, latent_scale: float = 0.18215) -> comfy.sd.VAE:
     return comfy.sd.VAE(sd=sd)
 
 
+TINY_KL_CONFIG = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 32,
+                  "ch_mult": [1, 1, 1, 1], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}
+
+
+def tiny_kl_vae(seed: int = 0) -> comfy.sd.VAE:
+    """An AutoencoderKL-shaped comfy.sd.VAE (the SD1/SDXL VAE architecture at toy width), seeded random."""
+    params = {"ddconfig": dict(TINY_KL_CONFIG), "embed_dim": 4}
+    import comfy.ldm.models.autoencoder
+    shapes = comfy.ldm.models.autoencoder.AutoencoderKL(**params).state_dict()
+    gen = torch.Generator().manual_seed(seed)
+    sd = {}
+    for key, value in shapes.items():
+        if value.ndim >= 2:
+            sd[key] = torch.randn(value.shape, generator=gen) / math.sqrt(value[0].numel())
+        elif key.endswith("weight"):
+            sd[key] = torch.ones(value.shape)
+        else:
+            sd[key] = torch.randn(value.shape, generator=gen) * 0.02
+    return comfy.sd.VAE(sd=sd, config={"params": params})
+
+
+def taesd_decoder_state_dict(seed: int = 0) -> dict:
+    """A seeded random state dict in the layout of models/vae_approx/taesd_decoder.safetensors."""
+    reference = comfy.taesd.taesd.TAESD(latent_channels=4).taesd_decoder.state_dict()
+    gen = torch.Generator().manual_seed(seed)
+    return {key: (torch.randn(v.shape, generator=gen) / math.sqrt(v[0].numel()) if v.ndim >= 2
+                  else torch.randn(v.shape, generator=gen) * 0.02).contiguous() for key, v in reference.items()}
+
+
 _TINY_TEXT_CONFIG = {
     "architectures": ["CLIPTextModel"], "attention_dropout": 0.0, "bos_token_id": 0, "dropout": 0.0,
     "eos_token_id": 49407, "hidden_act": "quick_gelu", "hidden_size": 768, "initializer_factor": 1.0,

@@ -1,0 +1,286 @@
+"""GradOP+ and GradOP (Singh et al., CVPR 2023), as pure torch over tensors and callables.
+
+GradOP+ (ALGORITHMS.md 1.1): after some sampler steps, take the noisy latent to VP space,
+optimise it with Adam so that f(decode(z)) matches the stroke painting y (f a painting
+function, by default the reference's Gaussian blur), then re-noise it to the same level.
+GradOP (1.2, a reconstruction: the paper's base method was never released) optimises a
+finished text-only sample with a proximity term and then runs SDEdit from it.
+
+Nothing here imports ComfyUI: the decoder, the painting function and the progress hook are
+callables passed in by the adapter (``nodes/gradop.py``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .schedules import vp_from_ve
+
+PAINTING_FUNCTIONS = ("gaussian blur", "median", "median + palette")
+MODES = ("GradOP+", "GradOP (reconstruction)")
+
+REFERENCE_SIZE = 512
+REFERENCE_BLUR_SIGMA = 7.0  # kornia GaussianBlur2d((35, 35), (7, 7)) at 512x512
+REFERENCE_MEDIAN_KERNEL = 15  # ours: no reference value; edge-preserving, 15 px at 512x512
+PALETTE_TEMPERATURE = 0.01  # soft assignment width, in squared RGB distance (0..1 units)
+
+Decode = Callable[[torch.Tensor], torch.Tensor]
+Painting = Callable[[torch.Tensor], torch.Tensor]
+
+
+# --- schedule ----------------------------------------------------------------------------
+
+def check_strength(strength: float) -> float:
+    if not (0.0 < float(strength) <= 1.0):
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    return float(strength)
+
+
+def optimisation_indices(num_steps: int, strength: float, iterative_steps: int) -> list[int]:
+    """Indices into ``sigmas`` (length num_steps + 1) at which GradOP+ optimises.
+
+    The reference starts at ``i0 = int(N * (1 - strength))`` computed in float (so 9, not 10, for
+    N=50 and strength 0.8) and optimises after sampler steps i0 .. i0+K-1, each at the level the
+    step reached, sigmas[i + 1]; steps after the second-to-last are never used (i < N - 1).
+    """
+    check_strength(strength)
+    if iterative_steps < 1:
+        raise ValueError(f"iterative_steps must be at least 1, got {iterative_steps}")
+    start = int(num_steps * (1.0 - strength))
+    available = max(0, num_steps - 1 - start)
+    if iterative_steps > available:
+        raise ValueError(
+            f"iterative_steps ({iterative_steps}) is more than the sampler steps left after the start that "
+            f"strength {strength} selects ({available} of {num_steps}): lower iterative_steps, raise strength "
+            f"or raise steps")
+    return [i + 1 for i in range(start, start + iterative_steps)]
+
+
+# --- VP <-> sampler space ----------------------------------------------------------------
+
+def to_vp(x: torch.Tensor, sigma: float, flow: bool = False) -> torch.Tensor:
+    """The reference's latent z at this noise level (ALGORITHMS.md, Parameterisation).
+
+    EPS/V models: ``z = x / sqrt(1 + sigma^2)``; flow (CONST) models: ``z = x / sqrt((1-s)^2 + s^2)``.
+    """
+    if flow:
+        return x / math.sqrt((1.0 - sigma) ** 2 + sigma ** 2)
+    return vp_from_ve(x, sigma)
+
+
+def renoise(z: torch.Tensor, noise: torch.Tensor, sigma: float, flow: bool = False) -> torch.Tensor:
+    """The reference's ``sqrt(a) z* + sqrt(1 - a) eps``, mapped to sampler space.
+
+    EPS/V models: ``x = z* + sigma * eps``; flow models: ``x = (1 - sigma) z* + sigma * eps``.
+    """
+    if flow:
+        return (1.0 - sigma) * z + sigma * noise
+    return z + sigma * noise
+
+
+# --- painting functions f --------------------------------------------------------------
+
+def resolution_scale(height: int, width: int) -> float:
+    """Image size relative to the reference's 512x512 (geometric mean of the sides)."""
+    return math.sqrt(height * width) / REFERENCE_SIZE
+
+
+def _odd_at_most(value: float, minimum: int = 3) -> int:
+    size = max(int(value), minimum)
+    return size if size % 2 else size - 1
+
+
+def blur_parameters(height: int, width: int) -> tuple[int, float]:
+    """(kernel, sigma) of the reference blur scaled to the image: 35 / 7 at 512, 69 / 14 at 1024."""
+    sigma = REFERENCE_BLUR_SIGMA * resolution_scale(height, width)
+    return _odd_at_most(5.0 * sigma), sigma
+
+
+def median_kernel(height: int, width: int) -> int:
+    return _odd_at_most(REFERENCE_MEDIAN_KERNEL * resolution_scale(height, width))
+
+
+def _pad(image: torch.Tensor, pad_h: int, pad_w: int) -> torch.Tensor:
+    # Reflect needs pad < size; tiny images fall back to replicate.
+    mode = "reflect" if pad_h < image.shape[-2] and pad_w < image.shape[-1] else "replicate"
+    return F.pad(image, (pad_w, pad_w, pad_h, pad_h), mode=mode)
+
+
+def resize_image(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Resize [B,C,H,W]: area averaging when shrinking, bilinear otherwise (strokes, masks)."""
+    if tuple(image.shape[-2:]) == (height, width):
+        return image
+    if height <= image.shape[-2] and width <= image.shape[-1]:
+        return F.interpolate(image, size=(height, width), mode="area")
+    return F.interpolate(image, size=(height, width), mode="bilinear", align_corners=False)
+
+
+def gaussian_kernel1d(kernel: int, sigma: float, dtype=torch.float32, device=None) -> torch.Tensor:
+    coords = torch.arange(kernel, dtype=torch.float64, device=device) - (kernel - 1) / 2
+    weights = torch.exp(-0.5 * (coords / sigma) ** 2)
+    return (weights / weights.sum()).to(dtype)
+
+
+def gaussian_blur(image: torch.Tensor, kernel: int, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur with reflect border (the reference's kornia GaussianBlur2d)."""
+    channels = image.shape[1]
+    weights = gaussian_kernel1d(kernel, sigma, image.dtype, image.device)
+    padded = _pad(image, kernel // 2, kernel // 2)
+    rows = F.conv2d(padded, weights.view(1, 1, 1, kernel).expand(channels, 1, 1, kernel), groups=channels)
+    return F.conv2d(rows, weights.view(1, 1, kernel, 1).expand(channels, 1, kernel, 1), groups=channels)
+
+
+def median_filter(image: torch.Tensor, kernel: int, max_elements: int = 1 << 25) -> torch.Tensor:
+    """Median over a kernel x kernel window (reflect border), in row chunks to bound memory.
+
+    Differentiable: the gradient goes to the selected element (autograd keeps only indices).
+    """
+    pad = kernel // 2
+    padded = _pad(image, pad, pad)
+    batch, channels, height, width = image.shape
+    rows_per_chunk = max(1, max_elements // max(1, batch * channels * width * kernel * kernel))
+    chunks = []
+    for top in range(0, height, rows_per_chunk):
+        bottom = min(height, top + rows_per_chunk)
+        window = padded[:, :, top:bottom + 2 * pad].unfold(2, kernel, 1).unfold(3, kernel, 1)
+        chunks.append(window.reshape(*window.shape[:4], -1).median(dim=-1).values)
+    return torch.cat(chunks, dim=2)
+
+
+def stroke_palette(target: torch.Tensor, max_colours: int = 16, min_fraction: float = 0.002,
+                   bits: int = 5) -> list[torch.Tensor]:
+    """Per image, the dominant colours of a stroke painting [B,3,H,W] (each [K,3]).
+
+    Colours are binned to ``bits`` per channel; bins covering less than ``min_fraction`` of the
+    image (anti-aliased edges, specks) are dropped; each colour is the mean of its bin.
+    """
+    palettes = []
+    levels = 1 << bits
+    for image in target:
+        pixels = image.reshape(3, -1).t().float().clamp(0, 1)
+        bins = (pixels * (levels - 1)).round().long()
+        keys = (bins[:, 0] * levels + bins[:, 1]) * levels + bins[:, 2]
+        unique, inverse, counts = torch.unique(keys, return_inverse=True, return_counts=True)
+        order = torch.argsort(counts, descending=True)
+        keep = [int(k) for k in order[:max_colours] if counts[k] >= min_fraction * pixels.shape[0]]
+        if not keep:
+            keep = [int(order[0])]
+        sums = torch.zeros(len(unique), 3, dtype=pixels.dtype, device=pixels.device).index_add_(0, inverse, pixels)
+        palettes.append(sums[keep] / counts[keep].unsqueeze(1).to(pixels.dtype))
+    return palettes
+
+
+def soft_quantise(image: torch.Tensor, palettes: list[torch.Tensor],
+                  temperature: float = PALETTE_TEMPERATURE) -> torch.Tensor:
+    """Differentiable palette quantisation: each pixel becomes a softmax-weighted palette colour."""
+    out = []
+    for item, palette in zip(image, palettes):
+        pixels = item.reshape(3, -1).t()
+        distance = torch.cdist(pixels.float(), palette.to(pixels.device).float()) ** 2
+        weights = torch.softmax(-distance / temperature, dim=1)
+        out.append((weights @ palette.to(pixels.device).float()).t().reshape(item.shape).to(item.dtype))
+    return torch.stack(out)
+
+
+def painting_function(name: str, height: int, width: int, target: torch.Tensor | None = None) -> Painting:
+    """The painting function f of the paper, sized for an image of ``height`` x ``width``.
+
+    ``gaussian blur`` is the reference (G_{35,7} at 512 px, scaled with the image); ``median`` is
+    edge-preserving; ``median + palette`` also snaps colours to the stroke palette (the reference
+    README notes median plus quantisation is more faithful but slower). Needs ``target`` for the palette.
+    """
+    if name == "gaussian blur":
+        kernel, sigma = blur_parameters(height, width)
+        return lambda image: gaussian_blur(image, kernel, sigma)
+    if name == "median":
+        kernel = median_kernel(height, width)
+        return lambda image: median_filter(image, kernel)
+    if name == "median + palette":
+        if target is None:
+            raise ValueError("the 'median + palette' painting function needs the stroke image")
+        kernel = median_kernel(height, width)
+        palettes = stroke_palette(target)
+        return lambda image: soft_quantise(median_filter(image, kernel), palettes)
+    raise ValueError(f"painting function must be one of {PAINTING_FUNCTIONS}, got {name!r}")
+
+
+# --- the optimisation -------------------------------------------------------------------
+
+def painting_loss(output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-image mean squared error [B] (the reference's mean MSE), inside ``mask`` [B,1,H,W] if given."""
+    error = (output.float() - target.float()) ** 2
+    if mask is None:
+        return error.flatten(1).mean(dim=1)
+    mask = mask.float()
+    weight = (mask.expand_as(error)).flatten(1).sum(dim=1).clamp_min(1.0)
+    return (error * mask).flatten(1).sum(dim=1) / weight
+
+
+@dataclass
+class OptimisationResult:
+    z: torch.Tensor
+    losses: list[float] = field(default_factory=list)  # painting loss before each step, then after the last
+    loss_scale: float = 1.0
+    image: torch.Tensor | None = None  # decode(z*), [B,3,H,W]
+
+
+def optimise_strokes(z: torch.Tensor, target: torch.Tensor, decode: Decode, painting: Painting, steps: int,
+                     lr: float = 0.1, mask: torch.Tensor | None = None, anchor: torch.Tensor | None = None,
+                     gamma: float = 0.0, loss_scale: float = 1.0,
+                     on_step: Callable[[int, float], None] | None = None) -> OptimisationResult:
+    """Adam on z for ``steps`` steps minimising ``sum_b mean MSE(f(decode(z)_b), y_b)`` (+ proximity).
+
+    Implements ``gradop_plus_optim`` (Adam, default betas/eps, created afresh per call) and, with
+    ``anchor`` and ``gamma``, GradOP's ``L(f(x), y) + gamma * d(x, x_text)`` with d the mean squared
+    distance per latent element. ``decode`` maps z to an image [B,3,H,W] in [0,1] (clamped, as the
+    reference does). ``loss_scale`` multiplies the loss before backward and divides the gradient after,
+    so a reduced-precision decoder does not underflow; Adam sees the unscaled gradient. A non-finite
+    gradient lowers the scale 16x and retries the step.
+    The sum over the batch keeps each image's reference scale (Adam is per-element).
+    """
+    with torch.inference_mode(False), torch.enable_grad():
+        z = z.detach().clone().float().requires_grad_(True)
+        target = target.detach().clone().float()
+        mask = None if mask is None else mask.detach().clone().float()
+        anchor = None if anchor is None else anchor.detach().clone().float()
+        optimiser = torch.optim.Adam([z], lr=lr)
+        result = OptimisationResult(z=z, loss_scale=float(loss_scale))
+
+        def objective() -> tuple[torch.Tensor, torch.Tensor]:
+            paint = painting_loss(painting(decode(z)), target, mask).sum()
+            total = paint
+            if anchor is not None and gamma > 0:
+                total = total + gamma * ((z - anchor) ** 2).flatten(1).mean(dim=1).sum()
+            return total, paint
+
+        step = 0
+        while step < steps:
+            optimiser.zero_grad(set_to_none=True)
+            total, paint = objective()
+            (total * result.loss_scale).backward()
+            grad = z.grad
+            if not torch.isfinite(grad).all():
+                if result.loss_scale <= 1.0:
+                    raise FloatingPointError("GradOP: the painting-loss gradient is not finite")
+                result.loss_scale = max(1.0, result.loss_scale / 16.0)
+                continue
+            grad.div_(result.loss_scale)
+            result.losses.append(float(paint.detach()))
+            optimiser.step()
+            step += 1
+            if on_step is not None:
+                on_step(step, result.losses[-1])
+        with torch.no_grad():
+            result.image = decode(z).detach()
+            result.losses.append(float(painting_loss(painting(result.image), target, mask).sum()))
+        result.z = z.detach()
+    return result
+
+
+def default_loss_scale(reduced_precision: bool, pixels_per_image: int) -> float:
+    """1 in fp32 (the reference); otherwise the per-image element count, i.e. a per-pixel sum loss."""
+    return float(pixels_per_image) if reduced_precision else 1.0

@@ -1,0 +1,200 @@
+"""guidance/gradop.py without ComfyUI: schedule levels, VP mapping, painting functions, the Adam loop."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from guidance import gradop
+
+
+def test_reference_levels_for_50_steps_strength_0_8():
+    # int(50 * (1 - 0.8)) is 9 in float arithmetic: optimise after steps 9, 10, 11 -> sigma indices 10, 11, 12
+    assert gradop.optimisation_indices(50, 0.8, 3) == [10, 11, 12]
+    assert gradop.optimisation_indices(50, 0.7, 3) == [16, 17, 18]
+    assert gradop.optimisation_indices(50, 1.0, 5) == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("steps, strength, k", [(10, 0.2, 3), (50, 0.05, 3), (4, 0.8, 4)])
+def test_too_many_iterative_steps_is_a_clear_error(steps, strength, k):
+    with pytest.raises(ValueError, match="iterative_steps"):
+        gradop.optimisation_indices(steps, strength, k)
+
+
+@pytest.mark.parametrize("strength", [0.0, -0.1, 1.01])
+def test_strength_outside_0_1_is_rejected(strength):
+    with pytest.raises(ValueError, match="strength"):
+        gradop.optimisation_indices(50, strength, 3)
+
+
+def test_vp_mapping_matches_the_reference_formulas():
+    x0, eps = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)
+    sigma = 4.69
+    alpha_bar = 1.0 / (1.0 + sigma ** 2)
+    x = x0 + sigma * eps  # ComfyUI sampler space
+    z_vp = math.sqrt(alpha_bar) * x0 + math.sqrt(1 - alpha_bar) * eps  # diffusers add_noise
+    torch.testing.assert_close(gradop.to_vp(x, sigma), z_vp)
+    # re-noising z* as clean: sqrt(a) z* + sqrt(1-a) eps, mapped back by sqrt(1 + sigma^2)
+    z_star = torch.randn_like(x0)
+    reference = (math.sqrt(alpha_bar) * z_star + math.sqrt(1 - alpha_bar) * eps) * math.sqrt(1 + sigma ** 2)
+    torch.testing.assert_close(gradop.renoise(z_star, eps, sigma), reference)
+    # flow models: x = (1 - s) x0 + s eps
+    s = 0.6
+    xf = (1 - s) * x0 + s * eps
+    torch.testing.assert_close(gradop.to_vp(xf, s, flow=True) * math.sqrt((1 - s) ** 2 + s ** 2), xf)
+    torch.testing.assert_close(gradop.renoise(x0, eps, s, flow=True), xf)
+
+
+def test_blur_parameters_scale_with_the_image():
+    assert gradop.blur_parameters(512, 512) == (35, 7.0)
+    assert gradop.blur_parameters(1024, 1024) == (69, 14.0)
+    kernel, sigma = gradop.blur_parameters(64, 64)
+    assert kernel == 3 and sigma == pytest.approx(0.875)
+
+
+def test_gaussian_blur_matches_a_dense_2d_reference_with_reflect_border():
+    image = torch.rand(2, 3, 40, 33, generator=torch.Generator().manual_seed(0))
+    kernel, sigma = 9, 2.0
+    g = gradop.gaussian_kernel1d(kernel, sigma)
+    dense = (g[:, None] * g[None, :]).expand(3, 1, kernel, kernel)
+    reference = F.conv2d(F.pad(image, (4, 4, 4, 4), mode="reflect"), dense, groups=3)
+    torch.testing.assert_close(gradop.gaussian_blur(image, kernel, sigma), reference, atol=1e-6, rtol=1e-5)
+    flat = torch.full((1, 3, 16, 16), 0.3)
+    torch.testing.assert_close(gradop.gaussian_blur(flat, 35, 7.0), flat)  # replicate fallback on tiny images
+
+
+def test_median_filter_equals_brute_force_and_removes_specks():
+    image = torch.rand(1, 3, 12, 10, generator=torch.Generator().manual_seed(1))
+    fast = gradop.median_filter(image, 3, max_elements=200)  # forces several row chunks
+    padded = F.pad(image, (1, 1, 1, 1), mode="reflect")
+    brute = torch.empty_like(image)
+    for i in range(12):
+        for j in range(10):
+            brute[..., i, j] = padded[..., i:i + 3, j:j + 3].reshape(1, 3, 9).median(dim=-1).values
+    torch.testing.assert_close(fast, brute)
+    specks = torch.zeros(1, 3, 20, 20)
+    specks[..., 5, 5] = 1.0
+    assert gradop.median_filter(specks, 3).abs().max() == 0
+
+
+def strokes(size=32):
+    image = torch.zeros(1, 3, size, size)
+    image[:, 0, : size // 2] = 0.9  # red top
+    image[:, 2, size // 2:] = 0.8  # blue bottom
+    image[:, 1, size // 2:, size // 2:] = 0.7  # cyan-ish corner
+    return image
+
+
+def test_palette_finds_the_stroke_colours_and_soft_quantise_snaps_to_them():
+    y = strokes()
+    y[..., 0, 0] = torch.tensor([0.1, 0.5, 0.1])  # a one-pixel speck is dropped
+    palette = gradop.stroke_palette(y)[0]
+    assert palette.shape == (3, 3)
+    assert {tuple(round(v, 2) for v in c.tolist()) for c in palette} == {(0.9, 0, 0), (0, 0, 0.8), (0, 0.7, 0.8)}
+    noisy = (strokes() + 0.05 * torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(2))).clamp(0, 1)
+    snapped = gradop.soft_quantise(noisy, [palette])
+    assert (snapped - strokes()).abs().mean() < 0.5 * (noisy - strokes()).abs().mean()
+
+
+def test_painting_functions_are_differentiable():
+    y = strokes(24)
+    for name in gradop.PAINTING_FUNCTIONS:
+        f = gradop.painting_function(name, 24, 24, y)
+        x = torch.rand(1, 3, 24, 24, requires_grad=True)
+        f(x).sum().backward()
+        assert x.grad is not None and x.grad.abs().sum() > 0, name
+    with pytest.raises(ValueError, match="painting function"):
+        gradop.painting_function("sharpen", 24, 24)
+
+
+def toy_decoder(seed=0, dtype=torch.float32, gain=1.0):
+    """A fixed random 'decoder' latent [B,4,h,w] -> image [B,3,8h,8w] in [0,1].
+
+    conv 3x3, 8x upsample, then a full-resolution 1x1 conv of scale ``gain``, all in ``dtype``
+    (a small gain at full resolution is where a real fp16 decoder's gradient underflows).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    weight = (torch.randn(3, 4, 3, 3, generator=gen) * 0.3).to(dtype)
+    mix = (torch.eye(3) * gain).view(3, 3, 1, 1).to(dtype)
+
+    def decode(z):
+        out = F.interpolate(F.conv2d(z.to(dtype), weight, padding=1), scale_factor=8, mode="nearest")
+        out = F.conv2d(out, mix).float()
+        return ((out + 1) / 2).clamp(0, 1)
+    return decode
+
+
+def test_adam_loop_lowers_the_painting_loss_and_never_touches_its_inputs():
+    z0 = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(3))
+    target = torch.cat([strokes(), strokes().flip(-1)])
+    before = z0.clone()
+    f = gradop.painting_function("gaussian blur", 32, 32)
+    result = gradop.optimise_strokes(z0, target, toy_decoder(), f, steps=12, lr=0.1)
+    assert len(result.losses) == 13
+    assert result.losses[-1] < 0.7 * result.losses[0]
+    torch.testing.assert_close(z0, before)
+    assert not result.z.requires_grad
+    assert result.image.shape == (2, 3, 32, 32)
+    # Adam moves each element by about lr per step
+    assert (result.z - z0).abs().max() <= 12 * 0.1 + 1e-4
+
+
+def test_zero_steps_is_the_identity():
+    z0 = torch.randn(1, 4, 4, 4)
+    result = gradop.optimise_strokes(z0, strokes(), toy_decoder(), lambda x: x, steps=0)
+    torch.testing.assert_close(result.z, z0)
+    assert len(result.losses) == 1
+
+
+def test_pixels_outside_the_mask_do_not_enter_the_loss():
+    z0 = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(4))
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[..., :, :16] = 1.0
+    y1 = strokes()
+    y2 = y1.clone()
+    y2[..., :, 16:] = torch.rand(1, 3, 32, 16)  # differs only outside the mask
+    identity = lambda x: x  # noqa: E731
+    a = gradop.optimise_strokes(z0, y1, toy_decoder(), identity, 5, mask=mask)
+    b = gradop.optimise_strokes(z0, y2, toy_decoder(), identity, 5, mask=mask)
+    torch.testing.assert_close(a.z, b.z)
+    c = gradop.optimise_strokes(z0, y2, toy_decoder(), identity, 5)
+    assert not torch.allclose(a.z, c.z)
+
+
+def test_proximity_term_keeps_the_gradop_solution_near_the_anchor():
+    z0 = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(5))
+    f = gradop.painting_function("gaussian blur", 32, 32)
+    free = gradop.optimise_strokes(z0, strokes(), toy_decoder(), f, 30, anchor=z0, gamma=0.0)
+    held = gradop.optimise_strokes(z0, strokes(), toy_decoder(), f, 30, anchor=z0, gamma=10.0)
+    assert (held.z - z0).norm() < 0.5 * (free.z - z0).norm()
+
+
+def test_loss_scaling_is_exact_in_fp32_and_rescues_an_fp16_gradient():
+    z0 = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(6))
+    f = gradop.painting_function("gaussian blur", 32, 32)
+    plain = gradop.optimise_strokes(z0, strokes(), toy_decoder(), f, 6, loss_scale=1.0)
+    scaled = gradop.optimise_strokes(z0, strokes(), toy_decoder(), f, 6, loss_scale=3 * 32 * 32)
+    torch.testing.assert_close(plain.z, scaled.z, atol=1e-5, rtol=1e-5)
+
+    # A half-precision decoder: the unscaled per-pixel gradient 2(f - y)/N underflows.
+    size = 256
+    big_target = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(7)) * 0.01
+    z_big = torch.randn(1, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(8))
+    decode = toy_decoder(dtype=torch.half, gain=0.005)
+    identity = lambda x: x  # noqa: E731
+
+    def first_grad(scale):
+        with torch.enable_grad():
+            z = z_big.clone().requires_grad_(True)
+            loss = gradop.painting_loss(identity(decode(z)), big_target).sum() * scale
+            loss.backward()
+            return z.grad / scale
+
+    reference = first_grad(1.0).float()
+    unscaled_zero = (reference == 0).float().mean()
+    rescued = first_grad(gradop.default_loss_scale(True, 3 * size * size))
+    assert unscaled_zero > 0.9  # the unscaled fp16 gradient is (almost) all zero
+    assert (rescued == 0).float().mean() < 0.01
+    result = gradop.optimise_strokes(z_big, big_target, decode, identity, 3,
+                                     loss_scale=gradop.default_loss_scale(True, 3 * size * size))
+    assert result.losses[-1] < result.losses[0]
