@@ -34,6 +34,11 @@ DECODERS = {
 }
 
 
+# "half": decode a 2x average-pooled latent (a quarter of the decoder's work); the blur discards
+# that detail anyway (ALGORITHMS.md 1.5, approximate).
+LOSS_RESOLUTIONS = ("full", "half")
+
+
 @dataclass
 class GradOPConfig:
     """Everything one GradOP+/GradOP sampler run needs besides the model and the schedule."""
@@ -50,6 +55,7 @@ class GradOPConfig:
     painting: str = "gaussian blur"
     gamma: float = 1e-3
     decoder: str = "auto"
+    loss_resolution: str = "full"
     collect_images: bool = False  # the node form keeps decode(z*) per iteration for its IMAGE output
     optimised_images: list[torch.Tensor] = field(default_factory=list)  # filled per iteration, [B,H,W,3]
 
@@ -61,6 +67,8 @@ class GradOPConfig:
             raise ValueError(f"painting_function must be one of {gradop.PAINTING_FUNCTIONS}, got {self.painting!r}")
         if self.decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {tuple(DECODERS)}, got {self.decoder!r}")
+        if self.loss_resolution not in LOSS_RESOLUTIONS:
+            raise ValueError(f"loss_resolution must be one of {LOSS_RESOLUTIONS}, got {self.loss_resolution!r}")
         if self.grad_steps < 0:
             raise ValueError(f"grad_steps must be 0 or more, got {self.grad_steps}")
         if self.learning_rate <= 0:
@@ -81,9 +89,19 @@ def _match_batch(tensor: torch.Tensor, batch: int, name: str) -> torch.Tensor:
     raise ValueError(f"{name} has batch {tensor.shape[0]}, which does not divide the latent batch {batch}")
 
 
+def loss_latent_size(config: GradOPConfig, latent_shape) -> tuple[int, int]:
+    """The latent size the loss decodes: the sampler's, or half of it for loss_resolution 'half'."""
+    height, width = latent_shape[-2], latent_shape[-1]
+    if config.loss_resolution == "half":
+        if height < 2 or width < 2:
+            raise ValueError("loss_resolution 'half' needs an output of at least 16x16 pixels")
+        return height // 2, width // 2
+    return height, width
+
+
 def stroke_target(config: GradOPConfig, latent_shape, device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Strokes (and mask) as [B,3,H,W] / [B,1,H,W] at the decoded size of ``latent_shape``."""
-    height, width = latent_shape[-2] * 8, latent_shape[-1] * 8
+    """Strokes (and mask) as [B,3,H,W] / [B,1,H,W] at the size the loss decodes ``latent_shape`` to."""
+    height, width = (8 * size for size in loss_latent_size(config, latent_shape))
     target = gradop.resize_image(config.strokes.movedim(-1, 1).float(), height, width)
     target = _match_batch(target, latent_shape[0], "strokes").to(device)
     mask = None
@@ -145,6 +163,12 @@ def gradop_sampler(config: GradOPConfig) -> comfy.samplers.KSAMPLER:
         loss_scale = gradop.default_loss_scale(reduced, 3 * height * width)
 
         decoder = make_decoder(config.decoder, config.vae, latent_format) if config.grad_steps else None
+        half = config.loss_resolution == "half"
+
+        def decode(v):
+            return decoder.decode_model_space(torch.nn.functional.avg_pool2d(v, 2) if half else v, latent_format,
+                                              clamp=True)
+
         try:
             painting = gradop.painting_function(config.painting, height, width, target)
 
@@ -154,7 +178,7 @@ def gradop_sampler(config: GradOPConfig) -> comfy.samplers.KSAMPLER:
                     progress.advance(1)
 
                 result = gradop.optimise_strokes(
-                    z, target, lambda v: decoder.decode_model_space(v, latent_format, clamp=True), painting,
+                    z, target, decode, painting,
                     config.grad_steps, lr=config.learning_rate, mask=mask, anchor=anchor,
                     gamma=config.gamma if anchor is not None else 0.0, loss_scale=loss_scale, on_step=on_step)
                 _log.info("%s iteration %d at sigma %.4f: painting loss %.5f -> %.5f", config.mode, iteration + 1,
@@ -222,6 +246,9 @@ def _method_inputs() -> list:
                                "half the memory (the loss is scaled so gradients do not underflow). taesd: the "
                                "fast TAESD decoder from models/vae_approx (taesd_decoder / taesdxl_decoder), "
                                "much cheaper, approximate."),
+        io.Combo.Input("loss_resolution", options=list(LOSS_RESOLUTIONS), default="full",
+                       tooltip="full: the reference. half: decode a 2x pooled latent inside the optimisation, a "
+                               "quarter of the decoder work (the blur discards that detail anyway); approximate."),
         io.Combo.Input("mode", options=list(gradop.MODES), default=gradop.MODES[0],
                        tooltip="GradOP+: the paper's released method (optimise during sampling). GradOP "
                                "(reconstruction): the paper's base method, never released, rebuilt from its "
@@ -237,11 +264,12 @@ def _method_inputs() -> list:
 
 
 def _config(vae, strokes, mask, sampler_name, strength, iterative_steps, grad_steps, learning_rate,
-            painting_function, decoder, mode, gamma) -> GradOPConfig:
+            painting_function, decoder, loss_resolution, mode, gamma) -> GradOPConfig:
     return GradOPConfig(vae=vae, strokes=host.image_to_rgb(strokes, "strokes"),
                         mask=None if mask is None else host.mask_to_batch(mask, "mask"), sampler_name=sampler_name,
                         mode=mode, strength=strength, iterative_steps=iterative_steps, grad_steps=grad_steps,
-                        learning_rate=learning_rate, painting=painting_function, gamma=gamma, decoder=decoder)
+                        learning_rate=learning_rate, painting=painting_function, gamma=gamma, decoder=decoder,
+                        loss_resolution=loss_resolution)
 
 
 class GradOPPlusSampler(io.ComfyNode):
@@ -291,10 +319,10 @@ class GradOPPlusSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, negative, seed, steps, cfg, sampler_name, scheduler, vae, strokes,
-                strength, iterative_steps, grad_steps, learning_rate, painting_function, decoder, mode, gamma,
-                width, height, batch_size, mask=None) -> io.NodeOutput:
+                strength, iterative_steps, grad_steps, learning_rate, painting_function, decoder, loss_resolution,
+                mode, gamma, width, height, batch_size, mask=None) -> io.NodeOutput:
         config = _config(vae, strokes, mask, sampler_name, strength, iterative_steps, grad_steps, learning_rate,
-                         painting_function, decoder, mode, gamma)
+                         painting_function, decoder, loss_resolution, mode, gamma)
         config.collect_images = True
         width, height = output_size(config.strokes, width, height)
         latent_format = model.get_model_object("latent_format")
@@ -349,9 +377,9 @@ class GradOPPlusSamplerObject(io.ComfyNode):
 
     @classmethod
     def execute(cls, sampler_name, vae, strokes, strength, iterative_steps, grad_steps, learning_rate,
-                painting_function, decoder, mode, gamma, mask=None) -> io.NodeOutput:
+                painting_function, decoder, loss_resolution, mode, gamma, mask=None) -> io.NodeOutput:
         config = _config(vae, strokes, mask, sampler_name, strength, iterative_steps, grad_steps, learning_rate,
-                         painting_function, decoder, mode, gamma)
+                         painting_function, decoder, loss_resolution, mode, gamma)
         return io.NodeOutput(gradop_sampler(config))
 
 

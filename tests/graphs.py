@@ -53,7 +53,7 @@ def strokes(prompt: dict, node_id: str, width=32, height=32, left=0xCC3322, righ
 
 
 GRADOP_METHOD = {"strength": 0.8, "iterative_steps": 3, "grad_steps": 12, "learning_rate": 0.1,
-                 "painting_function": "gaussian blur", "decoder": "auto", "mode": "GradOP+", "gamma": 0.001}
+                 "painting_function": "gaussian blur", "decoder": "auto", "loss_resolution": "full", "mode": "GradOP+", "gamma": 0.001}
 
 
 def gradop(prompt: dict, node_id: str, strokes_image: list, **overrides) -> list:

@@ -289,3 +289,13 @@ def test_kl_vae_decoder(host, caplog):
     host.run(prompt)
     log = optimisation_log(caplog)
     assert len(log) == 2 and all(entry[4] < entry[3] for entry in log)
+
+
+def test_half_resolution_loss(host, caplog):
+    caplog.set_level("INFO")
+    half = run_gradop(host, capture_images=True, steps=8, iterative_steps=2, grad_steps=4, loss_resolution="half")
+    log = optimisation_log(caplog)
+    assert len(log) == 2 and all(entry[4] < entry[3] for entry in log)
+    assert captured()["optimised"].shape == (2, 16, 16, 3)  # the loss saw a 2x pooled latent
+    full = run_gradop(host, steps=8, iterative_steps=2, grad_steps=4)
+    assert (half - full).abs().mean() > 1e-4

@@ -11,7 +11,7 @@ def gradop_workflow(node_classes) -> dict:
     b.add(5, "GS_GradOPPlus", (820, 40),
           {"seed": 42, "steps": 50, "cfg": 7.5, "sampler_name": "euler", "scheduler": "ddim_uniform",
            "strength": 0.8, "iterative_steps": 3, "grad_steps": 12, "learning_rate": 0.1,
-           "painting_function": "gaussian blur", "decoder": "auto", "mode": "GradOP+", "gamma": 0.001,
+           "painting_function": "gaussian blur", "decoder": "auto", "loss_resolution": "full", "mode": "GradOP+", "gamma": 0.001,
            "width": 0, "height": 0, "batch_size": 1},
           {"model": (1, 0), "positive": (2, 0), "negative": (3, 0), "vae": (1, 2), "strokes": (4, 0)},
           size=(340, 560))

@@ -113,9 +113,15 @@ TINY_KL_CONFIG = {"double_z": True, "z_channels": 4, "resolution": 256, "in_chan
                   "ch_mult": [1, 1, 1, 1], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}
 
 
-def tiny_kl_vae(seed: int = 0) -> comfy.sd.VAE:
-    """An AutoencoderKL-shaped comfy.sd.VAE (the SD1/SDXL VAE architecture at toy width), seeded random."""
-    params = {"ddconfig": dict(TINY_KL_CONFIG), "embed_dim": 4}
+def tiny_kl_vae(seed: int = 0, full_size: bool = False) -> comfy.sd.VAE:
+    """An AutoencoderKL-shaped comfy.sd.VAE (the SD1/SDXL VAE architecture at toy width), seeded random.
+
+    ``full_size=True`` gives the real SD VAE widths (ch 128, mult 1-2-4-4, 2 res blocks), for ``make bench``.
+    """
+    config = dict(TINY_KL_CONFIG)
+    if full_size:
+        config.update(ch=128, ch_mult=[1, 2, 4, 4], num_res_blocks=2)
+    params = {"ddconfig": config, "embed_dim": 4}
     import comfy.ldm.models.autoencoder
     shapes = comfy.ldm.models.autoencoder.AutoencoderKL(**params).state_dict()
     gen = torch.Generator().manual_seed(seed)

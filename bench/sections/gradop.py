@@ -1,0 +1,110 @@
+"""GradOP+ at defaults against the SDEdit node at the same steps and strength, per image.
+
+Both at 50 ddim_uniform steps, euler, cfg 7.5, strength 0.8. SDEdit runs twice: with the
+paper's semantics (50 UNet steps from t0, the same UNet work as GradOP+) and with diffusers
+semantics (the last 40 steps, the reference's img2img). GradOP+ rows vary the decoder used
+inside the optimisation. A memory row counts the activations one decoder forward saves for
+backward (decode -> clamp -> blur -> MSE) with the full-size SD VAE decoder architecture.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from common import device_and_sync, device_name, harness, interleaved
+
+TITLE = "GradOP+ (defaults: 3 x 12 Adam steps) vs SDEdit node, 50 steps, strength 0.8"
+
+
+def _vae_approx_with_random_taesd(tiny) -> None:
+    import folder_paths
+    from safetensors.torch import save_file
+    folder = Path(tempfile.mkdtemp(prefix="gs-bench-vae-approx-"))
+    save_file(tiny.taesd_decoder_state_dict(0), str(folder / "taesd_decoder.safetensors"))
+    folder_paths.add_model_folder_path("vae_approx", str(folder), is_default=True)
+
+
+def bench_case(host, label: str, full_size: bool, pixels: int, rounds: int) -> list[dict]:
+    import torch
+    tiny = harness.test_nodes_module().tiny
+    _vae_approx_with_random_taesd(tiny)
+    mappings = host.nodes.NODE_CLASS_MAPPINGS
+    gradop_node, sdedit_node = mappings["GS_GradOPPlus"], mappings["GS_SDEdit"]
+    device, sync = device_and_sync()
+    with torch.inference_mode():
+        model = tiny.tiny_model("sd15", 0, full_size=full_size)
+        vaes = {"KL": tiny.tiny_kl_vae(0, full_size=full_size), "TAESD-shaped": tiny.tiny_vae(0)}
+        cond, uncond = tiny.random_conditioning("sd15", 1), tiny.random_conditioning("sd15", 2)
+        strokes = torch.rand(1, pixels, pixels, 3, generator=torch.Generator().manual_seed(0))
+        latent = {"samples": torch.randn(1, 4, pixels // 8, pixels // 8, generator=torch.Generator().manual_seed(0))}
+
+        def gradop(vae, decoder, resolution="full"):
+            return lambda: gradop_node.execute(model, cond, uncond, 1, 50, 7.5, "euler", "ddim_uniform", vae, strokes,
+                                               0.8, 3, 12, 0.1, "gaussian blur", decoder, resolution, "GradOP+",
+                                               0.001, 0, 0, 1)
+
+        def sdedit(semantics):
+            return lambda: sdedit_node.execute(model, cond, uncond, 1, 50, 7.5, "euler", "ddim_uniform", 0.8,
+                                               semantics, 1, "", latent=latent)
+
+        reduced = "bf16" if device.type == "cuda" else "fp32"
+        fns = {
+            "SDEdit (paper, 50 UNet steps)": sdedit("paper"),
+            "SDEdit (diffusers, 40 UNet steps)": sdedit("diffusers"),
+            f"GradOP+ KL decoder {reduced}": gradop(vaes["KL"], reduced),
+            f"GradOP+ KL decoder {reduced}, half-res loss": gradop(vaes["KL"], reduced, "half"),
+            "GradOP+ TAESD decoder (vae_approx)": gradop(vaes["KL"], "taesd"),
+        }
+        times = interleaved(fns, sync, rounds)
+    base = times["SDEdit (paper, 50 UNet steps)"]
+    img2img = times["SDEdit (diffusers, 40 UNet steps)"]
+    return [{"case": label, "device": device_name(device), "method": name, "seconds": seconds,
+             "vs_paper": seconds / base, "vs_diffusers": seconds / img2img} for name, seconds in times.items()]
+
+
+def saved_activation_bytes(pixels: int, dtype_name: str) -> int:
+    """Bytes autograd saves for one decode -> clamp -> blur -> MSE with the full-size SD VAE decoder."""
+    import torch
+    tiny = harness.test_nodes_module().tiny
+    gradients = harness.loaded_module(f"{harness.PACK_NAME}.nodes.gradients")
+    guidance = harness.loaded_module(f"{harness.PACK_NAME}.guidance.gradop")
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    seen: dict[int, int] = {}
+    weights: set[int] = set()
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in weights:  # parameters are resident anyway
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.inference_mode():
+        vae = tiny.tiny_kl_vae(0, full_size=True)
+        with gradients.DifferentiableDecoder(vae, dtype) as decoder, gradients.grad_enabled():
+            weights.update(p.untyped_storage().data_ptr() for p in decoder.module.parameters())
+            z = torch.randn(1, 4, pixels // 8, pixels // 8, requires_grad=True)
+            kernel, sigma = guidance.blur_parameters(pixels, pixels)
+            target = torch.rand(1, 3, pixels, pixels)
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                image = decoder.decode(z, clamp=True)
+                loss = guidance.painting_loss(guidance.gaussian_blur(image, kernel, sigma), target).sum()
+            del loss, image
+    return sum(seen.values())
+
+
+def run(host) -> None:
+    import torch
+
+    rows = bench_case(host, "tiny SD1.x UNet + tiny KL VAE, 128x128", False, 128, 3)
+    if torch.cuda.is_available():
+        rows += bench_case(host, "full-size SD1.5 UNet + SD VAE (random weights), 512x512", True, 512, 3)
+    print(f"{'case':52} {'device':26} {'method':42} {'s/image':>8} {'vs SDEdit paper':>15} {'vs diffusers':>12}")
+    for row in rows:
+        print(f"{row['case']:52} {row['device']:26} {row['method']:42} {row['seconds']:8.2f} "
+              f"{row['vs_paper']:15.2f} {row['vs_diffusers']:12.2f}")
+    print("targets (per image, vs SDEdit at the same steps): <= 1.6x full decoder in reduced precision, "
+          "<= 1.15x TAESD decoder")
+    for dtype_name in ("fp32", "bf16"):
+        gib = saved_activation_bytes(512, dtype_name) / 2 ** 30
+        print(f"saved activations, one SD VAE decoder fwd at 512x512 ({dtype_name}, CPU accounting): {gib:.2f} GiB"
+              f" (target: extra peak <= 4 GB)")
