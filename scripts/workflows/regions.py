@@ -1,0 +1,62 @@
+"""Region-token attention example: words on the stroke painting's colour regions, into GradOP+ (as the
+GradOP paper uses them), into KSampler (text-to-image at the painting's size) and into SDEdit."""
+from __future__ import annotations
+
+from workflow_builder import STROKES_FILE, Builder, stroke_painting
+
+PROMPT = ("a photograph of snowy mountains above a calm lake at sunset, a setting sun in the evening sky, "
+          "a green meadow in front, detailed, realistic")
+NEGATIVE = "painting, flat colours, blurry, low quality"
+# The colours of workflow_builder.stroke_painting, top to bottom.
+REGION_SPEC = "\n".join([
+    "#6eaaeb: evening sky",
+    "#fad250: setting sun",
+    "#5f5a78: snowy mountains",
+    "#2864aa: calm lake",
+    "#46963c: green meadow",
+])
+
+
+def regions_workflow(node_classes) -> dict:
+    b = Builder(node_classes)
+    b.add(1, "CheckpointLoaderSimple", (20, 60), {"ckpt_name": "v1-5-pruned-emaonly.safetensors"}, size=(315, 98))
+    b.add(3, "CLIPTextEncode", (380, 520), {"text": NEGATIVE}, {"clip": (1, 1)}, size=(400, 130))
+    b.add(4, "LoadImage", (20, 260), {"image": STROKES_FILE}, size=(315, 320))
+    b.add(5, "GS_StrokeRegions", (380, 40),
+          {"prompt": PROMPT, "region_spec": REGION_SPEC, "strength": 0.4, "mode": "paint_with_words",
+           "start_percent": 0.0, "end_percent": 1.0, "missing_phrases": "append", "colour_tolerance": 24,
+           "min_region_percent": 0.2},
+          {"model": (1, 0), "clip": (1, 1), "stroke": (4, 0)}, size=(400, 460))
+    # A latent of the painting's size; with denoise 1.0 KSampler starts from pure noise (text-to-image).
+    b.add(6, "VAEEncode", (820, 420), {}, {"pixels": (4, 0), "vae": (1, 2)}, size=(210, 46))
+    b.add(7, "KSampler", (1180, 40), {"seed": 42, "steps": 20, "cfg": 7.5, "sampler_name": "euler",
+                                      "scheduler": "normal", "denoise": 1.0},
+          {"model": (5, 0), "positive": (5, 1), "negative": (3, 0), "latent_image": (6, 0)}, size=(315, 262))
+    b.add(8, "VAEDecode", (1540, 40), {}, {"samples": (7, 0), "vae": (1, 2)}, size=(210, 46))
+    b.add(9, "SaveImage", (1780, 40), {"filename_prefix": "guided_synthesis/regions_txt2img"}, {"images": (8, 0)},
+          size=(360, 400))
+    b.add(10, "GS_SDEdit", (1180, 360), {"seed": 42, "steps": 20, "cfg": 7.5, "sampler_name": "euler",
+                                         "scheduler": "normal", "strength": 0.6, "semantics": "paper", "repeats": 1,
+                                         "strength_sweep": ""},
+          {"model": (5, 0), "positive": (5, 1), "negative": (3, 0), "image": (4, 0), "vae": (1, 2)},
+          size=(340, 420))
+    b.add(11, "VAEDecode", (1540, 480), {}, {"samples": (10, 0), "vae": (1, 2)}, size=(210, 46))
+    b.add(12, "SaveImage", (1780, 480), {"filename_prefix": "guided_synthesis/regions_sdedit"}, {"images": (11, 0)},
+          size=(360, 400))
+    b.add(13, "PreviewImage", (820, 40), {}, {"images": (5, 2)}, size=(320, 340))
+    b.add(14, "GS_GradOPPlus", (1180, 860),
+          {"seed": 42, "steps": 30, "cfg": 7.5, "sampler_name": "euler", "scheduler": "ddim_uniform",
+           "strength": 0.8, "iterative_steps": 3, "grad_steps": 12, "learning_rate": 0.1,
+           "painting_function": "gaussian blur", "decoder": "auto", "loss_resolution": "full", "mode": "GradOP+",
+           "gamma": 0.001, "width": 0, "height": 0, "batch_size": 1},
+          {"model": (5, 0), "positive": (5, 1), "negative": (3, 0), "vae": (1, 2), "strokes": (4, 0)},
+          size=(340, 560))
+    b.add(15, "VAEDecode", (1540, 920), {}, {"samples": (14, 0), "vae": (1, 2)}, size=(210, 46))
+    b.add(16, "SaveImage", (1780, 920), {"filename_prefix": "guided_synthesis/regions_gradop"}, {"images": (15, 0)},
+          size=(360, 400))
+    return b.workflow()
+
+
+WORKFLOWS = {"regions_words": regions_workflow}
+INPUTS = {STROKES_FILE: stroke_painting}
+THUMBNAILS = {"regions_words": STROKES_FILE}

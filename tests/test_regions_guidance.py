@@ -1,0 +1,205 @@
+"""guidance/regions.py: palette extraction, region spec, token spans, layer grids, biased attention.
+Pure torch, no host."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+
+from guidance import regions
+
+RED, BLUE, YELLOW, GREEN = (220, 40, 30), (40, 90, 200), (250, 210, 80), (70, 150, 60)
+
+
+def antialiased(size: int, draw_fn, background, supersample: int = 4):
+    """Draw at 4x and downsample with a box filter: real anti-aliased edges. Also returns the exact
+    per-colour coverage at the target size (the fraction of each pixel's sub-pixels of each colour)."""
+    big = Image.new("RGB", (size * supersample,) * 2, background)
+    draw_fn(ImageDraw.Draw(big), supersample)
+    small = big.resize((size, size), Image.BOX)
+    image = torch.from_numpy(np.asarray(small).copy()).float() / 255
+    hi = torch.from_numpy(np.asarray(big).copy()).long()
+    return image, hi
+
+
+def coverage(hi: torch.Tensor, colour, size: int) -> torch.Tensor:
+    exact = (hi == torch.tensor(colour)).all(-1).float()
+    return F.avg_pool2d(exact[None, None], hi.shape[0] // size)[0, 0]
+
+
+def scene(draw, s):
+    draw.ellipse([10 * s, 8 * s, 30 * s, 28 * s], fill=RED)
+    draw.polygon([(40 * s, 60 * s), (60 * s, 20 * s), (63 * s, 60 * s)], fill=YELLOW)
+    draw.rectangle([0, 44 * s, 36 * s, 63 * s], fill=GREEN)
+
+
+def test_palette_on_antialiased_strokes_gives_the_right_masks():
+    image, hi = antialiased(64, scene, BLUE)
+    palette = regions.extract_palette(image, tolerance=24, min_area=0.002)
+    assert sorted(palette.colours) == sorted([RED, BLUE, YELLOW, GREEN])
+    # reading order: blue background (row 0) first, then red circle, then yellow, then green
+    assert palette.colours[0] == BLUE and palette.colours[1] == RED
+    assert torch.equal(palette.masks.sum(0), torch.ones(64, 64))  # a partition of the image
+    truths = {colour: coverage(hi, colour, 64) for colour in palette.colours}
+    for colour, mask in zip(palette.colours, palette.masks):
+        truth = truths[colour]
+        others = torch.stack([t for c, t in truths.items() if c != colour]).amax(0)
+        # pixels mostly of this colour are in the mask, pixels mostly of another colour are not
+        assert bool((mask[truth > 0.6] == 1).all()), colour
+        assert bool((mask[others > 0.6] == 0).all()), colour
+        iou = ((mask > 0) & (truth > 0.5)).sum() / ((mask > 0) | (truth > 0.5)).sum()
+        assert iou > 0.93, (colour, float(iou))
+    assert all(abs(a - float(m.mean())) < 1e-6 for a, m in zip(palette.areas, palette.masks))
+
+
+def test_palette_drops_specks_and_edge_bands_and_tolerates_noise():
+    image, _ = antialiased(64, lambda d, s: d.rectangle([0, 0, 31 * s + 1, 64 * s], fill=RED), BLUE)
+    image[5, 50] = torch.tensor([0.0, 1.0, 0.0])  # one green speck inside blue
+    noisy = (image + 0.03 * torch.randn(image.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    for picture in (image, noisy):
+        palette = regions.extract_palette(picture, tolerance=40, min_area=0.002)
+        assert len(palette.colours) == 2, palette.colours
+        red = palette.masks[[i for i, c in enumerate(palette.colours) if c[0] > 128][0]]
+        assert red[:, :31].min() == 1 and red[:, 33:].max() == 0
+
+
+def test_palette_single_colour_and_bad_shape():
+    palette = regions.extract_palette(torch.full((16, 16, 3), 0.5))
+    assert len(palette.colours) == 1 and palette.masks.shape == (1, 16, 16)
+    with pytest.raises(ValueError, match="stroke image"):
+        regions.extract_palette(torch.zeros(16, 16))
+
+
+def test_colour_families():
+    assert regions.colour_family(RED) == "red"
+    assert regions.colour_family(BLUE) == "blue"
+    assert regions.colour_family(YELLOW) == "yellow"
+    assert regions.colour_family(GREEN) == "green"
+    assert regions.colour_family((255, 255, 255)) == "white"
+    assert regions.colour_family((10, 10, 10)) == "black"
+    assert regions.colour_family((128, 128, 130)) == "grey"
+    assert regions.colour_family((120, 70, 30)) == "brown"
+
+
+def test_region_spec_parsing_and_resolution():
+    spec = regions.parse_region_spec("// comment\n#DC281E: a castle\n\nlight blue : sky\nriver\n(sun:1.2)\n")
+    assert [(line.line, line.phrase) for line in spec] == [(2, "a castle"), (4, "sky"), (5, "river"), (6, "(sun:1.2)")]
+    assert spec[0].rgb == (0xDC, 0x28, 0x1E) and spec[1].name == ("light", "blue")
+    colours = [(110, 170, 235), RED, (40, 100, 170), YELLOW]
+    assert regions.resolve_regions(spec, colours) == ["sky", "a castle", "river", "(sun:1.2)"]
+    assert regions.parse_region_spec("#abc: x")[0].rgb == (0xAA, 0xBB, 0xCC)
+
+
+@pytest.mark.parametrize("text,colours,message", [
+    ("rde: castle", [RED], "line 1: unknown colour 'rde'"),
+    ("red:", [RED], "line 1: empty phrase for red"),
+    ("#ff0000:   ", [RED], "empty phrase"),
+    ("#ff00zz: castle", [RED], "not a #RRGGBB colour"),
+    ("red: castle\n#dc281e: tower", [RED, BLUE], "named twice (line 1 'red' and line 2 '#dc281e')"),
+    ("#00ff00: grass", [RED, BLUE], "#00ff00 is not in the stroke image"),
+    ("green: grass", [RED, BLUE], "no region of the stroke image is green"),
+    ("blue: sea", [(110, 170, 235), (40, 100, 170)], "'blue' matches several colours"),
+    ("a\nb\nc", [RED, BLUE], "3 phrases without a colour but only 2"),
+])
+def test_region_spec_errors(text, colours, message):
+    with pytest.raises(ValueError) as error:
+        regions.resolve_regions(regions.parse_region_spec(text), colours)
+    assert message in str(error.value)
+    assert "region_spec" in str(error.value)
+
+
+BOS, EOS = 49406, 49407
+
+
+def chunk(ids, length=77, pad=EOS):
+    row = [BOS] + list(ids) + [EOS]
+    return row + [pad] * (length - len(row))
+
+
+def test_token_positions_offsets_chunks_and_repeats():
+    castle, river, tower, a = 10, 20, 30, 1
+    prompt = [chunk([a, castle, tower, a, river] + [a] * 60 + [castle]), chunk([a, river, castle])]
+    spans = regions.phrase_token_positions(prompt, [[castle], [river], [castle, tower]], BOS, EOS)
+    # +1 for BOS; chunk 1 starts at 77; 'castle tower' claims its castle; repeated words all count
+    assert spans[2] == [2, 3]
+    assert spans[0] == [66, 80]
+    assert spans[1] == [5, 79]
+
+
+def test_token_positions_pad_token_zero_and_missing_and_embeddings():
+    prompt = [chunk([0, 5, 6], pad=0)]  # clip_g pads with 0, which is also the id of '!'
+    assert regions.phrase_token_positions(prompt, [[0], [7], [5, 6]], BOS, EOS) == [[1], [], [2, 3]]
+    with_embedding = [[BOS, None, 5, EOS]]
+    assert regions.phrase_token_positions(with_embedding, [[5]], BOS, EOS) == [[2]]
+
+
+def test_layer_grid_for_odd_sizes():
+    assert regions.layer_grid(64 * 96, (64, 96)) == (64, 96)
+    assert regions.layer_grid(5 * 3, (9, 5)) == (5, 3)  # ceil halving of an odd latent
+    assert regions.layer_grid(3 * 2, (9, 5)) == (3, 2)
+    assert regions.layer_grid(12, (9, 5), hint_hw=(3, 4)) == (3, 4)
+    assert regions.layer_grid(7, (9, 5)) is None
+
+
+def make_region(mode="paint_with_words", strength=0.5, n_tokens=77):
+    masks = torch.zeros(1, 8, 8)
+    masks[0, :, :4] = 1  # left half
+    token_masks = torch.zeros(1, n_tokens)
+    token_masks[0, 3] = 1
+    return regions.RegionAttention(masks, token_masks, strength=strength, mode=mode,
+                                   sigma_to_t=lambda s: min(1.0, s / 14.6))
+
+
+def qkv(batch=2, n_query=64, n_keys=77, heads=2, dim=8, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, n, heads * dim, generator=gen) for n in (n_query, n_keys, n_keys)]
+
+
+def reference_attention(q, k, v, heads, bias):
+    b, n, inner = q.shape
+    d = inner // heads
+    qh, kh, vh = (t.reshape(b, -1, heads, d).transpose(1, 2) for t in (q, k, v))
+    return (torch.softmax((qh @ kh.transpose(-1, -2) + bias) / math.sqrt(d), -1) @ vh).transpose(1, 2).reshape(b, n, inner)
+
+
+def test_paint_with_words_matches_the_formula():
+    region = make_region(strength=0.5)
+    q, k, v = qkv()
+    sigma = torch.tensor([3.0, 0.5])
+    out = region.attention(q, k, v, 2, (8, 8), sigma)
+    d = 8
+    scores = (q.reshape(2, 64, 2, d).transpose(1, 2) @ k.reshape(2, 77, 2, d).transpose(1, 2).transpose(-1, -2))
+    peak = scores.amax(dim=(-2, -1), keepdim=True).clamp_min(0)
+    w = 0.5 * torch.log1p(sigma).view(2, 1, 1, 1) * peak
+    bias = torch.zeros(64, 77)
+    bias[torch.arange(64) % 8 < 4, 3] = 1
+    torch.testing.assert_close(out, reference_attention(q, k, v, 2, w * bias), rtol=1e-5, atol=1e-5)
+
+
+def test_bias_raises_mass_inside_only_and_tiles_repeated_prompts():
+    for mode in regions.MODES:
+        region = make_region(mode, strength=1.0)
+        q, k, v = qkv(batch=1, n_keys=154)
+        v_probe = torch.zeros_like(v)
+        v_probe[:, [3, 80]] = 1  # token 3 and its copy in the repeated prompt
+        inside = torch.arange(64) % 8 < 4
+        sigma = torch.tensor([10.0])
+        mass = region.attention(q, k, v_probe, 2, (8, 8), sigma).mean(-1)[0]
+        plain = region.attention(q, k, v_probe, 2, (8, 8), sigma, with_plain=True)[1].mean(-1)[0]
+        assert (mass[inside] > plain[inside]).all(), mode
+        if mode == "dense":
+            assert (mass[~inside] < plain[~inside]).all()
+        else:
+            torch.testing.assert_close(mass[~inside], plain[~inside])
+    assert make_region().attention(*qkv(batch=1, n_keys=100), 2, (8, 8), torch.tensor([1.0])) is None
+
+
+def test_zero_strength_and_window():
+    assert make_region(strength=0.0).is_noop
+    region = make_region()
+    region.sigma_start, region.sigma_end = 5.0, 1.0
+    assert region.active(torch.tensor([6.0, 5.0, 3.0, 1.0, 0.5])).tolist() == [False, True, True, True, False]
+    with pytest.raises(ValueError, match="mode"):
+        make_region(mode="nope")
