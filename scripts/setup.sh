@@ -95,6 +95,24 @@ if [ "$WITH_TEST_DEPS" = "1" ] && [ ! -f "$STAMP_DIR/test_reqs_$REQ_HASH" ]; the
   touch "$STAMP_DIR/test_reqs_$REQ_HASH"
 fi
 
+# Browser tests (tests/browser/) drive Debian's chromium through Playwright (installed above from
+# requirements-test.txt); Playwright's own browser download (`playwright install`) is never used.
+CHROMIUM="${GS_CHROMIUM:-/usr/bin/chromium}"
+if [ "$WITH_TEST_DEPS" = "1" ] && [ ! -x "$CHROMIUM" ]; then
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "the browser tests need Chromium at $CHROMIUM (set GS_CHROMIUM to another binary)" >&2; exit 1
+  fi
+  SUDO=""
+  if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
+  log "installing Debian's chromium for the browser tests"
+  $SUDO apt-get update -q
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium
+  [ -x "$CHROMIUM" ] || { echo "chromium was installed but $CHROMIUM is missing" >&2; exit 1; }
+fi
+if [ "$WITH_TEST_DEPS" = "1" ] && [ ! -f "$STAMP_DIR/chromium" ]; then
+  "$CHROMIUM" --version > "$STAMP_DIR/chromium" 2>/dev/null || true
+fi
+
 # Link the pack into the host's custom_nodes/ (the folder name is the pack's id in the UI).
 LINK="$HOST/custom_nodes/guided_synthesis"
 if [ ! -e "$LINK" ]; then

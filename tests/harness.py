@@ -161,6 +161,8 @@ WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 TINY_SWAPS = {
     "CheckpointLoaderSimple": ("GS_TestTinyCheckpoint", lambda inputs: {"kind": "sd15", "seed": 0}),
     "LoadImage": ("GS_TestLoadImageSmall", lambda inputs: {"image": inputs["image"], "size": 64}),
+    # the real Stroke Canvas node, its outputs downscaled to 64 px (tests/host_nodes/gs_test_canvas)
+    "GS_StrokeCanvas": ("GS_TestStrokeCanvasSmall", lambda inputs: {**inputs, "size": 64}),
 }
 
 

@@ -1,0 +1,314 @@
+"""Helpers for the real-browser tests: a real ComfyUI server (main.py --cpu) and a headless Chromium page
+driving the host's own frontend through Playwright.
+
+Chromium is Debian's package (/usr/bin/chromium, or $GS_CHROMIUM); ``make test`` installs it
+(scripts/setup.sh). Playwright's own browser download (``playwright install``) is never used.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import harness
+
+ARTIFACTS = harness.ROOT / "test-artifacts" / "browser"
+CHROMIUM = os.environ.get("GS_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+VIEWPORT = {"width": 1500, "height": 1000}
+# First-run UI that would cover the graph (template browser, tutorial) is switched off per user.
+USER_SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Validation.Workflows": True}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_json(url: str, timeout: float = 10):
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+class Server:
+    """``main.py --cpu`` on a free loopback port, with its own input/output/user folders."""
+
+    def __init__(self, base: Path, with_pack: bool = True):
+        self.base = base
+        self.with_pack = with_pack
+        for sub in ("output", "input", "user/default", "temp"):
+            (base / sub).mkdir(parents=True, exist_ok=True)
+        (base / "user" / "default" / "comfy.settings.json").write_text(json.dumps(USER_SETTINGS))
+        for file in (harness.WORKFLOWS / "inputs").glob("*"):
+            shutil.copy(file, base / "input" / file.name)
+        args = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(free_port()),
+                "--output-directory", str(base / "output"), "--input-directory", str(base / "input"),
+                "--user-directory", str(base / "user"), "--temp-directory", str(base / "temp"),
+                "--disable-auto-launch"]
+        if with_pack:
+            custom_nodes = harness.make_custom_nodes_dir(base)
+            (base / "extra_model_paths.yaml").write_text(
+                "gs_tests:\n"
+                f"  base_path: {base}\n"
+                f"  custom_nodes: |\n    {custom_nodes}\n    {harness.HOST_NODES}\n")
+            args += ["--extra-model-paths-config", str(base / "extra_model_paths.yaml")]
+        else:
+            args += ["--disable-all-custom-nodes"]
+        self.port = int(args[args.index("--port") + 1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = base / "server.log"
+        self._log = open(self.log_path, "w")
+        self.process = subprocess.Popen(args, cwd=str(harness.host_path()), stdout=self._log,
+                                        stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    def wait_ready(self) -> "Server":
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                http_json(self.url + "/system_stats", timeout=2)
+                return self
+            except OSError:
+                time.sleep(0.3)
+        self.stop()
+        raise RuntimeError("ComfyUI did not start:\n" + self.log_path.read_text()[-4000:])
+
+    @property
+    def input_dir(self) -> Path:
+        return self.base / "input"
+
+    @property
+    def output_dir(self) -> Path:
+        return self.base / "output"
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+
+def new_server(with_pack: bool = True) -> Server:
+    """Start a server (returns at once; call wait_ready before use)."""
+    return Server(Path(tempfile.mkdtemp(prefix="gs-browser-")), with_pack=with_pack)
+
+
+# -------------------------------------------------------------------------------------------------
+# Browser side
+
+# Console noise is compared after dropping what differs between two servers (port, ids, counters).
+_VOLATILE = [(re.compile(r"https?://127\.0\.0\.1:\d+"), "URL"), (re.compile(r"\b[0-9a-f]{8}-[0-9a-f-]{27}\b"), "UUID"),
+             (re.compile(r"\d+(\.\d+)?\s*ms\b"), "N ms")]
+
+
+def normalise(message: str) -> str:
+    for pattern, replacement in _VOLATILE:
+        message = pattern.sub(replacement, message)
+    return message.strip()
+
+
+_EXTERNAL = re.compile(r"^(?!https?://127\.0\.0\.1[:/])(?!data:)(?!blob:)(?!about:)")
+
+
+def _is_local(url: str) -> bool:
+    return not url or url.startswith(("http://127.0.0.1", "data:", "blob:", "about:"))
+
+
+class Page:
+    """One Playwright page on a server, recording console errors, page errors and failed requests."""
+
+    def __init__(self, browser, server: Server):
+        self.server = server
+        self.context = browser.new_context(viewport=VIEWPORT)
+        self.page = self.context.new_page()
+        self.errors: list[str] = []
+        self.page.on("console", self._console)
+        self.page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
+        self.page.on("requestfailed", lambda r: _is_local(r.url) and self.errors.append(
+            f"requestfailed: {r.url} {r.failure}"))
+        # Nothing outside this machine is contacted: the frontend's own look-ups (api.comfy.org release
+        # notes, registry info per node type) are aborted, and their failures are not counted as errors.
+        self.context.route(_EXTERNAL, lambda route: route.abort())
+        self.page.set_default_timeout(60_000)
+
+    def _console(self, message) -> None:
+        if message.type != "error":
+            return
+        where = (message.location or {}).get("url", "")
+        if where and not _is_local(where):
+            return
+        self.errors.append(f"console: {message.text} [{where}]")
+
+    def open(self) -> None:
+        self.page.goto(self.server.url + "/", wait_until="load")
+        self.wait_ready()
+
+    def reload(self) -> None:
+        self.page.reload(wait_until="load")
+        self.wait_ready()
+
+    def wait_ready(self) -> None:
+        # window.app / window.LiteGraph appear when the graph view is set up; node defs are registered then.
+        self.wait("() => window.app && window.app.graph && window.LiteGraph"
+                  " && Object.keys(window.LiteGraph.registered_node_types).length > 100"
+                  " && window.app.canvas && window.app.canvasEl", timeout=90_000)
+        self.page.evaluate(_INSTALL_RECORDER)
+        self.page.wait_for_load_state("networkidle")
+
+    def wait(self, predicate: str, arg=None, timeout: float = 60_000):
+        """page.wait_for_function, polled every 200 ms (the default polls every animation frame, which
+        costs CPU the server needs); returns the predicate's truthy value."""
+        return self.page.wait_for_function(predicate, arg=arg, polling=200, timeout=timeout).json_value()
+
+    def run_graph(self, output_ids: list[str], timeout: float = 900_000) -> dict:
+        """Queue the current graph as the Run button does and wait until the output nodes show their
+        images. The graph canvas stops redrawing while the server works (software rendering in headless
+        Chromium would take CPU from it) and redraws before the images are checked."""
+        queued = self.page.evaluate(QUEUE)
+        answer = queued["answer"] or {}
+        if not answer.get("prompt_id") or answer.get("node_errors") or answer.get("error"):
+            return {"error": {"not_queued": answer}}
+        self.page.evaluate("() => { window.app.canvas.pause_rendering = true; }")
+        try:
+            marks = {"ids": output_ids, "since": queued["before"], "errorsSince": queued["errorsBefore"]}
+            finished = self.wait(WAIT_EXECUTED, marks, timeout)
+        finally:
+            self.page.evaluate("() => { window.app.canvas.pause_rendering = false;"
+                               " window.app.canvas.setDirty(true, true); }")
+        if "error" in finished:
+            return finished
+        result = self.wait(WAIT_OUTPUT_IMAGES, marks)
+        result["prompt_id"] = answer["prompt_id"]
+        return result
+
+    def new_errors(self, baseline: set[str], since: int = 0) -> list[str]:
+        """Errors recorded (after the first ``since``) that a page without the pack does not log."""
+        return [e for e in self.errors[since:] if normalise(e) not in baseline]
+
+    def screenshot(self, name: str) -> Path:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        path = ARTIFACTS / f"{name}.png"
+        self.page.screenshot(path=str(path))
+        return path
+
+    def close(self) -> None:
+        self.context.close()
+
+
+# Records the server's execution messages as the frontend's api object receives them.
+_INSTALL_RECORDER = """() => {
+  if (window.__gs) return;
+  const api = window.comfyAPI.api.api;
+  window.__gs = { executed: [], errors: [], success: [], queued: [] };
+  const queuePrompt = api.queuePrompt.bind(api);
+  api.queuePrompt = async (...args) => {
+    try {
+      const answer = await queuePrompt(...args);
+      window.__gs.queued.push(answer);
+      return answer;
+    } catch (error) {
+      window.__gs.queued.push({ error: String(error && error.message), response: error && error.response });
+      throw error;
+    }
+  };
+  api.addEventListener('executed', (e) => window.__gs.executed.push(e.detail));
+  api.addEventListener('execution_error', (e) => window.__gs.errors.push(e.detail));
+  api.addEventListener('execution_success', (e) => window.__gs.success.push(e.detail));
+}"""
+
+
+# -------------------------------------------------------------------------------------------------
+# Graph operations run in the page (the frontend's own objects: window.app, window.LiteGraph)
+
+# Test-only swaps, mirroring harness.TINY_SWAPS: the example workflows name a real checkpoint
+# ("v1-5-pruned-emaonly.safetensors", absent here) and 512 px inputs. In the browser graph each swapped
+# node is replaced by the test node (tests/host_nodes), widget values are copied by name where the test
+# node has the same widget, and every link is reconnected (inputs by name, outputs by slot).
+BROWSER_SWAPS = {
+    "CheckpointLoaderSimple": {"type": "GS_TestTinyCheckpoint", "values": {"kind": "sd15", "seed": 0}},
+    "LoadImage": {"type": "GS_TestLoadImageSmall", "values": {"size": 64}},
+    "GS_StrokeCanvas": {"type": "GS_TestStrokeCanvasSmall", "values": {"size": 64}},
+}
+assert set(BROWSER_SWAPS) == set(harness.TINY_SWAPS), "keep the browser swaps in step with harness.TINY_SWAPS"
+
+SWAP_NODES = """({swaps}) => {
+  const app = window.app, LG = window.LiteGraph, graph = app.graph;
+  const link = (id) => (graph.links.get ? graph.links.get(id) : graph.links[id]);
+  const swapped = [];
+  for (const old of [...graph.nodes]) {
+    const swap = swaps[old.type];
+    if (!swap) continue;
+    const node = LG.createNode(swap.type);
+    if (!node) throw new Error(`cannot create ${swap.type}`);
+    node.pos = [old.pos[0], old.pos[1]];
+    graph.add(node);
+    for (const w of node.widgets || []) {
+      const same = (old.widgets || []).find((o) => o.name === w.name);
+      if (same !== undefined && !(w.name in swap.values)) w.value = same.value;
+      if (w.name in swap.values) w.value = swap.values[w.name];
+    }
+    const inbound = (old.inputs || []).filter((i) => i.link != null).map((i) => [i.name, link(i.link)]);
+    const outbound = [];
+    (old.outputs || []).forEach((output, slot) => {
+      for (const id of output.links || []) outbound.push([slot, link(id)]);
+    });
+    for (const [name, l] of inbound) {
+      const source = graph.getNodeById(l.origin_id);
+      source.connect(l.origin_slot, node, node.findInputSlot(name));
+    }
+    for (const [slot, l] of outbound) {
+      node.connect(slot, graph.getNodeById(l.target_id), l.target_slot);
+    }
+    graph.remove(old);
+    swapped.push([old.type, swap.type, node.id]);
+  }
+  app.canvas.setDirty(true, true);
+  return swapped;
+}"""
+
+# Queue the graph as the Run button does (app.queuePrompt). Its return value cannot be used (this
+# frontend returns false when the server answers node_errors: {}), so the recorder keeps the server's answer.
+QUEUE = """async () => {
+  const before = window.__gs.executed.length, asked = window.__gs.queued.length;
+  const errorsBefore = window.__gs.errors.length;
+  await window.app.queuePrompt(0, 1);
+  const answer = window.__gs.queued[asked];
+  return { before, errorsBefore, answer: answer || null };
+}"""
+
+WAIT_EXECUTED = """({ids, since, errorsSince}) => {
+  const errors = window.__gs.errors.slice(errorsSince);
+  if (errors.length) return { error: errors[0] };
+  const done = window.__gs.executed.slice(since).filter((d) => ids.includes(String(d.display_node || d.node)));
+  return done.length >= ids.length ? { done: done.length } : null;
+}"""
+
+WAIT_OUTPUT_IMAGES = """({ids, since, errorsSince}) => {
+  const errors = window.__gs.errors.slice(errorsSince);
+  if (errors.length) return { error: errors[0] };
+  const done = window.__gs.executed.slice(since).filter((d) => ids.includes(String(d.display_node || d.node)));
+  if (done.length < ids.length) return null;
+  // and the images are shown on the nodes, loaded
+  for (const id of ids) {
+    const node = window.app.graph.getNodeById(Number(id));
+    const imgs = node && node.imgs;
+    if (!imgs || !imgs.length || !imgs.every((i) => i.complete && i.naturalWidth > 0)) return null;
+  }
+  return { outputs: done.map((d) => ({ node: String(d.display_node || d.node), images: d.output.images || [] })) };
+}"""

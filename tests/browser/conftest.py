@@ -1,0 +1,66 @@
+"""Fixtures for the real-browser tests: headless Debian Chromium (Playwright), a baseline of the console
+errors a stock ComfyUI page logs without the pack, and a server with the pack and the tiny test nodes."""
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import browser_support as bs  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if not Path(bs.CHROMIUM).exists():
+        pytest.fail(f"{bs.CHROMIUM} is missing: run `make setup-test` (installs Debian's chromium) or set GS_CHROMIUM")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=bs.CHROMIUM, args=bs.CHROMIUM_ARGS)
+        yield instance
+        instance.close()
+
+
+@pytest.fixture(scope="session")
+def server(browser):
+    """The server with the pack and the tiny test nodes (started while the baseline is taken)."""
+    instance = bs.new_server(with_pack=True)
+    try:
+        yield instance  # the baseline fixture waits for it
+    finally:
+        instance.stop()
+
+
+@pytest.fixture(scope="session")
+def baseline(browser, server) -> set[str]:
+    """Errors a page load logs on the same host with every custom node disabled (a stock ComfyUI page
+    already logs a few 404s and a frontend TypeError); tests fail only on errors beyond these."""
+    stock = bs.new_server(with_pack=False)
+    try:
+        page = bs.Page(browser, stock.wait_ready())
+        page.open()
+        page.screenshot("00-baseline-without-pack")
+        errors = {bs.normalise(e) for e in page.errors}
+        page.close()
+    finally:
+        stock.stop()
+    server.wait_ready()
+    return errors
+
+
+@pytest.fixture
+def page(browser, server, baseline):
+    """A fresh page on the server (after the baseline is known)."""
+    instance = bs.Page(browser, server)
+    instance.open()
+    yield instance
+    instance.close()
+
+
+@pytest.fixture(scope="module")
+def shared_page(browser, server, baseline):
+    """One page for a module's tests (each test loads its own graph into it)."""
+    instance = bs.Page(browser, server)
+    instance.open()
+    yield instance
+    instance.close()
