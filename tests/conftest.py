@@ -24,3 +24,10 @@ def captured():
     store = harness.test_nodes_module().CAPTURED
     store.clear()
     return store
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Browser tests run last: Playwright's sync API leaves an asyncio loop marked as running in this
+    thread, after which the in-process host's ``asyncio.run`` calls would fail."""
+    browser = Path(__file__).resolve().parent / "browser"
+    items.sort(key=lambda item: Path(str(item.fspath)).resolve().is_relative_to(browser))

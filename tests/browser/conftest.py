@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import browser_support as bs  # noqa: E402
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser():
     if not Path(bs.CHROMIUM).exists():
         pytest.fail(f"{bs.CHROMIUM} is missing: run `make setup-test` (installs Debian's chromium) or set GS_CHROMIUM")
@@ -21,7 +21,7 @@ def browser():
         instance.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def server(browser):
     """The server with the pack and the tiny test nodes (started while the baseline is taken)."""
     instance = bs.new_server(with_pack=True)
@@ -31,7 +31,7 @@ def server(browser):
         instance.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def baseline(browser, server) -> set[str]:
     """Errors a page load logs on the same host with every custom node disabled (a stock ComfyUI page
     already logs a few 404s and a frontend TypeError); tests fail only on errors beyond these."""
