@@ -26,3 +26,13 @@ export function el(tag, attrs = {}, children = []) {
 export function clear(node) {
   while (node.firstChild) node.removeChild(node.firstChild);
 }
+
+/** Run `after` after an object's method (e.g. a node prototype's onNodeCreated), keeping the original. */
+export function chain(object, method, after) {
+  const original = object[method];
+  object[method] = function (...args) {
+    const result = original?.apply(this, args);
+    after.apply(this, args);
+    return result;
+  };
+}

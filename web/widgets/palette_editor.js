@@ -14,7 +14,7 @@
 //  - after a reload, the palette stored in the node's properties.
 // User text only ever goes into the page through value / textContent (lib/dom.js `el`).
 import { app } from "../../../scripts/app.js";
-import { clear, el } from "../lib/dom.js";
+import { chain, clear, el } from "../lib/dom.js";
 import { loadImage, parseAnnotated, viewUrl } from "../lib/upload.js";
 
 export const NODE_TYPE = "GS_StrokeRegions";
@@ -203,15 +203,6 @@ export function extractPalette(image, tolerance = 24, minArea = 0.002) {
 
 // ---------------------------------------------------------------------------------------------
 // The widget
-
-function chain(object, method, after) {
-  const original = object[method];
-  object[method] = function (...args) {
-    const result = original?.apply(this, args);
-    after.apply(this, args);
-    return result;
-  };
-}
 
 class PaletteEditor {
   constructor(node) {

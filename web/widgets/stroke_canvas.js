@@ -8,7 +8,7 @@
 // workflows stay small and reload with their painting. The background shown under the strokes is the
 // "background_color" widget, or the node's "image" input as of its last run.
 import { app } from "../../../scripts/app.js";
-import { el } from "../lib/dom.js";
+import { chain, el } from "../lib/dom.js";
 import { annotatedName, loadImage, parseAnnotated, uploadImage, viewUrl } from "../lib/upload.js";
 
 export const NODE_TYPE = "GS_StrokeCanvas";
@@ -508,15 +508,6 @@ class StrokeCanvasWidget {
     }
     this.redraw();
   }
-}
-
-function chain(object, method, after) {
-  const original = object[method];
-  object[method] = function (...args) {
-    const result = original?.apply(this, args);
-    after.apply(this, args);
-    return result;
-  };
 }
 
 function attach(node) {
