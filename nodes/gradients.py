@@ -90,7 +90,38 @@ def probe_gradient(fn: Callable[[], torch.Tensor]) -> str | None:
     return None
 
 
-class DifferentiableDecoder:
+class _OwnedDecoder:
+    """A pack-owned, frozen decoder module on the VAE device; ``_decode`` gives [0, 1] images with autograd."""
+
+    module: torch.nn.Module | None
+
+    def _own(self, module: torch.nn.Module) -> None:
+        """Freeze ``module`` (built inside inference_mode(False)) and move it to ``self.device``/``self.dtype``."""
+        with torch.inference_mode(False):
+            module.requires_grad_(False)
+            module.eval()
+            module.to(device=self.device, dtype=self.dtype)
+        self.module = module
+
+    def _decode(self, latent: torch.Tensor, clamp: bool) -> torch.Tensor:
+        if self.module is None:
+            raise RuntimeError(f"{type(self).__name__} was closed")
+        image = self.module.decode(latent.to(device=self.device, dtype=self.dtype)).float()
+        image = (image + 1.0) * 0.5
+        return image.clamp(0.0, 1.0) if clamp else image
+
+    def close(self) -> None:
+        self.module = None
+        comfy.model_management.soft_empty_cache()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class DifferentiableDecoder(_OwnedDecoder):
     """A pack-owned, grad-capable copy of a VAE's decoder.
 
     ``decode(z_raw)`` maps a raw VAE latent (what LATENT dicts hold) to an image in about
@@ -107,36 +138,18 @@ class DifferentiableDecoder:
         self.dtype = dtype or vae.vae_dtype
         self.device = vae.device
         with torch.inference_mode(False):
-            module = copy.deepcopy(source, memo=skip)
-            module.requires_grad_(False)
-            module.eval()
-            module.to(device=self.device, dtype=self.dtype)
-        self.module = module
+            self._own(copy.deepcopy(source, memo=skip))
         self.downscale_ratio = vae.downscale_ratio
 
     def decode(self, z_raw: torch.Tensor, clamp: bool = False) -> torch.Tensor:
-        if self.module is None:
-            raise RuntimeError("DifferentiableDecoder was closed")
-        image = self.module.decode(z_raw.to(device=self.device, dtype=self.dtype)).float()
-        image = (image + 1.0) * 0.5
-        return image.clamp(0.0, 1.0) if clamp else image
+        return self._decode(z_raw, clamp)
 
     def decode_model_space(self, x0: torch.Tensor, latent_format, clamp: bool = False) -> torch.Tensor:
         """Decode a sampler-space x0 (``process_latent_in`` applied) with the model's latent scaling."""
-        return self.decode(latent_format.process_out(x0), clamp=clamp)
-
-    def close(self) -> None:
-        self.module = None
-        comfy.model_management.soft_empty_cache()
-
-    def __enter__(self) -> "DifferentiableDecoder":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+        return self._decode(latent_format.process_out(x0), clamp)
 
 
-class TAESDDecoder:
+class TAESDDecoder(_OwnedDecoder):
     """A pack-owned, grad-capable TAESD decoder loaded from ComfyUI's ``models/vae_approx``.
 
     Same interface as :class:`DifferentiableDecoder`; TAESD takes model-space latents (the
@@ -152,31 +165,13 @@ class TAESDDecoder:
         if not files:
             raise ValueError(f"decoder 'taesd' needs {name}.safetensors (or .pth) in models/vae_approx; "
                              f"download it from the TAESD project or choose another decoder")
-        path = folder_paths.get_full_path_or_raise("vae_approx", files[0])
+        self.path = folder_paths.get_full_path_or_raise("vae_approx", files[0])
         self.device = comfy.model_management.vae_device()
         self.dtype = dtype or torch.float32
         with torch.inference_mode(False):
-            module = comfy.taesd.taesd.TAESD(None, path, latent_channels=latent_format.latent_channels)
+            module = comfy.taesd.taesd.TAESD(None, self.path, latent_channels=latent_format.latent_channels)
             module.taesd_encoder = None
-            module.requires_grad_(False)
-            module.eval()
-            module.to(device=self.device, dtype=self.dtype)
-        self.module = module
-        self.path = path
+            self._own(module)
 
     def decode_model_space(self, x0: torch.Tensor, latent_format=None, clamp: bool = False) -> torch.Tensor:
-        if self.module is None:
-            raise RuntimeError("TAESDDecoder was closed")
-        image = self.module.decode(x0.to(device=self.device, dtype=self.dtype)).float()
-        image = (image + 1.0) * 0.5
-        return image.clamp(0.0, 1.0) if clamp else image
-
-    def close(self) -> None:
-        self.module = None
-        comfy.model_management.soft_empty_cache()
-
-    def __enter__(self) -> "TAESDDecoder":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+        return self._decode(x0, clamp)
