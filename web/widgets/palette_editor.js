@@ -4,14 +4,16 @@
 // and writes the node's "region_spec" widget as "#rrggbb: phrase" lines. The region_spec string is
 // the source of truth: it is what the workflow saves and what the node reads; the editor re-reads it
 // whenever it is shown or the text is edited by hand. Lines the editor cannot attribute to a
-// swatch (comments, colours not in the painting, bare phrases before the first run) are kept.
+// swatch (comments, bare phrases beyond the colours) are kept; lines naming a colour that is not in
+// the painting are flagged (the node stops on them) with a button that removes them.
 //
 // Where the palette comes from:
 //  - after a run, the node's UI output "gs_palette" (the regions the node found);
-//  - before a run, when "stroke" comes straight from a LoadImage node, the chosen/uploaded image is
-//    read in the browser and its colours are found with the same method (approximate: the browser
-//    sees the file at up to 256 px);
-//  - after a reload, the palette stored in the node's properties.
+//  - before a run, when "stroke" comes straight from a Load Image node, the chosen or uploaded file is
+//    read in the browser, and when it comes from the pack's Stroke Canvas, the painting as shown
+//    (re-read as the user paints); the colours are found with the node's method (approximate: the
+//    browser looks at up to 256 px);
+//  - after a reload, the palette stored in the node's properties (kept while it belongs to the same file).
 // User text only ever goes into the page through value / textContent (lib/dom.js `el`).
 import { app } from "../../../scripts/app.js";
 import { chain, clear, el } from "../lib/dom.js";
@@ -22,6 +24,7 @@ const UI_KEY = "gs_palette";
 const PROPERTY = "gs_palette";
 const SPEC_WIDGET = "region_spec";
 const ROW_HEIGHT = 28;
+const CANVAS_SETTLE_MS = 300;
 
 // ---------------------------------------------------------------------------------------------
 // Pure helpers (exported for tests)
@@ -132,6 +135,19 @@ export function buildSpec(palette, phrases, oldSpec) {
   return [...own, ...kept].join("\n");
 }
 
+/** The lines of a spec that name a colour (#rrggbb or a colour name) matching no swatch of this palette:
+ *  the node stops with an error on them (e.g. after a different painting was loaded). */
+export function unmatchedLines(palette, spec) {
+  const { used } = resolveSpec(palette, spec);
+  return parseSpec(spec).filter((line, k) => (line.kind === "hex" || line.kind === "name") && !used.has(k));
+}
+
+/** The spec without its unmatched colour lines. */
+export function dropUnmatched(palette, spec) {
+  const stale = new Set(unmatchedLines(palette, spec).map((line) => line.raw));
+  return String(spec ?? "").split(/\r?\n/).filter((raw) => !stale.has(raw)).join("\n");
+}
+
 /** A plain colour name (same hue families as guidance/regions.py colour_family). */
 export function colourFamily(rgb) {
   const [r, g, b] = rgb.map((c) => c / 255);
@@ -152,9 +168,11 @@ export function colourFamily(rgb) {
   return family;
 }
 
-/** Colour regions of an ImageData, as the node finds them (greedy seeds from a coarse histogram,
- *  regions under minArea dropped, every pixel to its nearest region colour, reading order). */
-export function extractPalette(image, tolerance = 24, minArea = 0.002) {
+/** Colour regions of an ImageData, as guidance/regions.py extract_palette finds them: greedy seeds
+ *  from a coarse histogram; a cluster is a region if it covers minArea of the image and its 3x3-eroded
+ *  interior a quarter of that (so anti-aliased seams are not regions); at most maxRegions; every pixel
+ *  to its nearest region colour; the most frequent exact shade; reading order. */
+export function extractPalette(image, tolerance = 24, minArea = 0.002, maxRegions = 32) {
   const { width, height, data } = image;
   const total = width * height;
   const minPixels = Math.max(1, minArea * total);
@@ -168,52 +186,90 @@ export function extractPalette(image, tolerance = 24, minArea = 0.002) {
   }
   const candidates = [...bins.values()].map((b) => ({ n: b.n, rgb: b.sum.map((s) => s / b.n) }))
     .sort((a, b) => b.n - a.n);
-  const seeds = [];
+  let centres = [];
   for (const c of candidates) {
-    if (c.n < minPixels * 0.25 || seeds.length >= 64) break;
-    if (seeds.every((s) => distance(s, c.rgb) > tolerance)) seeds.push(c.rgb);
+    if (c.n < minPixels * 0.25 || centres.length >= maxRegions * 2) break;
+    if (centres.every((s) => distance(s, c.rgb) > tolerance)) centres.push(c.rgb);
   }
-  if (!seeds.length) return [];
-  let centres = seeds;
+  if (!centres.length) return [];
+  const label = new Int32Array(total);
   for (;;) {
     const counts = centres.map(() => 0);
-    const first = centres.map(() => -1);
-    const shades = centres.map(() => new Map());
     for (let p = 0; p < total; p++) {
       const i = p * 4, rgb = [data[i], data[i + 1], data[i + 2]];
       let best = 0, bestDistance = Infinity;
       centres.forEach((c, k) => { const d = distance(c, rgb); if (d < bestDistance) { best = k; bestDistance = d; } });
+      label[p] = best;
       counts[best]++;
-      if (first[best] < 0) first[best] = p;
-      const code = (rgb[0] << 16) | (rgb[1] << 8) | rgb[2];
-      shades[best].set(code, (shades[best].get(code) ?? 0) + 1);
     }
-    const keep = counts.map((n) => n >= minPixels);
-    if (keep.every(Boolean) || !keep.some(Boolean)) {
-      return centres.map((_, k) => k).filter((k) => counts[k] > 0).sort((a, b) => first[a] - first[b]).map((k) => {
-        let code = 0, most = -1;
-        for (const [c, n] of shades[k]) if (n > most) { most = n; code = c; }
-        const rgb = [(code >> 16) & 255, (code >> 8) & 255, code & 255];
-        return { colour: toHex(rgb), name: colourFamily(rgb), area: counts[k] / total };
-      });
+    const interior = centres.map(() => 0);
+    for (let y = 0; y < height; y++) {
+      for (let x = 0; x < width; x++) {
+        const k = label[y * width + x];
+        let inside = true;
+        for (let dy = -1; dy <= 1 && inside; dy++) {
+          const yy = Math.min(height - 1, Math.max(0, y + dy));
+          for (let dx = -1; dx <= 1; dx++) {
+            if (label[yy * width + Math.min(width - 1, Math.max(0, x + dx))] !== k) { inside = false; break; }
+          }
+        }
+        if (inside) interior[k]++;
+      }
     }
+    let keep = counts.map((n, k) => n >= minPixels && interior[k] >= minPixels * 0.25);
+    if (centres.length > maxRegions) {
+      const cut = [...counts].sort((a, b) => b - a)[maxRegions - 1];
+      keep = keep.map((kept, k) => kept && counts[k] >= cut);
+    }
+    if (!keep.some(Boolean)) {
+      centres = [centres[counts.indexOf(Math.max(...counts))]];
+      continue;
+    }
+    if (keep.every(Boolean)) break;
     centres = centres.filter((_, k) => keep[k]);
   }
+  const first = centres.map(() => -1);
+  const counts = centres.map(() => 0);
+  const shades = centres.map(() => new Map());
+  for (let p = 0; p < total; p++) {
+    const k = label[p], i = p * 4;
+    if (first[k] < 0) first[k] = p;
+    counts[k]++;
+    const code = (data[i] << 16) | (data[i + 1] << 8) | data[i + 2];
+    shades[k].set(code, (shades[k].get(code) ?? 0) + 1);
+  }
+  return centres.map((_, k) => k).sort((a, b) => first[a] - first[b]).map((k) => {
+    let code = 0, most = -1;
+    for (const [c, n] of shades[k]) if (n > most) { most = n; code = c; }
+    const rgb = [(code >> 16) & 255, (code >> 8) & 255, code & 255];
+    return { colour: toHex(rgb), name: colourFamily(rgb), area: counts[k] / total };
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
 // The widget
+
+function referenceKey({ type, subfolder, filename }) {
+  return `${type}/${subfolder}/${filename}`;
+}
 
 class PaletteEditor {
   constructor(node) {
     this.node = node;
     this.rows = el("div", { class: "gs-palette-rows", style: { display: "flex", flexDirection: "column", gap: "3px" } });
     this.status = el("div", { class: "gs-palette-status", style: { fontSize: "11px", opacity: "0.75" } });
+    this.staleText = el("span", { style: { flex: "1" } });
+    this.stale = el("div", { class: "gs-palette-stale", style: { display: "none", alignItems: "center", gap: "6px",
+                                                                 fontSize: "11px", color: "#e8a33d" } }, [
+      this.staleText,
+      el("button", { type: "button", class: "gs-palette-drop", title: "Remove these lines from region_spec",
+                     text: "Remove", on: { click: () => this.dropStale() } }),
+    ]);
     this.element = el("div", {
       class: "gs-palette-editor",
       style: { display: "flex", flexDirection: "column", gap: "4px", padding: "4px", boxSizing: "border-box",
                fontFamily: "sans-serif", fontSize: "12px", overflowY: "auto" },
-    }, [this.status, this.rows]);
+    }, [this.status, this.stale, this.rows]);
     this.inputs = [];
     this.loadingFor = null;
   }
@@ -237,15 +293,59 @@ class PaletteEditor {
     const palette = this.palette;
     if (!widget || !palette) return;
     const phrases = this.inputs.map((input) => input.value);
-    const spec = buildSpec(palette, phrases, widget.value ?? "");
-    if (spec === widget.value) return;
-    widget.value = spec;
+    this.setSpec(buildSpec(palette, phrases, widget.value ?? ""));
+  }
+
+  setSpec(spec) {
+    const widget = this.specWidget;
+    if (!widget || spec === widget.value) return;
+    this.writing = true; // the frontend may call the widget's callback; the rows must not be rebuilt mid-typing
+    try {
+      widget.value = spec;
+    } finally {
+      this.writing = false;
+    }
     this.node.graph?.setDirtyCanvas?.(true, true);
     app.graph?.setDirtyCanvas?.(true, true);
   }
 
+  dropStale() {
+    if (!this.palette) return;
+    this.setSpec(dropUnmatched(this.palette, this.specWidget?.value ?? ""));
+    this.render();
+  }
+
+  renderStatus(palette) {
+    const source = { upload: "from the loaded image", canvas: "from the stroke canvas" }[palette.source] ?? "from the last run";
+    this.status.textContent = `${palette.colours.length} colour regions ${source}; type what each one is.`;
+  }
+
+  renderStale(palette, spec) {
+    const stale = palette ? unmatchedLines(palette, spec) : [];
+    this.stale.style.display = stale.length ? "flex" : "none";
+    this.staleText.textContent = stale.length
+      ? `${stale.length === 1 ? "This line names a colour" : `${stale.length} lines name colours`} not in this ` +
+        `painting (the node stops on them): ${stale.map((line) => line.raw.trim()).join(" | ")}`
+      : "";
+  }
+
+  /** Show the palette and the spec's phrases. The rows are rebuilt only when the palette changes; otherwise
+   *  the phrase boxes are updated in place (never the one being typed in). */
   render() {
+    if (this.writing) return;
     const palette = this.palette;
+    const spec = this.specWidget?.value ?? "";
+    this.renderStale(palette?.colours?.length ? palette : null, spec);
+    const key = JSON.stringify([palette?.colours, palette?.names, palette?.areas]);
+    if (key === this.renderedKey && this.inputs.length) {
+      const phrases = phrasesFor(palette, spec);
+      this.inputs.forEach((input, i) => {
+        if (input !== document.activeElement && input.value !== phrases[i]) input.value = phrases[i];
+      });
+      this.renderStatus(palette);
+      return;
+    }
+    this.renderedKey = key;
     clear(this.rows);
     this.inputs = [];
     if (!palette || !palette.colours?.length) {
@@ -253,10 +353,8 @@ class PaletteEditor {
       this.node.setDirtyCanvas?.(true, true);
       return;
     }
-    const spec = this.specWidget?.value ?? "";
     const phrases = phrasesFor(palette, spec);
-    const source = palette.source === "upload" ? "from the loaded image" : "from the last run";
-    this.status.textContent = `${palette.colours.length} colour regions ${source}; type what each one is.`;
+    this.renderStatus(palette);
     palette.colours.forEach((colour, i) => {
       const safeColour = toHex(parseHex(colour) ?? [0, 0, 0]);
       const name = palette.names?.[i] ?? colourFamily(parseHex(safeColour));
@@ -281,12 +379,72 @@ class PaletteEditor {
     this.node.setDirtyCanvas?.(true, true);
   }
 
-  /** The LoadImage node feeding "stroke" directly, if any. */
-  sourceLoadImage() {
+  /** Which Load Image file feeds "stroke" now (null if none). */
+  sourceImageKey() {
+    const reference = parseAnnotated(this.sourceLoadImage()?.widgets?.find((w) => w.name === "image")?.value);
+    return reference ? referenceKey(reference) : null;
+  }
+
+  /** The node feeding "stroke" directly, if any. */
+  sourceNode() {
     const slot = this.node.inputs?.findIndex((i) => i.name === "stroke") ?? -1;
-    if (slot < 0) return null;
-    const source = this.node.getInputNode?.(slot);
+    return slot < 0 ? null : this.node.getInputNode?.(slot) ?? null;
+  }
+
+  sourceLoadImage() {
+    const source = this.sourceNode();
     return source && (source.type === "LoadImage" || source.comfyClass === "LoadImage") ? source : null;
+  }
+
+  /** The pack's Stroke Canvas widget feeding "stroke" directly, if any. */
+  sourceStrokeCanvas() {
+    return this.sourceNode()?.gsStrokeCanvas ?? null;
+  }
+
+  /** Find the palette in the browser from whatever feeds "stroke": a Load Image file, or the Stroke
+   *  Canvas painting as it is shown (painting over its background, what the node composites). */
+  readSource() {
+    if (this.sourceStrokeCanvas()) return this.watchCanvas();
+    return this.readUpload();
+  }
+
+  readPixels(source, width, height) {
+    const scale = Math.min(1, 256 / Math.max(width, height));
+    const canvas = el("canvas", { width: Math.max(1, Math.round(width * scale)),
+                                  height: Math.max(1, Math.round(height * scale)) });
+    const context = canvas.getContext("2d", { willReadFrequently: true });
+    context.imageSmoothingEnabled = false; // keep painted colours exact
+    context.drawImage(source, 0, 0, canvas.width, canvas.height);
+    const tolerance = this.node.widgets?.find((w) => w.name === "colour_tolerance")?.value ?? 24;
+    const minPercent = this.node.widgets?.find((w) => w.name === "min_region_percent")?.value ?? 0.2;
+    const regions = extractPalette(context.getImageData(0, 0, canvas.width, canvas.height), tolerance, minPercent / 100);
+    return { colours: regions.map((r) => r.colour), names: regions.map((r) => r.name),
+             areas: regions.map((r) => r.area), tolerance };
+  }
+
+  watchCanvas() {
+    const strokeCanvas = this.sourceStrokeCanvas();
+    if (!strokeCanvas.gsPaletteWatch) {
+      strokeCanvas.gsPaletteWatch = new Set();
+      // Every visible change (stroke, fill, undo, background) redraws; read the result once it settles.
+      chain(strokeCanvas, "redraw", () => {
+        clearTimeout(strokeCanvas.gsPaletteTimer);
+        strokeCanvas.gsPaletteTimer = setTimeout(
+          () => strokeCanvas.gsPaletteWatch.forEach((editor) => editor.readCanvas()), CANVAS_SETTLE_MS);
+      });
+    }
+    strokeCanvas.gsPaletteWatch.add(this);
+    this.readCanvas();
+  }
+
+  readCanvas() {
+    const strokeCanvas = this.sourceStrokeCanvas();
+    if (!strokeCanvas) return; // disconnected since
+    const { canvas } = strokeCanvas;
+    const found = this.readPixels(canvas, canvas.width, canvas.height);
+    const current = this.palette;
+    if (current && JSON.stringify(current.colours) === JSON.stringify(found.colours)) return; // same regions
+    this.setPalette({ ...found, source: "canvas" });
   }
 
   async readUpload() {
@@ -300,22 +458,13 @@ class PaletteEditor {
     widget.gsPaletteWatch.add(this);
     const reference = parseAnnotated(widget.value);
     if (!reference) return;
-    const key = `${reference.type}/${reference.subfolder}/${reference.filename}`;
+    const key = referenceKey(reference);
+    if (this.palette?.image === key) return; // already this painting's palette (e.g. stored with the workflow)
     this.loadingFor = key;
     try {
       const image = await loadImage(viewUrl(reference));
-      if (this.loadingFor !== key) return;
-      const scale = Math.min(1, 256 / Math.max(image.naturalWidth, image.naturalHeight));
-      const canvas = el("canvas", { width: Math.max(1, Math.round(image.naturalWidth * scale)),
-                                    height: Math.max(1, Math.round(image.naturalHeight * scale)) });
-      const context = canvas.getContext("2d", { willReadFrequently: true });
-      context.imageSmoothingEnabled = false; // keep painted colours exact
-      context.drawImage(image, 0, 0, canvas.width, canvas.height);
-      const tolerance = this.node.widgets?.find((w) => w.name === "colour_tolerance")?.value ?? 24;
-      const minPercent = this.node.widgets?.find((w) => w.name === "min_region_percent")?.value ?? 0.2;
-      const regions = extractPalette(context.getImageData(0, 0, canvas.width, canvas.height), tolerance, minPercent / 100);
-      this.setPalette({ colours: regions.map((r) => r.colour), names: regions.map((r) => r.name),
-                        areas: regions.map((r) => r.area), tolerance, source: "upload" });
+      if (this.loadingFor !== key || this.sourceLoadImage() !== source) return;
+      this.setPalette({ ...this.readPixels(image, image.naturalWidth, image.naturalHeight), source: "upload", image: key });
     } catch (error) {
       console.warn("[guided_synthesis] palette editor: could not read the stroke image", error);
     }
@@ -328,7 +477,7 @@ function attach(node) {
   const widget = node.addDOMWidget("palette_editor", "gs_palette_editor", editor.element, {
     serialize: false, // the phrases live in region_spec; the palette in node.properties
     hideOnZoom: false,
-    getMinHeight: () => 24 + ROW_HEIGHT * Math.max(1, editor.palette?.colours?.length ?? 1),
+    getMinHeight: () => 24 + (editor.stale.style.display === "none" ? 0 : 40) + ROW_HEIGHT * Math.max(1, editor.palette?.colours?.length ?? 1),
   });
   widget.serialize = false;
   const spec = editor.specWidget;
@@ -347,22 +496,23 @@ app.registerExtension({
     if (nodeData?.name !== NODE_TYPE) return;
     chain(nodeType.prototype, "onNodeCreated", function () { attach(this); });
     chain(nodeType.prototype, "onConfigure", function () {
-      // After a workflow loads: the stored palette and the saved region_spec, then the painting if it
-      // comes from a LoadImage node and no palette was stored.
+      // After a workflow loads: the stored palette and the saved region_spec, then the painting itself
+      // (a stored palette of the same Load Image file is kept).
       const editor = this.gsPaletteEditor;
       if (!editor) return;
       editor.render();
-      if (!editor.palette) setTimeout(() => editor.readUpload(), 0);
+      setTimeout(() => editor.readSource(), 0);
     });
     chain(nodeType.prototype, "onExecuted", function (output) {
       const data = output?.[UI_KEY]?.[0];
       if (!data || !Array.isArray(data.colours)) return;
       const { colours, names, areas, tolerance } = data;
-      this.gsPaletteEditor?.setPalette({ colours, names, areas, tolerance, source: "run" });
+      const editor = this.gsPaletteEditor;
+      editor?.setPalette({ colours, names, areas, tolerance, source: "run", image: editor.sourceImageKey() });
     });
     chain(nodeType.prototype, "onConnectionsChange", function () {
       const editor = this.gsPaletteEditor;
-      if (editor?.sourceLoadImage()) editor.readUpload();
+      if (editor?.sourceNode()) editor.readSource();
     });
   },
 });
