@@ -8,9 +8,15 @@ describes it, plus a DenseDiffusion-style modulation (Kim et al., ICCV 2023):
 * ``paint_with_words``: ``A = softmax((QK^T + W) / sqrt(d))`` with ``W[p, j] = w(sigma) * M_r(p)``
   for the tokens j of region r's phrase, ``w(sigma) = strength * log(1 + sigma) * max(QK^T)``
   (the reference uses 0.4 * w, our default strength is 0.4). The bias fades as sigma -> 0.
-* ``dense``: ``S' = S + lambda_t (1 - area_r) [M (max_row(S) - S) - (1 - M)(S - min_row(S))]`` on
-  the tokens of region r (pushed towards the row maximum inside the region, towards the row
-  minimum outside), with ``lambda_t = strength * t^5`` (t = timestep / T, DenseDiffusion's schedule).
+* ``dense``: DenseDiffusion's cross-attention modulation (Kim et al., ICCV 2023, as their
+  reference code does it): ``S' = S + lambda_t (1 - a(p)) [M (max_row(S) - S) - (1 - M)(S - min_row(S))]``
+  where ``M[p, j]`` is 1 if token j belongs to the phrase of the region containing pixel p, every other
+  key (other regions' phrases, the rest of the prompt, start/end tokens, padding) is pushed towards the
+  row minimum, ``a(p)`` is the area of pixel p's region, and ``lambda_t = strength * t^5`` for
+  t = timestep / T >= 0.7 (their first 30 % of 50 DDIM steps), else 0. Their value is strength 1.0.
+  Pixels outside every named region are left alone (their code would push every key down there,
+  flattening the attention of regions the user did not name). Their self-attention modulation and
+  their swap of each phrase's token embeddings for the phrase encoded alone are not done here.
 
 Everything here is pure torch: palette extraction from a stroke image, the region spec syntax,
 token spans in a tokenised prompt, mask resizing to each attention layer and the biased attention
@@ -28,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 MODES = ("paint_with_words", "dense")
+DENSE_T_END = 0.7  # DenseDiffusion modulates the first 30 % of its 50 DDIM steps: timesteps 981 ... 701
 MISSING_PHRASES = ("append", "error")
 
 # ----------------------------------------------------------------------------------------------
@@ -431,11 +438,7 @@ class RegionAttention:
         self.token_masks = self.token_masks.detach().float().cpu().clone()
         if self.masks.shape[0] != self.token_masks.shape[0]:
             raise ValueError("masks and token_masks must have one row per region")
-        # Area of each token's region(s), for DenseDiffusion's size-adaptive factor (1 - area).
-        per_region_area = self.masks.flatten(1).mean(1)
-        weighted = torch.cat([self.token_masks * per_region_area[:, None], torch.zeros(1, self.n_tokens)])
-        self.token_area = weighted.amax(0)
-        self.token_used = (self.token_masks.sum(0) > 0).float()
+        self.region_area = self.masks.flatten(1).mean(1)  # for DenseDiffusion's size factor (1 - area)
 
     def __deepcopy__(self, memo):  # immutable after construction; ModelPatcher.clone deep-copies model_options
         return self
@@ -452,27 +455,30 @@ class RegionAttention:
         """Which rows are inside the sigma window [sigma_end, sigma_start]."""
         return (sigma <= self.sigma_start * (1 + 1e-5)) & (sigma >= self.sigma_end * (1 - 1e-5))
 
-    def layer_bias(self, h: int, w: int, n_keys: int, device, dtype) -> torch.Tensor | None:
-        """[h*w, n_keys]: max over regions of M_r(p) on region r's tokens; None if n_keys is not a whole
-        number of prompt lengths (the conditioning is not the one the spans came from)."""
+    def layer_bias(self, h: int, w: int, n_keys: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """([h*w, n_keys] max over regions of M_r(p) on region r's tokens, [h*w, 1] DenseDiffusion's size
+        factor sum_r M_r(p) (1 - area_r): 1 - the area of p's region, 0 outside every region); None if n_keys is not a whole number of prompt lengths (the conditioning is not the one
+        the spans came from)."""
         if n_keys % self.n_tokens:
             return None
         key = (h, w, n_keys, str(device), dtype)
         if key not in self._cache:
             masks = resize_masks(self.masks, h, w).flatten(1)  # [R, hw]
             bias = (masks.T.unsqueeze(2) * self.token_masks.unsqueeze(0)).amax(1)  # [hw, L]
-            repeats = n_keys // self.n_tokens
-            extra = (self.token_area.repeat(repeats), self.token_used.repeat(repeats))
-            self._cache[key] = (bias.repeat(1, repeats).to(device, dtype),) + tuple(t.to(device, dtype) for t in extra)
+            size_factor = (masks.T @ (1 - self.region_area)).unsqueeze(1)  # [hw, 1]
+            bias = bias.repeat(1, n_keys // self.n_tokens)
+            self._cache[key] = (bias.to(device, dtype), size_factor.to(device, dtype))
         return self._cache[key]
 
     def weight(self, sigma: torch.Tensor) -> torch.Tensor:
-        """Per-row multiplier: strength * log(1 + sigma) (paint-with-words) or strength * t^5 (dense)."""
+        """Per-row multiplier: strength * log(1 + sigma) (paint-with-words), or strength * t^5 while
+        t >= DENSE_T_END and 0 after (dense)."""
         if self.mode == "paint_with_words":
             return self.strength * torch.log1p(sigma.float().clamp_min(0))
         if self.sigma_to_t is None:
             raise ValueError("dense mode needs sigma_to_t")
-        return self.strength * torch.tensor([self.sigma_to_t(float(s)) ** 5 for s in sigma], device=sigma.device)
+        times = [self.sigma_to_t(float(s)) for s in sigma]
+        return self.strength * torch.tensor([t ** 5 if t >= DENSE_T_END else 0.0 for t in times], device=sigma.device)
 
     def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, grid: tuple[int, int],
                   sigma: torch.Tensor, with_plain: bool = False):
@@ -484,7 +490,7 @@ class RegionAttention:
         cached = self.layer_bias(grid[0], grid[1], k.shape[1], q.device, torch.float32)
         if cached is None:
             return None
-        bias, token_area, token_used = cached
+        bias, size_factor = cached
         batch, n_query, inner = q.shape
         dim = inner // heads
         scale = dim ** -0.5
@@ -498,9 +504,9 @@ class RegionAttention:
             biased = torch.addcmul(scores, weight * peak, bias)  # QK^T + w(sigma) max(QK^T) M
         else:
             # S + f_in (max_row - S) - f_out (S - min_row) = S (1 - f_in - f_out) + f_in max_row + f_out min_row
-            factor = weight * (1 - token_area)  # [B, 1, 1, Lk]
+            factor = weight * size_factor  # [B, 1, Lq, 1]
             f_in = factor * bias  # [B, 1, Lq, Lk]: no head dimension, cheap
-            f_out = factor * (token_used * (1 - bias))
+            f_out = factor - f_in
             row_max = scores.amax(-1, keepdim=True)
             row_min = scores.amin(-1, keepdim=True)
             biased = torch.addcmul(f_in * row_max + f_out * row_min, scores, 1 - f_in - f_out)

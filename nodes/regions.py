@@ -230,6 +230,10 @@ def preview_image(palette: regions.Palette, phrases: list[str | None]) -> torch.
         x, y = _label_anchor(masks[index])
         text = f"{index + 1} {phrase}" if phrase else f"{index + 1} (no phrase)"
         box = draw.textbbox((x, y), text, font=font, anchor="mm")
+        # keep the label inside the image (regions at the border, small paintings)
+        x += max(0, 2 - box[0]) - max(0, box[2] - (pil.width - 3))
+        y += max(0, 2 - box[1]) - max(0, box[3] - (pil.height - 3))
+        box = draw.textbbox((x, y), text, font=font, anchor="mm")
         draw.rectangle((box[0] - 2, box[1] - 2, box[2] + 2, box[3] + 2), fill=(0, 0, 0))
         draw.text((x, y), text, font=font, fill=(255, 255, 255), anchor="mm")
     return torch.from_numpy(np.asarray(pil).copy()).float().div(255).unsqueeze(0)
@@ -271,11 +275,12 @@ class StrokeRegions(io.ComfyNode):
                 io.Float.Input("strength", default=0.4, min=0.0, max=10.0, step=0.05,
                                tooltip="How strongly each phrase is tied to its region. paint_with_words: "
                                        "w = strength * log(1 + sigma) * max(QK^T) (eDiff-I uses 0.4; try 0.2-1). "
-                                       "dense: strength * t^5 (try 0.5-2). 0 leaves the model unchanged."),
+                                       "dense: strength * t^5 while t >= 0.7 (DenseDiffusion uses 1.0). 0 leaves the model unchanged."),
                 io.Combo.Input("mode", options=list(regions.MODES), default="paint_with_words",
                                tooltip="paint_with_words: add a bias on the phrase tokens inside the region "
-                                       "(eDiff-I). dense: also push them down outside it, scaled by region size "
-                                       "(DenseDiffusion-style)."),
+                                       "(eDiff-I). dense: DenseDiffusion's modulation: inside a named region pull its phrase "
+                                       "towards the row maximum and push every other token towards the minimum, "
+                                       "more for small regions, in the first 30% of the noise (t >= 0.7)."),
                 io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
                                tooltip="Start of the sampling range (0 = first, noisiest step) where the bias acts."),
                 io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01,

@@ -178,6 +178,46 @@ def test_paint_with_words_matches_the_formula():
     torch.testing.assert_close(out, reference_attention(q, k, v, 2, w * bias), rtol=1e-5, atol=1e-5)
 
 
+def test_dense_mode_matches_densediffusions_cross_attention_formula():
+    """DenseDiffusion's update written out on the scaled scores, as their code applies it: region tokens
+    pulled to the row max inside the region, every other key (and the tokens outside) pushed to the row
+    min, by (1 - area of the pixel's region) * strength * t^5, and nothing once t < 0.7. Pixels in no
+    named region are left alone (a deliberate difference: their code flattens attention there)."""
+    masks = torch.zeros(2, 8, 8)
+    masks[0, :, :4] = 1  # left half: tokens 3, 4 ("castle")
+    masks[1, :2, 4:] = 1  # top-right eighth: token 7 ("sun"); the rest of the image is no region
+    token_masks = torch.zeros(2, 77)
+    token_masks[0, [3, 4]] = 1
+    token_masks[1, 7] = 1
+    times = {14.0: 0.95, 9.0: 0.8, 3.0: 0.5}
+    region = regions.RegionAttention(masks, token_masks, strength=1.0, mode="dense", sigma_to_t=times.get)
+    q, k, v = qkv(batch=3)
+    sigma = torch.tensor([14.0, 9.0, 3.0])
+    out = region.attention(q, k, v, 2, (8, 8), sigma)
+
+    heads, d = 2, 8
+    qh, kh, vh = (t.reshape(3, -1, heads, d).transpose(1, 2) for t in (q, k, v))
+    sim = qh @ kh.transpose(-1, -2) * d ** -0.5
+    mask = torch.zeros(64, 77, dtype=torch.bool)
+    size_reg = torch.zeros(64, 1)  # 0: no region
+    for r, area in enumerate((0.5, 0.125)):
+        inside = masks[r].flatten() > 0
+        mask[inside] |= token_masks[r].bool()
+        size_reg[inside] = 1 - area
+    for b, t in enumerate(times.values()):
+        treg = t ** 5 if t >= 0.7 else 0.0
+        factor = size_reg * treg
+        row_max, row_min = sim[b].amax(-1, keepdim=True), sim[b].amin(-1, keepdim=True)
+        sim[b] = sim[b] + mask * factor * (row_max - sim[b]) - (~mask) * factor * (sim[b] - row_min)
+    expected = (torch.softmax(sim, -1) @ vh).transpose(1, 2).reshape(3, 64, heads * d)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    plain = region.attention(q, k, v, 2, (8, 8), sigma, with_plain=True)[1]
+    torch.testing.assert_close(out[2], plain[2])  # t = 0.5: past DenseDiffusion's cut-off
+    assert (out[0] - plain[0]).abs().max() > 1e-2
+    unnamed = (masks.sum(0).flatten() == 0)
+    torch.testing.assert_close(out[:, unnamed], plain[:, unnamed])
+
+
 def test_bias_raises_mass_inside_only_and_tiles_repeated_prompts():
     for mode in regions.MODES:
         region = make_region(mode, strength=1.0)
@@ -185,14 +225,11 @@ def test_bias_raises_mass_inside_only_and_tiles_repeated_prompts():
         v_probe = torch.zeros_like(v)
         v_probe[:, [3, 80]] = 1  # token 3 and its copy in the repeated prompt
         inside = torch.arange(64) % 8 < 4
-        sigma = torch.tensor([10.0])
+        sigma = torch.tensor([14.0])  # t = 0.96: inside DenseDiffusion's t >= 0.7
         mass = region.attention(q, k, v_probe, 2, (8, 8), sigma).mean(-1)[0]
         plain = region.attention(q, k, v_probe, 2, (8, 8), sigma, with_plain=True)[1].mean(-1)[0]
         assert (mass[inside] > plain[inside]).all(), mode
-        if mode == "dense":
-            assert (mass[~inside] < plain[~inside]).all()
-        else:
-            torch.testing.assert_close(mass[~inside], plain[~inside])
+        torch.testing.assert_close(mass[~inside], plain[~inside])  # no named region there: untouched
     assert make_region().attention(*qkv(batch=1, n_keys=100), 2, (8, 8), torch.tensor([1.0])) is None
 
 

@@ -10,6 +10,7 @@ workflow opened again shows the same phrases. User text never becomes markup.
 import base64
 import io
 import json
+import os
 
 import numpy as np
 import pytest
@@ -74,7 +75,7 @@ def show_editor(page):
       const node = (%s)();
       const ds = window.app.canvas.ds;
       ds.scale = 1;
-      ds.offset = [-node.pos[0] + 80, -node.pos[1] + 80];
+      ds.offset = [-node.pos[0] + 80, -node.pos[1] + 160];
       window.app.canvas.setDirty(true, true);
     }""" % EDITOR)
     page.page.locator(".gs-palette-editor input[type=text]").first.wait_for(state="visible")
@@ -172,6 +173,17 @@ def test_palette_editor_reads_uploads_writes_the_spec_and_survives_reload(page, 
     sent = next(n["inputs"] for n in history["prompt"][2].values() if n["class_type"] == "GS_StrokeRegions")
     assert sent["region_spec"] == spec
     page.screenshot("palette-3-after-run")
+    if os.environ.get("GS_DOC_SCREENSHOTS") == "1":  # refresh docs/images/palette_editor.png
+        show_editor(page)
+        page.page.wait_for_timeout(500)
+        clip = page.page.evaluate(
+            "() => { const n = (%s)(); const r = window.app.canvasEl.getBoundingClientRect();"
+            " const [x, y] = window.app.canvas.ds.convertOffsetToCanvas([n.pos[0], n.pos[1]]);"
+            " const title = window.LiteGraph.NODE_TITLE_HEIGHT;"
+            " return { x: r.left + x - 8, y: r.top + y - title - 8, width: n.size[0] + 16,"
+            " height: n.size[1] + title + 16 }; }" % EDITOR)
+        (harness.ROOT / "docs" / "images").mkdir(parents=True, exist_ok=True)
+        page.page.screenshot(path=str(harness.ROOT / "docs" / "images" / "palette_editor.png"), clip=clip)
 
     # Save as the frontend does, reload the page, open the workflow again.
     saved = page.page.evaluate("() => window.app.graph.serialize()")

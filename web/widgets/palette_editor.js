@@ -477,7 +477,8 @@ function attach(node) {
   const widget = node.addDOMWidget("palette_editor", "gs_palette_editor", editor.element, {
     serialize: false, // the phrases live in region_spec; the palette in node.properties
     hideOnZoom: false,
-    getMinHeight: () => 24 + (editor.stale.style.display === "none" ? 0 : 40) + ROW_HEIGHT * Math.max(1, editor.palette?.colours?.length ?? 1),
+    // padding, status line, the warning line when shown, one row per swatch
+    getMinHeight: () => 36 + (editor.stale.style.display === "none" ? 0 : 40) + ROW_HEIGHT * Math.max(1, editor.palette?.colours?.length ?? 1),
   });
   widget.serialize = false;
   const spec = editor.specWidget;
