@@ -6,7 +6,8 @@ This module implements eDiff-I's *paint-with-words* (Balaji et al. 2022) as ALGO
 describes it, plus a DenseDiffusion-style modulation (Kim et al., ICCV 2023):
 
 * ``paint_with_words``: ``A = softmax((QK^T + W) / sqrt(d))`` with ``W[p, j] = w(sigma) * M_r(p)``
-  for the tokens j of region r's phrase, ``w(sigma) = strength * log(1 + sigma) * max(QK^T)``
+  for the tokens j of region r's phrase, ``w(sigma) = strength * log(1 + sigma) * max(QK^T)``, the max
+  taken per image over all heads and positions
   (the reference uses 0.4 * w, our default strength is 0.4). The bias fades as sigma -> 0.
 * ``dense``: DenseDiffusion's cross-attention modulation (Kim et al., ICCV 2023, as their
   reference code does it): ``S' = S + lambda_t (1 - a(p)) [M (max_row(S) - S) - (1 - M)(S - min_row(S))]``
@@ -500,7 +501,9 @@ class RegionAttention:
         weight = self.weight(sigma).to(q.device).view(batch, 1, 1, 1)
         scores = qh @ kh.transpose(-1, -2)  # [B, heads, Lq, Lk], unscaled QK^T
         if self.mode == "paint_with_words":
-            peak = scores.amax(dim=(-2, -1), keepdim=True).clamp_min(0)
+            # one max per image over its heads and positions, as the reference's qk.max() for one image;
+            # not over the batch, so an image does not change with what it is batched with
+            peak = scores.amax(dim=(-3, -2, -1), keepdim=True).clamp_min(0)
             biased = torch.addcmul(scores, weight * peak, bias)  # QK^T + w(sigma) max(QK^T) M
         else:
             # S + f_in (max_row - S) - f_out (S - min_row) = S (1 - f_in - f_out) + f_in max_row + f_out min_row

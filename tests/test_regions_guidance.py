@@ -171,7 +171,7 @@ def test_paint_with_words_matches_the_formula():
     out = region.attention(q, k, v, 2, (8, 8), sigma)
     d = 8
     scores = (q.reshape(2, 64, 2, d).transpose(1, 2) @ k.reshape(2, 77, 2, d).transpose(1, 2).transpose(-1, -2))
-    peak = scores.amax(dim=(-2, -1), keepdim=True).clamp_min(0)
+    peak = scores.amax(dim=(1, 2, 3), keepdim=True).clamp_min(0)  # per image, over heads and positions
     w = 0.5 * torch.log1p(sigma).view(2, 1, 1, 1) * peak
     bias = torch.zeros(64, 77)
     bias[torch.arange(64) % 8 < 4, 3] = 1
@@ -216,6 +216,17 @@ def test_dense_mode_matches_densediffusions_cross_attention_formula():
     assert (out[0] - plain[0]).abs().max() > 1e-2
     unnamed = (masks.sum(0).flatten() == 0)
     torch.testing.assert_close(out[:, unnamed], plain[:, unnamed])
+
+
+def test_an_image_does_not_change_with_its_batch():
+    for mode in regions.MODES:
+        region = make_region(mode)
+        q, k, v = qkv(batch=3)
+        sigma = torch.tensor([14.0, 9.0, 3.0])
+        together = region.attention(q, k, v, 2, (8, 8), sigma)
+        alone = torch.cat([region.attention(q[i:i + 1], k[i:i + 1], v[i:i + 1], 2, (8, 8), sigma[i:i + 1])
+                           for i in range(3)])
+        torch.testing.assert_close(together, alone, rtol=1e-6, atol=1e-6)
 
 
 def test_bias_raises_mass_inside_only_and_tiles_repeated_prompts():
