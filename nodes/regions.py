@@ -118,8 +118,9 @@ def _plain_attention(q, k, v, extra_options):
 
 
 class RegionAttentionPatch:
-    """attn2 replace callable: plain (or the previous patch's) attention for every row, then the
-    region-biased attention on the positive rows inside the sigma window."""
+    """attn2 replace callable: region-biased attention on the positive rows inside the sigma window, plain
+    attention on the other rows. With an earlier replace patch, that patch runs on every row and the
+    bias is added to its output as (biased - plain)."""
 
     def __init__(self, region: regions.RegionAttention, previous=None):
         self.region = region
@@ -135,11 +136,42 @@ class RegionAttentionPatch:
             self._warned = True
 
     def __call__(self, q, k, v, extra_options):
-        out = self.previous(q, k, v, extra_options) if self.previous is not None else _plain_attention(q, k, v, extra_options)
+        rows, sigma, grid = self._biased_rows(q, k, extra_options)
+        if rows is None:
+            return self._unbiased(q, k, v, extra_options)
+        rows_dev = rows.to(q.device)
+        result = self.region.attention(q[rows_dev], k[rows_dev], v[rows_dev], extra_options["n_heads"], grid,
+                                       sigma, with_plain=self.previous is not None)
+        if result is None:
+            self._warn(f"the conditioning has {k.shape[1]} tokens, not a multiple of the prompt's "
+                       f"{self.region.n_tokens} (connect this node's CONDITIONING output)")
+            return self._unbiased(q, k, v, extra_options)
+        if self.previous is not None:
+            biased, plain = result
+            out = self.previous(q, k, v, extra_options).clone()  # the other patch's tensor is not ours to edit
+            out[rows_dev] = out[rows_dev] + (biased - plain)
+            return out
+        # Plain attention only for the rows left unbiased (the negative half): each row is computed once.
+        others = torch.ones(q.shape[0], dtype=torch.bool)
+        others[rows] = False
+        out = result.new_empty((q.shape[0],) + tuple(result.shape[1:]))
+        out[rows_dev] = result
+        if bool(others.any()):
+            others_dev = others.to(q.device)
+            out[others_dev] = _plain_attention(q[others_dev], k[others_dev], v[others_dev], extra_options)
+        return out
+
+    def _unbiased(self, q, k, v, extra_options):
+        if self.previous is not None:
+            return self.previous(q, k, v, extra_options)
+        return _plain_attention(q, k, v, extra_options)
+
+    def _biased_rows(self, q, k, extra_options):
+        """(positive rows inside the sigma window, their sigmas, the layer's grid), or Nones."""
         kinds = list(extra_options.get("cond_or_uncond") or [])
         sigmas = extra_options.get("sigmas")
         if self.region.is_noop or not kinds or sigmas is None or q.shape[0] % len(kinds):
-            return out
+            return None, None, None
         chunk = q.shape[0] // len(kinds)
         rows = torch.tensor([c * chunk + i for c, kind in enumerate(kinds) if kind == 0 for i in range(chunk)],
                             dtype=torch.long)
@@ -149,26 +181,13 @@ class RegionAttentionPatch:
             keep = self.region.active(sigma.float().cpu())
             rows, sigma = rows[keep], sigma[keep.to(sigma.device)]
         if not len(rows):
-            return out
+            return None, None, None
         latent_hw = (extra_options.get("original_shape") or [0, 0, 0, 0])[-2:]
         grid = regions.layer_grid(q.shape[1], latent_hw, (extra_options.get("activations_shape") or [])[-2:] or None)
         if grid is None:
             self._warn(f"cannot tell the layout of a layer with {q.shape[1]} query tokens")
-            return out
-        rows_dev = rows.to(q.device)
-        result = self.region.attention(q[rows_dev], k[rows_dev], v[rows_dev], extra_options["n_heads"], grid,
-                                       sigma, with_plain=self.previous is not None)
-        if result is None:
-            self._warn(f"the conditioning has {k.shape[1]} tokens, not a multiple of the prompt's "
-                       f"{self.region.n_tokens} (connect this node's CONDITIONING output)")
-            return out
-        if self.previous is not None:
-            biased, plain = result
-            out = out.clone()  # the other patch's tensor is not ours to edit
-            out[rows_dev] = out[rows_dev] + (biased - plain)
-        else:
-            out[rows_dev] = result  # a fresh tensor from optimized_attention
-        return out
+            return None, None, None
+        return rows, sigma, grid
 
 
 def patch_model(model, region: regions.RegionAttention):
