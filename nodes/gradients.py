@@ -9,7 +9,8 @@ place that works around it, through official extension points only:
 * :func:`differentiable_model` clones a MODEL and adds identity weight wrappers, so
   ``comfy.ops`` copies each weight per forward in the current (grad-capable) mode;
 * :class:`DifferentiableDecoder` is a pack-owned copy of the VAE decoder; the shared VAE
-  and ``VAE.decode`` (clamped, inference-only) are never touched.
+  and ``VAE.decode`` (clamped, inference-only) are never touched. Optionally its blocks run
+  under activation checkpointing (:func:`checkpoint_blocks`): same gradients, a fraction of the memory.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import logging
 from typing import Callable, Iterator
 
 import torch
+import torch.utils.checkpoint
 
 import comfy.model_management
 import comfy.taesd.taesd
@@ -90,6 +92,41 @@ def probe_gradient(fn: Callable[[], torch.Tensor]) -> str | None:
     return None
 
 
+# Decoder blocks recomputed in backward when checkpointing (AutoencoderKL-style decoders of SD1/SD2/SDXL/
+# SD3/Flux: comfy.ldm.modules.diffusionmodules.model; TAESD: comfy.taesd.taesd.Block).
+CHECKPOINTED_BLOCKS = ("ResnetBlock", "AttnBlock", "Upsample", "Block")
+
+
+class _Checkpointed(torch.nn.Module):
+    """Runs ``block`` keeping only its inputs for backward; backward recomputes it (exact)."""
+
+    def __init__(self, block: torch.nn.Module):
+        super().__init__()
+        self.block = block
+
+    def forward(self, *args, **kwargs):
+        if not torch.is_grad_enabled():
+            return self.block(*args, **kwargs)
+        return torch.utils.checkpoint.checkpoint(self.block, *args, use_reentrant=False, **kwargs)
+
+
+def checkpoint_blocks(module: torch.nn.Module) -> int:
+    """Wrap every decoder block of a pack-owned ``module`` in activation checkpointing; returns how many.
+
+    Saved activations drop to the blocks' inputs plus one block's internals during backward, for
+    about one extra decoder forward per backward.
+    """
+    count = 0
+    for parent in list(module.modules()):
+        if isinstance(parent, _Checkpointed):
+            continue
+        for name, child in list(parent.named_children()):
+            if type(child).__name__ in CHECKPOINTED_BLOCKS:
+                setattr(parent, name, _Checkpointed(child))
+                count += 1
+    return count
+
+
 class _OwnedDecoder:
     """A pack-owned, frozen decoder module on the VAE device; ``_decode`` gives [0, 1] images with autograd."""
 
@@ -130,7 +167,7 @@ class DifferentiableDecoder(_OwnedDecoder):
     Use as a context manager (or call :meth:`close`) to release the copy.
     """
 
-    def __init__(self, vae, dtype: torch.dtype | None = None):
+    def __init__(self, vae, dtype: torch.dtype | None = None, checkpointed: bool = False):
         comfy.model_management.load_models_gpu([vae.patcher])
         source = vae.first_stage_model
         skip = {id(getattr(source, part)): None for part in _ENCODER_PARTS
@@ -138,7 +175,9 @@ class DifferentiableDecoder(_OwnedDecoder):
         self.dtype = dtype or vae.vae_dtype
         self.device = vae.device
         with torch.inference_mode(False):
-            self._own(copy.deepcopy(source, memo=skip))
+            module = copy.deepcopy(source, memo=skip)
+            self.checkpointed_blocks = checkpoint_blocks(module) if checkpointed else 0
+            self._own(module)
         self.downscale_ratio = vae.downscale_ratio
 
     def decode(self, z_raw: torch.Tensor, clamp: bool = False) -> torch.Tensor:
@@ -157,7 +196,7 @@ class TAESDDecoder(_OwnedDecoder):
     than the SD VAE decoder; an approximation of it.
     """
 
-    def __init__(self, latent_format, dtype: torch.dtype | None = None):
+    def __init__(self, latent_format, dtype: torch.dtype | None = None, checkpointed: bool = False):
         name = getattr(latent_format, "taesd_decoder_name", None)
         if not name:
             raise ValueError("decoder 'taesd': this model's latent format has no TAESD decoder; choose another decoder")
@@ -171,6 +210,7 @@ class TAESDDecoder(_OwnedDecoder):
         with torch.inference_mode(False):
             module = comfy.taesd.taesd.TAESD(None, self.path, latent_channels=latent_format.latent_channels)
             module.taesd_encoder = None
+            self.checkpointed_blocks = checkpoint_blocks(module) if checkpointed else 0
             self._own(module)
 
     def decode_model_space(self, x0: torch.Tensor, latent_format=None, clamp: bool = False) -> torch.Tensor:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from comfy_api.latest import io
 
+import comfy.model_management
 import comfy.model_sampling
 import comfy.sample
 import comfy.samplers
@@ -32,6 +33,25 @@ DECODERS = {
     "fp16": torch.float16,  # user-selected only; loss scaling keeps its gradient from underflowing
     "taesd": None,
 }
+
+
+# "checkpointed": the decoder copy keeps only its blocks' inputs for backward and recomputes each block
+# then (same result, about a third of the memory, about one more decoder forward per Adam step);
+# "auto" checkpoints when the estimated activations exceed half of the free memory on the VAE device.
+DECODER_MEMORY = ("auto", "full", "checkpointed")
+# Extra peak bytes per output pixel of one optimisation step through an SD-family KL decoder in fp32
+# (make bench, measured op by op: 1.39 GiB at 256x256, 5.63 GiB at 512x512); half for 16-bit decoders.
+KL_DECODER_BYTES_PER_PIXEL = 23_000
+
+
+def use_checkpointing(choice: str, estimated_bytes: float, free_bytes: float) -> bool:
+    """Whether the decoder copy runs checkpointed: as chosen, or for 'auto' when the estimate needs more
+    than half of the free memory."""
+    if choice not in DECODER_MEMORY:
+        raise ValueError(f"decoder_memory must be one of {DECODER_MEMORY}, got {choice!r}")
+    if choice != "auto":
+        return choice == "checkpointed"
+    return estimated_bytes > 0.5 * free_bytes
 
 
 # "half": decode a 2x average-pooled latent (a quarter of the decoder's work); the blur discards
@@ -56,6 +76,7 @@ class GradOPConfig:
     gamma: float = 1e-3
     decoder: str = "auto"
     loss_resolution: str = "full"
+    decoder_memory: str = "auto"
     collect_images: bool = False  # the node form keeps decode(z*) per iteration for its IMAGE output
     optimised_images: list[torch.Tensor] = field(default_factory=list)  # filled per iteration, [B,H,W,3]
 
@@ -67,6 +88,8 @@ class GradOPConfig:
             raise ValueError(f"painting_function must be one of {gradop.PAINTING_FUNCTIONS}, got {self.painting!r}")
         if self.decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {tuple(DECODERS)}, got {self.decoder!r}")
+        if self.decoder_memory not in DECODER_MEMORY:
+            raise ValueError(f"decoder_memory must be one of {DECODER_MEMORY}, got {self.decoder_memory!r}")
         if self.loss_resolution not in LOSS_RESOLUTIONS:
             raise ValueError(f"loss_resolution must be one of {LOSS_RESOLUTIONS}, got {self.loss_resolution!r}")
         if self.grad_steps < 0:
@@ -111,10 +134,24 @@ def stroke_target(config: GradOPConfig, latent_shape, device) -> tuple[torch.Ten
     return target, mask
 
 
-def make_decoder(choice: str, vae, latent_format):
-    if choice == "taesd":
-        return gradients.TAESDDecoder(latent_format)
-    return gradients.DifferentiableDecoder(vae, DECODERS[choice])
+def make_decoder(config: GradOPConfig, latent_format, loss_latent_shape):
+    """The pack-owned decoder copy for the optimisation (checkpointed as config.decoder_memory says)."""
+    if config.decoder == "taesd":  # small: checkpointed only when asked
+        return gradients.TAESDDecoder(latent_format, checkpointed=config.decoder_memory == "checkpointed")
+    checkpointed = config.decoder_memory == "checkpointed"
+    if config.decoder_memory == "auto":
+        batch, height, width = loss_latent_shape[0], loss_latent_shape[-2], loss_latent_shape[-1]
+        bits = torch.finfo(DECODERS[config.decoder] or config.vae.vae_dtype).bits
+        estimate = KL_DECODER_BYTES_PER_PIXEL * batch * height * width * 64 * bits / 32
+        free = comfy.model_management.get_free_memory(config.vae.device)
+        checkpointed = use_checkpointing("auto", estimate, free)
+        if checkpointed:
+            _log.info("GradOP+: decoder activations need about %.1f GiB, %.1f GiB free: checkpointing the "
+                      "decoder copy (same result, slower)", estimate / 2 ** 30, free / 2 ** 30)
+    decoder = gradients.DifferentiableDecoder(config.vae, DECODERS[config.decoder], checkpointed=checkpointed)
+    if decoder.checkpointed_blocks:
+        _log.info("GradOP+: decoder copy checkpointed (%d blocks recomputed in backward)", decoder.checkpointed_blocks)
+    return decoder
 
 
 def _seeded_noise(like: torch.Tensor, seed: int) -> torch.Tensor:
@@ -162,7 +199,8 @@ def gradop_sampler(config: GradOPConfig) -> comfy.samplers.KSAMPLER:
         reduced = config.decoder != "taesd" and (DECODERS[config.decoder] or config.vae.vae_dtype) != torch.float32
         loss_scale = gradop.default_loss_scale(reduced, 3 * height * width)
 
-        decoder = make_decoder(config.decoder, config.vae, latent_format) if config.grad_steps else None
+        loss_shape = (x.shape[0], *loss_latent_size(config, x.shape))
+        decoder = make_decoder(config, latent_format, loss_shape) if config.grad_steps else None
         half = config.loss_resolution == "half"
 
         def decode(v):
@@ -263,13 +301,23 @@ def _method_inputs() -> list:
     ]
 
 
+def _memory_input():
+    # last among the widgets, so workflows saved before it existed keep their widget values in place
+    return io.Combo.Input("decoder_memory", options=list(DECODER_MEMORY), default="auto", optional=True,
+                          tooltip="Memory of the optimisation's decoder copy. full: keep all activations for "
+                                  "backward (SD VAE, fp32: about 5.5 GiB extra at 512x512, 4x that at 1024x1024). "
+                                  "checkpointed: keep only each block's input and recompute it in backward: "
+                                  "the same result with about a third of the memory, slower. auto: checkpointed "
+                                  "when the full activations would need more than half of the free memory.")
+
+
 def _config(vae, strokes, mask, sampler_name, strength, iterative_steps, grad_steps, learning_rate,
-            painting_function, decoder, loss_resolution, mode, gamma) -> GradOPConfig:
+            painting_function, decoder, loss_resolution, mode, gamma, decoder_memory="auto") -> GradOPConfig:
     return GradOPConfig(vae=vae, strokes=host.image_to_rgb(strokes, "strokes"),
                         mask=None if mask is None else host.mask_to_batch(mask, "mask"), sampler_name=sampler_name,
                         mode=mode, strength=strength, iterative_steps=iterative_steps, grad_steps=grad_steps,
                         learning_rate=learning_rate, painting=painting_function, gamma=gamma, decoder=decoder,
-                        loss_resolution=loss_resolution)
+                        loss_resolution=loss_resolution, decoder_memory=decoder_memory)
 
 
 class GradOPPlusSampler(io.ComfyNode):
@@ -307,6 +355,7 @@ class GradOPPlusSampler(io.ComfyNode):
                              tooltip="Output height in pixels (a multiple of 8); 0 = the strokes' height."),
                 io.Int.Input("batch_size", default=1, min=1, max=64,
                              tooltip="Images per stroke painting (each with its own noise)."),
+                _memory_input(),
             ],
             outputs=[
                 io.Latent.Output(display_name="latent", tooltip="The result; decode it with VAE Decode."),
@@ -320,9 +369,9 @@ class GradOPPlusSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, seed, steps, cfg, sampler_name, scheduler, vae, strokes,
                 strength, iterative_steps, grad_steps, learning_rate, painting_function, decoder, loss_resolution,
-                mode, gamma, width, height, batch_size, mask=None) -> io.NodeOutput:
+                mode, gamma, width, height, batch_size, mask=None, decoder_memory="auto") -> io.NodeOutput:
         config = _config(vae, strokes, mask, sampler_name, strength, iterative_steps, grad_steps, learning_rate,
-                         painting_function, decoder, loss_resolution, mode, gamma)
+                         painting_function, decoder, loss_resolution, mode, gamma, decoder_memory)
         config.collect_images = True
         width, height = output_size(config.strokes, width, height)
         latent_format = model.get_model_object("latent_format")
@@ -371,15 +420,17 @@ class GradOPPlusSamplerObject(io.ComfyNode):
                 io.Combo.Input("sampler_name", options=host.SAMPLER_NAMES, default="euler",
                                tooltip="Sampler run between the optimisations (euler / ddim: the reference)."),
                 *_method_inputs(),
+                _memory_input(),
             ],
             outputs=[io.Sampler.Output(tooltip="Connect to SamplerCustom's or SamplerCustomAdvanced's sampler.")],
         )
 
     @classmethod
     def execute(cls, sampler_name, vae, strokes, strength, iterative_steps, grad_steps, learning_rate,
-                painting_function, decoder, loss_resolution, mode, gamma, mask=None) -> io.NodeOutput:
+                painting_function, decoder, loss_resolution, mode, gamma, mask=None,
+                decoder_memory="auto") -> io.NodeOutput:
         config = _config(vae, strokes, mask, sampler_name, strength, iterative_steps, grad_steps, learning_rate,
-                         painting_function, decoder, loss_resolution, mode, gamma)
+                         painting_function, decoder, loss_resolution, mode, gamma, decoder_memory)
         return io.NodeOutput(gradop_sampler(config))
 
 

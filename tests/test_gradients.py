@@ -75,3 +75,38 @@ def test_decoder_copy_matches_vae_decode_for_taesd_and_kl_vaes(host):
                 assert z.grad is not None and z.grad.abs().sum() > 0
         torch.testing.assert_close(image.detach().cpu(), reference.float().cpu(), atol=1e-5, rtol=1e-4)
         assert all(p.grad is None for p in vae.first_stage_model.parameters())  # the shared VAE got no grad
+
+
+def test_checkpointed_decoder_gives_the_same_gradient_with_less_memory(host):
+    """Activation checkpointing of the decoder copy's blocks: identical image and gradient, and a lower
+    peak of tensor memory over forward + backward (measured op by op, CPU)."""
+    import memory_probe
+
+    gradients = harness.loaded_module(f"{harness.PACK_NAME}.nodes.gradients")
+    tiny = harness.test_nodes_module().tiny
+    # at most this share of the full peak: the KL decoder is all blocks; TAESD keeps full-size convs between them
+    for vae_factory, share in ((tiny.tiny_kl_vae, 0.6), (tiny.tiny_vae, 0.9)):
+        results = {}
+        with torch.inference_mode():
+            vae = vae_factory(5)
+            latent = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(1))
+            target = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(2))
+            for checkpointed in (False, True):
+                with gradients.DifferentiableDecoder(vae, checkpointed=checkpointed) as decoder, \
+                        gradients.grad_enabled():
+                    assert (decoder.checkpointed_blocks > 0) == checkpointed
+                    z = gradients.owned(latent).requires_grad_(True)
+
+                    def step():
+                        image = decoder.decode(z, clamp=True)
+                        ((image - target) ** 2).mean().backward()
+                        return image
+
+                    peak = memory_probe.peak_extra_bytes(step)
+                    results[checkpointed] = (decoder.decode(z).detach(), z.grad.detach().clone(), peak)
+        (image, grad, peak), (image_ck, grad_ck, peak_ck) = results[False], results[True]
+        torch.testing.assert_close(image_ck, image, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(grad_ck, grad, atol=1e-7, rtol=1e-5)
+        print(f"\n{vae_factory.__name__}: peak tensor memory fwd+bwd {peak / 2**20:.1f} MiB -> "
+              f"{peak_ck / 2**20:.1f} MiB checkpointed")
+        assert peak_ck < share * peak, (vae_factory.__name__, peak, peak_ck)

@@ -291,6 +291,30 @@ def test_kl_vae_decoder(host, caplog):
     assert len(log) == 2 and all(entry[4] < entry[3] for entry in log)
 
 
+def test_checkpointed_decoder_memory_gives_the_same_result(host, caplog):
+    """decoder_memory 'checkpointed' recomputes the decoder blocks in backward: the same latent as 'full'
+    (KL VAE), and 'auto' picks it only when the estimate exceeds half the free memory."""
+    caplog.set_level("INFO")
+    results = {}
+    for memory in ("full", "checkpointed", "auto"):
+        prompt = graphs.base()
+        prompt["1"]["inputs"]["vae_kind"] = "kl"
+        out = graphs.gradop(prompt, "11", graphs.strokes(prompt, "10"), steps=8, iterative_steps=2, grad_steps=4,
+                            decoder_memory=memory)
+        graphs.capture(prompt, "12", memory, latent=out)
+        host.run(prompt)
+        results[memory] = captured()[memory]
+    torch.testing.assert_close(results["checkpointed"], results["full"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(results["auto"], results["full"], atol=1e-5, rtol=1e-5)
+    assert caplog.text.count("decoder copy checkpointed (") == 1  # the 'checkpointed' run only:
+    assert "checkpointing the decoder copy" not in caplog.text  # tiny latents, so auto keeps all activations
+    gradop_nodes = harness.loaded_module(f"{harness.PACK_NAME}.nodes.gradop")
+    assert gradop_nodes.use_checkpointing("auto", 6e9, 8e9) and not gradop_nodes.use_checkpointing("auto", 3e9, 8e9)
+    assert gradop_nodes.use_checkpointing("checkpointed", 0, 1) and not gradop_nodes.use_checkpointing("full", 9, 1)
+    with pytest.raises(ValueError, match="decoder_memory"):
+        gradop_nodes.use_checkpointing("tiny", 0, 1)
+
+
 def test_half_resolution_loss(host, caplog):
     caplog.set_level("INFO")
     half = run_gradop(host, capture_images=True, steps=8, iterative_steps=2, grad_steps=4, loss_resolution="half")

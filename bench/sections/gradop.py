@@ -3,8 +3,9 @@
 Both at 50 ddim_uniform steps, euler, cfg 7.5, strength 0.8. SDEdit runs twice: with the
 paper's semantics (50 UNet steps from t0, the same UNet work as GradOP+) and with diffusers
 semantics (the last 40 steps, the reference's img2img). GradOP+ rows vary the decoder used
-inside the optimisation. A memory row counts the activations one decoder forward saves for
-backward (decode -> clamp -> blur -> MSE) with the full-size SD VAE decoder architecture.
+inside the optimisation. Memory rows measure the extra peak tensor memory of one optimisation step
+(decode -> clamp -> blur -> MSE -> backward) through the full-size SD VAE decoder architecture, with
+and without checkpointing (GS_BENCH_DECODER_PIXELS, GS_BENCH_DECODER_DTYPES=fp32,bf16 to change them).
 """
 from __future__ import annotations
 
@@ -38,10 +39,10 @@ def bench_case(host, label: str, full_size: bool, pixels: int, rounds: int) -> l
         strokes = torch.rand(1, pixels, pixels, 3, generator=torch.Generator().manual_seed(0))
         latent = {"samples": torch.randn(1, 4, pixels // 8, pixels // 8, generator=torch.Generator().manual_seed(0))}
 
-        def gradop(vae, decoder, resolution="full"):
+        def gradop(vae, decoder, resolution="full", memory="full"):
             return lambda: gradop_node.execute(model, cond, uncond, 1, 50, 7.5, "euler", "ddim_uniform", vae, strokes,
                                                0.8, 3, 12, 0.1, "gaussian blur", decoder, resolution, "GradOP+",
-                                               0.001, 0, 0, 1)
+                                               0.001, 0, 0, 1, decoder_memory=memory)
 
         def sdedit(semantics):
             return lambda: sdedit_node.execute(model, cond, uncond, 1, 50, 7.5, "euler", "ddim_uniform", 0.8,
@@ -52,6 +53,7 @@ def bench_case(host, label: str, full_size: bool, pixels: int, rounds: int) -> l
             "SDEdit (paper, 50 UNet steps)": sdedit("paper"),
             "SDEdit (diffusers, 40 UNet steps)": sdedit("diffusers"),
             f"GradOP+ KL decoder {reduced}": gradop(vaes["KL"], reduced),
+            f"GradOP+ KL decoder {reduced}, checkpointed": gradop(vaes["KL"], reduced, memory="checkpointed"),
             f"GradOP+ KL decoder {reduced}, half-res loss": gradop(vaes["KL"], reduced, "half"),
             "GradOP+ TAESD decoder (vae_approx)": gradop(vaes["KL"], "taesd"),
         }
@@ -62,34 +64,28 @@ def bench_case(host, label: str, full_size: bool, pixels: int, rounds: int) -> l
              "vs_paper": seconds / base, "vs_diffusers": seconds / img2img} for name, seconds in times.items()]
 
 
-def saved_activation_bytes(pixels: int, dtype_name: str) -> int:
-    """Bytes autograd saves for one decode -> clamp -> blur -> MSE with the full-size SD VAE decoder."""
+def decoder_peak_bytes(pixels: int, dtype_name: str, checkpointed: bool) -> int:
+    """Extra peak tensor memory of one optimisation step through the full-size SD VAE decoder
+    (decode -> clamp -> blur -> MSE -> backward), measured op by op (tests/memory_probe.py)."""
     import torch
+    import memory_probe
     tiny = harness.test_nodes_module().tiny
     gradients = harness.loaded_module(f"{harness.PACK_NAME}.nodes.gradients")
     guidance = harness.loaded_module(f"{harness.PACK_NAME}.guidance.gradop")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
-    seen: dict[int, int] = {}
-    weights: set[int] = set()
-
-    def pack(t):
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in weights:  # parameters are resident anyway
-            seen[storage.data_ptr()] = storage.nbytes()
-        return t
-
     with torch.inference_mode():
         vae = tiny.tiny_kl_vae(0, full_size=True)
-        with gradients.DifferentiableDecoder(vae, dtype) as decoder, gradients.grad_enabled():
-            weights.update(p.untyped_storage().data_ptr() for p in decoder.module.parameters())
-            z = torch.randn(1, 4, pixels // 8, pixels // 8, requires_grad=True)
+        with gradients.DifferentiableDecoder(vae, dtype, checkpointed=checkpointed) as decoder, \
+                gradients.grad_enabled():
+            z = torch.randn(1, 4, pixels // 8, pixels // 8, device=decoder.device, requires_grad=True)
             kernel, sigma = guidance.blur_parameters(pixels, pixels)
-            target = torch.rand(1, 3, pixels, pixels)
-            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            target = torch.rand(1, 3, pixels, pixels, device=decoder.device)
+
+            def step():
                 image = decoder.decode(z, clamp=True)
-                loss = guidance.painting_loss(guidance.gaussian_blur(image, kernel, sigma), target).sum()
-            del loss, image
-    return sum(seen.values())
+                guidance.painting_loss(guidance.gaussian_blur(image, kernel, sigma), target).sum().backward()
+
+            return memory_probe.peak_extra_bytes(step)
 
 
 def run(host) -> None:
@@ -104,7 +100,11 @@ def run(host) -> None:
               f"{row['vs_paper']:15.2f} {row['vs_diffusers']:12.2f}")
     print("targets (per image, vs SDEdit at the same steps): <= 1.6x full decoder in reduced precision, "
           "<= 1.15x TAESD decoder")
-    for dtype_name in ("fp32", "bf16"):
-        gib = saved_activation_bytes(512, dtype_name) / 2 ** 30
-        print(f"saved activations, one SD VAE decoder fwd at 512x512 ({dtype_name}, CPU accounting): {gib:.2f} GiB"
-              f" (target: extra peak <= 4 GB)")
+    import os
+    pixels = int(os.environ.get("GS_BENCH_DECODER_PIXELS", "512"))
+    for dtype_name in os.environ.get("GS_BENCH_DECODER_DTYPES", "fp32").split(","):
+        full = decoder_peak_bytes(pixels, dtype_name, False) / 2 ** 30
+        checkpointed = decoder_peak_bytes(pixels, dtype_name, True) / 2 ** 30
+        print(f"extra peak memory, one optimisation step through the SD VAE decoder at {pixels}x{pixels} "
+              f"({dtype_name}, measured op by op): {full:.2f} GiB, checkpointed {checkpointed:.2f} GiB "
+              f"(target: <= 4 GB)")
