@@ -211,6 +211,32 @@ class Page:
         self.context.close()
 
 
+def show_node(page: Page, node_type: str, left: float = 120, top: float = 150) -> None:
+    """Scroll the graph so the first node of ``node_type`` sits at (left, top) of the view, at 100 % zoom."""
+    page.page.evaluate("""([type, left, top]) => {
+      const node = window.app.graph.nodes.find((n) => n.type === type);
+      const ds = window.app.canvas.ds;
+      ds.scale = 1;
+      ds.offset = [-node.pos[0] + left, -node.pos[1] + top];
+      window.app.canvas.setDirty(true, true);
+    }""", [node_type, left, top])
+
+
+def doc_screenshot(page: Page, node_type: str, name: str) -> Path:
+    """A screenshot of the first ``node_type`` node (title included) to docs/images/<name>.png."""
+    clip = page.page.evaluate(
+        "(type) => { const n = window.app.graph.nodes.find((n) => n.type === type);"
+        " const r = window.app.canvasEl.getBoundingClientRect();"
+        " const [x, y] = window.app.canvas.ds.convertOffsetToCanvas([n.pos[0], n.pos[1]]);"
+        " const title = window.LiteGraph.NODE_TITLE_HEIGHT;"
+        " return { x: r.left + x - 8, y: r.top + y - title - 8, width: n.size[0] + 16,"
+        " height: n.size[1] + title + 16 }; }", node_type)
+    path = harness.ROOT / "docs" / "images" / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    page.page.screenshot(path=str(path), clip=clip)
+    return path
+
+
 # Records the server's execution messages as the frontend's api object receives them.
 _INSTALL_RECORDER = """() => {
   if (window.__gs) return;

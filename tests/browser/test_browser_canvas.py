@@ -60,13 +60,7 @@ def set_widget(page, name, value):
 
 def show_canvas_node(page):
     """Put the canvas node at the top left of the view at 100 %%, and return its drawing surface's box."""
-    page.page.evaluate("""() => {
-      const node = (%s)();
-      const ds = window.app.canvas.ds;
-      ds.scale = 1;
-      ds.offset = [-node.pos[0] + 120, -node.pos[1] + 150];
-      window.app.canvas.setDirty(true, true);
-    }""" % CANVAS)
+    bs.show_node(page, "GS_StrokeCanvas")
     surface = page.page.locator(".gs-stroke-canvas-surface")
     surface.wait_for(state="visible")
     page.wait(
@@ -118,14 +112,7 @@ def test_paint_queue_save_reload(page, baseline, server):
         page.page.locator(".gs-stroke-canvas input[type=range]").fill("12")
         drag(page, box, [(330, 420), (345, 400), (360, 420), (375, 400), (390, 420)], size=512)
         wait_saved(page)
-        clip = page.page.evaluate(
-            "() => { const n = (%s)(); const r = window.app.canvasEl.getBoundingClientRect();"
-            " const [x, y] = window.app.canvas.ds.convertOffsetToCanvas([n.pos[0], n.pos[1]]);"
-            " const title = window.LiteGraph.NODE_TITLE_HEIGHT;"
-            " return { x: r.left + x - 8, y: r.top + y - title - 8, width: n.size[0] + 16,"
-            " height: n.size[1] + title + 16 }; }" % CANVAS)
-        (harness.ROOT / "docs" / "images").mkdir(parents=True, exist_ok=True)
-        page.page.screenshot(path=str(harness.ROOT / "docs" / "images" / "stroke_canvas.png"), clip=clip)
+        bs.doc_screenshot(page, "GS_StrokeCanvas", "stroke_canvas")
 
     # A new 64 x 64 painting: resize (rescales the example painting), then Clear.
     set_widget(page, "width", SIZE)

@@ -71,13 +71,7 @@ def state(page):
 
 
 def show_editor(page):
-    page.page.evaluate("""() => {
-      const node = (%s)();
-      const ds = window.app.canvas.ds;
-      ds.scale = 1;
-      ds.offset = [-node.pos[0] + 80, -node.pos[1] + 160];
-      window.app.canvas.setDirty(true, true);
-    }""" % EDITOR)
+    bs.show_node(page, "GS_StrokeRegions", 80, 160)
     page.page.locator(".gs-palette-editor input[type=text]").first.wait_for(state="visible")
 
 
@@ -176,14 +170,7 @@ def test_palette_editor_reads_uploads_writes_the_spec_and_survives_reload(page, 
     if os.environ.get("GS_DOC_SCREENSHOTS") == "1":  # refresh docs/images/palette_editor.png
         show_editor(page)
         page.page.wait_for_timeout(500)
-        clip = page.page.evaluate(
-            "() => { const n = (%s)(); const r = window.app.canvasEl.getBoundingClientRect();"
-            " const [x, y] = window.app.canvas.ds.convertOffsetToCanvas([n.pos[0], n.pos[1]]);"
-            " const title = window.LiteGraph.NODE_TITLE_HEIGHT;"
-            " return { x: r.left + x - 8, y: r.top + y - title - 8, width: n.size[0] + 16,"
-            " height: n.size[1] + title + 16 }; }" % EDITOR)
-        (harness.ROOT / "docs" / "images").mkdir(parents=True, exist_ok=True)
-        page.page.screenshot(path=str(harness.ROOT / "docs" / "images" / "palette_editor.png"), clip=clip)
+        bs.doc_screenshot(page, "GS_StrokeRegions", "palette_editor")
 
     # Save as the frontend does, reload the page, open the workflow again.
     saved = page.page.evaluate("() => window.app.graph.serialize()")
@@ -241,11 +228,7 @@ def test_palette_editor_follows_the_stroke_canvas_as_the_user_paints(page, basel
     page.wait("() => ((%s)().properties.gs_palette || {}).source === 'canvas'" % EDITOR)
     assert state(page)["palette"]["colours"] == ["#ffffff"]  # the empty canvas: its background colour
 
-    page.page.evaluate("""() => {
-      const node = window.app.graph.nodes.find((n) => n.type === 'GS_StrokeCanvas');
-      const ds = window.app.canvas.ds; ds.scale = 1; ds.offset = [-node.pos[0] + 120, -node.pos[1] + 150];
-      window.app.canvas.setDirty(true, true);
-    }""")
+    bs.show_node(page, "GS_StrokeCanvas")
     surface = page.page.locator(".gs-stroke-canvas-surface")
     surface.wait_for(state="visible")
     box = surface.bounding_box()
@@ -268,11 +251,7 @@ def test_palette_editor_follows_the_stroke_canvas_as_the_user_paints(page, basel
     type_phrase(page, "#ffffff", "snow")
 
     # Another colour painted later: a third swatch appears, the phrases stay with their colours.
-    page.page.evaluate("""() => {
-      const node = window.app.graph.nodes.find((n) => n.type === 'GS_StrokeCanvas');
-      const ds = window.app.canvas.ds; ds.scale = 1; ds.offset = [-node.pos[0] + 120, -node.pos[1] + 150];
-      window.app.canvas.setDirty(true, true);
-    }""")
+    bs.show_node(page, "GS_StrokeCanvas")
     box = surface.bounding_box()
     stroke(blue, [(4, 48), (60, 48)])
     page.wait("() => (%s)().properties.gs_palette.colours.length === 3" % EDITOR)
