@@ -36,3 +36,42 @@ def invert_increasing(fn: Callable[[float], float], target: float, lo: float = 0
         else:
             hi = mid
     return 0.5 * (lo + hi)
+
+
+# t = j / 3996 contains every t = k / 999: ComfyUI's discrete (1000-step) schedules are log-linear in t
+# between those points, so the table below inverts them exactly.
+INVERSE_TABLE_POINTS = 3997
+SMALLEST_TIME = 1e-12  # stands for "just above t = 0", where a schedule jumps from 0 to its sigma_min
+
+
+def tabulated_inverse(fn: Callable[[float], float],
+                      points: int = INVERSE_TABLE_POINTS) -> Callable[[torch.Tensor | float], torch.Tensor | float]:
+    """Inverse of a non-decreasing ``fn`` on [0, 1] (t -> sigma), vectorised.
+
+    ``fn`` is evaluated once on a uniform grid (``points`` calls, whatever the number of queries); a query
+    is placed between its bracketing grid values by linear interpolation in log sigma. One pass for any
+    number of sigmas, where bisection costs 60 calls of ``fn`` per sigma. Takes a float or a tensor and
+    returns the same kind; a positive sigma at or below ``fn``'s smallest positive value maps to the tiny
+    ``t`` where ``fn`` reaches it (as bisection would), sigma 0 to 0, sigmas above ``fn``'s top to 1.
+    """
+    grid = torch.linspace(0.0, 1.0, points, dtype=torch.float64)
+    values = torch.tensor([fn(float(t)) for t in grid], dtype=torch.float64)
+    values[0] = fn(SMALLEST_TIME) if values[0] <= 0 else values[0]  # the limit from above: log needs it positive
+    values = torch.cummax(values, dim=0).values  # guard against a flat or noisy fn
+    log_values = values.clamp_min(1e-300).log()
+
+    def inverse(sigma):
+        scalar = not isinstance(sigma, torch.Tensor)
+        raw = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1)
+        s = raw.clamp_min(1e-300).log()
+        upper = torch.searchsorted(log_values, s, right=False).clamp(1, points - 1)
+        lower = upper - 1
+        span = (log_values[upper] - log_values[lower]).clamp_min(1e-300)
+        weight = ((s - log_values[lower]) / span).clamp(0.0, 1.0)
+        t = grid[lower] + weight * (grid[upper] - grid[lower])
+        t = torch.where(s <= log_values[0], torch.full_like(t, SMALLEST_TIME), t)
+        t = torch.where(raw <= 0, torch.zeros_like(t), t)
+        t = torch.where(s >= log_values[-1], torch.ones_like(t), t)
+        return float(t[0]) if scalar else t.reshape(torch.as_tensor(sigma).shape)
+
+    return inverse

@@ -76,13 +76,14 @@ def paper_sigmas(full_sigmas: torch.Tensor, t0: float, time_to_sigma: Callable[[
     """The paper's t0 semantics: start exactly at sigma(t0) and keep the scheduler's spacing in t.
 
     ``time_to_sigma`` maps t in [0, 1] (1 = pure noise) to the model's sigma; ``sigma_to_time``
-    is its inverse. The full schedule's timesteps are scaled so the first one lands on t0.
+    is its inverse, taking a tensor of sigmas (one vectorised call, e.g. :func:`schedules.tabulated_inverse`).
+    The full schedule's timesteps are scaled so the first one lands on t0.
     """
     check_strength(t0)
     sigmas = full_sigmas.detach().to(torch.float64).cpu()
     tail_is_zero = float(sigmas[-1]) == 0.0
     levels = sigmas[:-1] if tail_is_zero else sigmas
-    times = [sigma_to_time(float(s)) for s in levels]
+    times = [float(t) for t in torch.as_tensor(sigma_to_time(levels)).reshape(-1)]
     if times[0] <= 0.0:
         raise ValueError("the schedule's first sigma maps to t = 0; cannot place t0 on it")
     scale = t0 / times[0]

@@ -61,7 +61,7 @@ def check_painting_file(painting: str, name: str = "painting") -> str | None:
     path = painting_path(painting, name)
     if path is not None and not os.path.isfile(path):
         raise FileNotFoundError(
-            f"{name}: file {painting!r} not found in ComfyUI's input folder ({path}). Paint on the canvas "
+            f"{name}: file {painting!r} not found in ComfyUI's input folder. Paint on the canvas "
             f"again, or copy the painting file there (example paintings are in example_workflows/inputs/).")
     return path
 
@@ -70,13 +70,19 @@ def load_painting(path: str, width: int, height: int, name: str = "painting") ->
     """RGBA file -> (rgb [H,W,3], alpha [H,W]) float32 in 0..1. Files without alpha count as fully painted."""
     from PIL import Image, ImageOps
 
-    with node_helpers.pillow(Image.open, path) as opened:
-        picture = node_helpers.pillow(ImageOps.exif_transpose, opened)
-        if picture.size != (width, height):
-            raise ValueError(
-                f"{name}: {os.path.basename(path)} is {picture.size[0]}x{picture.size[1]} pixels but the canvas "
-                f"is width x height = {width}x{height}; set width/height to the painting's size or repaint it")
-        rgba = np.asarray(picture.convert("RGBA"), dtype=np.float32) / 255.0
+    try:
+        with node_helpers.pillow(Image.open, path) as opened:
+            picture = node_helpers.pillow(ImageOps.exif_transpose, opened)
+            size = picture.size
+            rgba = np.asarray(picture.convert("RGBA"), dtype=np.float32) / 255.0
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        # never the server's absolute path in the message: the file's name is enough for the user
+        raise ValueError(f"{name}: {os.path.basename(path)} is not a readable image ({type(error).__name__}); "
+                         f"paint on the canvas again or replace the file with a PNG") from None
+    if size != (width, height):
+        raise ValueError(
+            f"{name}: {os.path.basename(path)} is {size[0]}x{size[1]} pixels but the canvas "
+            f"is width x height = {width}x{height}; set width/height to the painting's size or repaint it")
     pixels = torch.from_numpy(rgba.copy())
     return pixels[..., :3], pixels[..., 3]
 
@@ -160,18 +166,14 @@ class StrokeCanvas(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, painting=None, **kwargs):
-        # A linked (not yet computed) input is absent here; execute() checks it then.
+    def validate_inputs(cls, painting=None):
+        # Only what the host cannot check, and only 'painting', so the host keeps validating the other inputs
+        # (min/max) and a painting error is shown on 'painting' alone. background_color is checked when the
+        # node runs (the error names it). A linked input is absent here; execute() checks it then.
         try:
             check_painting_file(painting)
         except (ValueError, FileNotFoundError) as error:
             return str(error)
-        color = kwargs.get("background_color")
-        if isinstance(color, str):
-            try:
-                parse_color(color)
-            except ValueError as error:
-                return str(error)
         return True
 
     @classmethod
@@ -179,6 +181,7 @@ class StrokeCanvas(io.ComfyNode):
         return file_fingerprint(painting)
 
     @classmethod
+    @host.validated
     def execute(cls, painting, width, height, background_color, image=None) -> io.NodeOutput:
         composite, mask = render(painting, width, height, background_color, image)
         if image is None:

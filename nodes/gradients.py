@@ -208,7 +208,12 @@ class TAESDDecoder(_OwnedDecoder):
         self.device = comfy.model_management.vae_device()
         self.dtype = dtype or torch.float32
         with torch.inference_mode(False):
-            module = comfy.taesd.taesd.TAESD(None, self.path, latent_channels=latent_format.latent_channels)
+            try:
+                module = comfy.taesd.taesd.TAESD(None, self.path, latent_channels=latent_format.latent_channels)
+            except Exception as error:  # a junk or truncated file: name it inside models/, not by server path
+                raise ValueError(f"decoder 'taesd': models/vae_approx/{files[0]} is not a readable TAESD decoder "
+                                 f"({type(error).__name__}); replace it with the TAESD project's {name} file or "
+                                 f"choose another decoder") from None
             module.taesd_encoder = None
             self.checkpointed_blocks = checkpoint_blocks(module) if checkpointed else 0
             self._own(module)

@@ -42,6 +42,26 @@ DECODER_MEMORY = ("auto", "full", "checkpointed")
 # Extra peak bytes per output pixel of one optimisation step through an SD-family KL decoder in fp32
 # (make bench, measured op by op: 1.39 GiB at 256x256, 5.63 GiB at 512x512); half for 16-bit decoders.
 KL_DECODER_BYTES_PER_PIXEL = 23_000
+# The same, checkpointed (measured: 0.44-0.47 GiB at 256x256, 1.75 GiB at 512x512 in fp32).
+KL_DECODER_CHECKPOINTED_BYTES_PER_PIXEL = 7_200
+
+
+def decoder_fit(batch: int, height: int, width: int, bits: int, free_bytes: float) -> None:
+    """Stop before sampling when even the checkpointed decoder cannot fit: the error gives the estimate and the
+    largest output (same aspect ratio) that fits. ``height``/``width`` are the decoded image's pixels."""
+    per_pixel = KL_DECODER_CHECKPOINTED_BYTES_PER_PIXEL * bits / 32
+    needed = per_pixel * batch * height * width
+    if needed <= free_bytes:
+        return
+    scale = (free_bytes / needed) ** 0.5
+    fit_w, fit_h = int(width * scale) // 8 * 8, int(height * scale) // 8 * 8
+    largest = (f"about {fit_w}x{fit_h} pixels" if fit_w >= 8 and fit_h >= 8
+               else "none at this batch size")
+    raise ValueError(
+        f"GradOP+: an output of {width}x{height} pixels (batch {batch}) needs about {needed / 2 ** 30:.1f} GiB for the "
+        f"optimisation's decoder even checkpointed, and ComfyUI reports {free_bytes / 2 ** 30:.1f} GiB free; the "
+        f"largest output that fits is {largest}. Lower width/height or batch_size, or use loss_resolution 'half' "
+        f"or decoder 'taesd'.")
 
 
 def use_checkpointing(choice: str, estimated_bytes: float, free_bytes: float) -> bool:
@@ -134,20 +154,28 @@ def stroke_target(config: GradOPConfig, latent_shape, device) -> tuple[torch.Ten
     return target, mask
 
 
+def decoder_memory_estimate(config: GradOPConfig, loss_latent_shape) -> tuple[float, float]:
+    """(bytes the full KL decoder copy's activations need, bytes free on the VAE device); raises when even the
+    checkpointed copy cannot fit (:func:`decoder_fit`). TAESD is small and not estimated."""
+    if config.decoder == "taesd" or not config.grad_steps:
+        return 0.0, float("inf")
+    batch, height, width = loss_latent_shape[0], loss_latent_shape[-2], loss_latent_shape[-1]
+    bits = torch.finfo(DECODERS[config.decoder] or config.vae.vae_dtype).bits
+    estimate = KL_DECODER_BYTES_PER_PIXEL * batch * height * width * 64 * bits / 32
+    free = comfy.model_management.get_free_memory(config.vae.device)
+    decoder_fit(batch, height * 8, width * 8, bits, free)
+    return estimate, free
+
+
 def make_decoder(config: GradOPConfig, latent_format, loss_latent_shape):
     """The pack-owned decoder copy for the optimisation (checkpointed as config.decoder_memory says)."""
     if config.decoder == "taesd":  # small: checkpointed only when asked
         return gradients.TAESDDecoder(latent_format, checkpointed=config.decoder_memory == "checkpointed")
-    checkpointed = config.decoder_memory == "checkpointed"
-    if config.decoder_memory == "auto":
-        batch, height, width = loss_latent_shape[0], loss_latent_shape[-2], loss_latent_shape[-1]
-        bits = torch.finfo(DECODERS[config.decoder] or config.vae.vae_dtype).bits
-        estimate = KL_DECODER_BYTES_PER_PIXEL * batch * height * width * 64 * bits / 32
-        free = comfy.model_management.get_free_memory(config.vae.device)
-        checkpointed = use_checkpointing("auto", estimate, free)
-        if checkpointed:
-            _log.info("GradOP+: decoder activations need about %.1f GiB, %.1f GiB free: checkpointing the "
-                      "decoder copy (same result, slower)", estimate / 2 ** 30, free / 2 ** 30)
+    estimate, free = decoder_memory_estimate(config, loss_latent_shape)
+    checkpointed = use_checkpointing(config.decoder_memory, estimate, free)
+    if config.decoder_memory == "auto" and checkpointed:
+        _log.info("GradOP+: decoder activations need about %.1f GiB, %.1f GiB free: checkpointing the "
+                  "decoder copy (same result, slower)", estimate / 2 ** 30, free / 2 ** 30)
     decoder = gradients.DifferentiableDecoder(config.vae, DECODERS[config.decoder], checkpointed=checkpointed)
     if decoder.checkpointed_blocks:
         _log.info("GradOP+: decoder copy checkpointed (%d blocks recomputed in backward)", decoder.checkpointed_blocks)
@@ -155,7 +183,7 @@ def make_decoder(config: GradOPConfig, latent_format, loss_latent_shape):
 
 
 def _seeded_noise(like: torch.Tensor, seed: int) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed % (1 << 64))
+    generator = torch.Generator().manual_seed(host.derived_seed(seed, 0))
     return torch.randn(like.shape, generator=generator, dtype=torch.float32).to(like)
 
 
@@ -169,7 +197,7 @@ def gradop_sampler(config: GradOPConfig) -> comfy.samplers.KSAMPLER:
             return x
         args = dict(extra_args)
         if segment:  # ancestral/SDE samplers: a fresh noise stream per segment, not the same one again
-            args["seed"] = int(extra_args.get("seed", 0) or 0) + segment
+            args["seed"] = host.derived_seed(extra_args.get("seed", 0) or 0, segment)
         step_callback = progress.callback()
 
         def callback(d):
@@ -194,12 +222,13 @@ def gradop_sampler(config: GradOPConfig) -> comfy.samplers.KSAMPLER:
         progress = host.SamplingProgress(guider.model_patcher, sampler_steps + config.total_grad_steps())
         seed = int(extra_args.get("seed", 0) or 0)
         callback_state: dict = {}
+        loss_shape = (x.shape[0], *loss_latent_size(config, x.shape))
+        decoder_memory_estimate(config, loss_shape)  # stop now, before any step, when it cannot fit
         target, mask = stroke_target(config, x.shape, x.device)
         height, width = target.shape[-2:]
         reduced = config.decoder != "taesd" and (DECODERS[config.decoder] or config.vae.vae_dtype) != torch.float32
         loss_scale = gradop.default_loss_scale(reduced, 3 * height * width)
 
-        loss_shape = (x.shape[0], *loss_latent_size(config, x.shape))
         decoder = make_decoder(config, latent_format, loss_shape) if config.grad_steps else None
         half = config.loss_resolution == "half"
 
@@ -208,7 +237,10 @@ def gradop_sampler(config: GradOPConfig) -> comfy.samplers.KSAMPLER:
                                               clamp=True)
 
         try:
-            painting = gradop.painting_function(config.painting, height, width, target)
+            # The palette ('median + palette') is a constant of the loss: built from an owned copy outside
+            # inference mode, or autograd refuses to save it for backward.
+            with gradients.grad_enabled():
+                painting = gradop.painting_function(config.painting, height, width, gradients.owned(target))
 
             def optimise(z, sigma, iteration, anchor=None):
                 def on_step(step, loss):
@@ -233,14 +265,15 @@ def gradop_sampler(config: GradOPConfig) -> comfy.samplers.KSAMPLER:
                         iteration = levels.index(end)
                         sigma = float(sigmas[end])
                         z = optimise(gradop.to_vp(x, sigma, flow), sigma, iteration)
-                        x = gradop.renoise(z, _seeded_noise(x, seed + 1 + iteration), sigma, flow)
+                        x = gradop.renoise(z, _seeded_noise(x, host.derived_seed(seed, 1 + iteration)), sigma,
+                                           flow)
             else:
                 x = run_segment(model, x, sigmas, 0, steps, extra_args, 0, progress, callback_state)
                 start = levels[0]
                 sigma = float(sigmas[start])
                 if config.grad_steps:
                     x = optimise(x, float(sigmas[-1]), 0, anchor=x)
-                x = gradop.renoise(x, _seeded_noise(x, seed + 1), sigma, flow)
+                x = gradop.renoise(x, _seeded_noise(x, host.derived_seed(seed, 1)), sigma, flow)
                 x = run_segment(model, x, sigmas, start, steps, extra_args, 1, progress, callback_state)
         finally:
             if decoder is not None:
@@ -367,6 +400,7 @@ class GradOPPlusSampler(io.ComfyNode):
         )
 
     @classmethod
+    @host.validated
     def execute(cls, model, positive, negative, seed, steps, cfg, sampler_name, scheduler, vae, strokes,
                 strength, iterative_steps, grad_steps, learning_rate, painting_function, decoder, loss_resolution,
                 mode, gamma, width, height, batch_size, mask=None, decoder_memory="auto") -> io.NodeOutput:
@@ -426,6 +460,7 @@ class GradOPPlusSamplerObject(io.ComfyNode):
         )
 
     @classmethod
+    @host.validated
     def execute(cls, sampler_name, vae, strokes, strength, iterative_steps, grad_steps, learning_rate,
                 painting_function, decoder, loss_resolution, mode, gamma, mask=None,
                 decoder_memory="auto") -> io.NodeOutput:

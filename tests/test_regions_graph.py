@@ -8,6 +8,15 @@ import torch
 import graphs
 import harness
 
+# Separate runs are compared with a tolerance, never bit for bit: even the same attention call can round
+# differently on another CPU (AVX2 / AVX-512 kernels, batch-dependent blocking). 1e-6 is float32 rounding
+# on these activations; a real bias moves them by more than 1e-4.
+SAME = dict(atol=1e-6, rtol=1e-6)
+
+
+def assert_same(a, b):
+    torch.testing.assert_close(a, b, **SAME)
+
 PROMPT = "a castle by the river"
 CASTLE = "2"  # token positions in PROMPT: BOS a castle by the river EOS
 RIVER = "5"
@@ -42,7 +51,7 @@ def ksampler(prompt, node_id, model, positive=("6", 1), steps=2):
 
 
 @pytest.mark.parametrize("mode", ["paint_with_words", "dense"])
-def test_phrase_attention_rises_inside_its_region_only_and_uncond_is_bit_identical(host, captured, mode):
+def test_phrase_attention_rises_inside_its_region_only_and_uncond_is_unchanged(host, captured, mode):
     prompt = regions_graph(mode=mode, strength=1.0)
     probe(prompt, "20", "patched", ("6", 0))
     probe(prompt, "21", "plain", ("1", 0))
@@ -61,9 +70,9 @@ def test_phrase_attention_rises_inside_its_region_only_and_uncond_is_bit_identic
     # the river is the outside of the square: its tokens gain attention there
     river = captured["patched_river_mass"][:, 0, 1] - captured["plain_river_mass"][:, 0, 1]
     assert (river > 0).all()
-    # unconditional branch: attention and prediction bit-identical; conditional prediction changed
-    assert torch.equal(patched[:, 1], plain[:, 1])
-    assert torch.equal(captured["patched_uncond"], captured["plain_uncond"])
+    # unconditional branch: attention and prediction unchanged (to float rounding); conditional changed
+    assert_same(patched[:, 1], plain[:, 1])
+    assert_same(captured["patched_uncond"], captured["plain_uncond"])
     assert (captured["patched_cond"] - captured["plain_cond"]).abs().max() > 1e-4
     print(f"\n{mode}: mean attention mass on 'castle' inside its region {float(plain[:, 0, 0].mean()):.4f} -> "
           f"{float(patched[:, 0, 0].mean()):.4f}; outside {float(plain[:, 0, 1].mean()):.4f} -> "
@@ -80,7 +89,7 @@ def test_sdxl_unet_and_odd_aspect_ratio(host, captured):
     patched, plain = captured["patched_mass"], captured["plain_mass"]
     assert (patched[:, 0, 0] > plain[:, 0, 0]).all()
     assert (patched[:, 0, 1] <= plain[:, 0, 1] + 1e-7).all()
-    assert torch.equal(captured["patched_uncond"], captured["plain_uncond"])
+    assert_same(captured["patched_uncond"], captured["plain_uncond"])
 
 
 @pytest.mark.parametrize("short_keys", [False, True])
@@ -99,13 +108,13 @@ def test_an_earlier_attention_replace_patch_is_still_called(host, captured, shor
     # two probe runs through the foreign patch, 7 sites x (one probe + one real call) each
     assert probes.CALLS["foreign"] == 2 * 7 * 2
     # the foreign patch's effect is kept on every row, ours is added on the positive rows
-    assert torch.equal(captured["both_uncond"], captured["foreign_only_uncond"])
+    assert_same(captured["both_uncond"], captured["foreign_only_uncond"])
     assert (captured["both_cond"] - captured["foreign_only_cond"]).abs().max() > 1e-4
     assert (captured["both_cond"] - captured["ours_only_cond"]).abs().max() > 1e-4
     assert (captured["both_mass"][:, 0, 0] > captured["foreign_only_mass"][:, 0, 0]).all()
 
 
-def test_strength_zero_and_empty_spec_are_bit_identical_to_the_plain_model(host, captured):
+def test_strength_zero_and_empty_spec_equal_the_plain_model(host, captured):
     prompt = regions_graph(strength=0.0)
     prompt["7"] = dict(prompt["6"], inputs=dict(prompt["6"]["inputs"], strength=0.5, region_spec=""))
     prompt["8"] = dict(prompt["6"], inputs=dict(prompt["6"]["inputs"], strength=0.5))
@@ -114,8 +123,8 @@ def test_strength_zero_and_empty_spec_are_bit_identical_to_the_plain_model(host,
     graphs.capture(prompt, "32", "plain", latent=ksampler(prompt, "22", ("1", 0)))
     graphs.capture(prompt, "33", "on", latent=ksampler(prompt, "23", ("8", 0)))
     host.run(prompt)
-    assert torch.equal(captured["zero"], captured["plain"])
-    assert torch.equal(captured["empty"], captured["plain"])
+    assert_same(captured["zero"], captured["plain"])
+    assert_same(captured["empty"], captured["plain"])
     assert (captured["on"] - captured["plain"]).abs().max() > 1e-3
 
 
@@ -126,7 +135,7 @@ def test_sigma_window_limits_the_bias(host, captured):
     probe(prompt, "22", "late_low", ("6", 0), sigma=0.05)
     probe(prompt, "23", "plain_low", ("1", 0), sigma=0.05)
     host.run(prompt)
-    assert torch.equal(captured["late_cond"], captured["plain_cond"])
+    assert_same(captured["late_cond"], captured["plain_cond"])
     assert (captured["late_low_mass"][:, 0, 0] > captured["plain_low_mass"][:, 0, 0]).all()
 
 

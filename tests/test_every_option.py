@@ -1,0 +1,136 @@
+"""Every option of every Combo input of every pack node runs at least once through the real executor.
+
+The options are read from the node schemas, so an option added later is run here without touching this
+file; a pack node with a Combo input and no graph below fails the enumeration test. Each option runs in
+a small working graph on the tiny models (few steps), and its output must be finite.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import graphs
+import harness
+
+TEST_PREFIX = "GS_Test"
+
+
+def pack_nodes(host) -> dict:
+    return {name: cls for name, cls in host.nodes.NODE_CLASS_MAPPINGS.items()
+            if name.startswith("GS_") and not name.startswith(TEST_PREFIX)}
+
+
+def combo_inputs(node_class) -> dict[str, list]:
+    """{input name: options} for every Combo input (required and optional) of a node."""
+    spec = node_class.INPUT_TYPES()
+    combos = {}
+    for section in ("required", "optional"):
+        for name, value in spec.get(section, {}).items():
+            kind, options = value[0], (value[1] if len(value) > 1 else {})
+            if isinstance(kind, list):
+                combos[name] = list(kind)
+            elif kind == "COMBO":
+                combos[name] = list(options.get("options", []))
+    return combos
+
+
+# --- one small working graph per node; each returns the output to capture -----------------------
+
+def sdedit_graph(prompt, node_id, option):
+    image = graphs.solid_image(prompt, "4", 64, 64)
+    latent = graphs.encode(prompt, "5", image)
+    return graphs.sdedit(prompt, node_id, latent=latent, steps=3, strength=0.6, **option)
+
+
+def sdedit_sigmas_graph(prompt, node_id, option):
+    inputs = {"model": ["1", 0], "scheduler": "normal", "steps": 5, "strength": 0.55, "semantics": "paper",
+              **option}
+    prompt[node_id] = {"class_type": "GS_SDEditSigmas", "inputs": inputs}
+    return [node_id, 0]
+
+
+GRADOP_SMALL = {"steps": 6, "iterative_steps": 1, "grad_steps": 1, "strength": 0.8}
+
+
+def gradop_graph(prompt, node_id, option):
+    image = graphs.strokes(prompt, "4")
+    return graphs.gradop(prompt, node_id, image, **{**GRADOP_SMALL, **option})
+
+
+def gradop_sampler_graph(prompt, node_id, option):
+    image = graphs.strokes(prompt, "4")
+    method = {**graphs.GRADOP_METHOD, "iterative_steps": 1, "grad_steps": 1}
+    prompt[node_id] = {"class_type": "GS_GradOPPlusSampler", "inputs": {
+        "sampler_name": "euler", "vae": ["1", 2], "strokes": image, **method, **option}}
+    prompt[node_id + "s"] = {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "ddim_uniform",
+                                                                       "steps": 6, "denoise": 1.0}}
+    prompt["5"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 32, "height": 32, "batch_size": 1}}
+    prompt[node_id + "c"] = {"class_type": "SamplerCustom", "inputs": {
+        "model": ["1", 0], "add_noise": True, "noise_seed": 3, "cfg": 5.0, "positive": ["2", 0],
+        "negative": ["3", 0], "sampler": [node_id, 0], "sigmas": [node_id + "s", 0], "latent_image": ["5", 0]}}
+    return [node_id + "c", 0]
+
+
+def regions_graph(prompt, node_id, option):
+    prompt["4"] = {"class_type": "GS_TestStrokePattern", "inputs": {"pattern": "square", "width": 64, "height": 64}}
+    prompt[node_id] = {"class_type": "GS_StrokeRegions", "inputs": {
+        "model": ["1", 0], "clip": ["1", 1], "stroke": ["4", 0], "prompt": "a castle by the river",
+        "region_spec": "red: castle\nblue: river", "strength": 0.5, "mode": "paint_with_words",
+        "start_percent": 0.0, "end_percent": 1.0, "missing_phrases": "append", **option}}
+    prompt["5"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}
+    prompt[node_id + "k"] = {"class_type": "KSampler", "inputs": {
+        "model": [node_id, 0], "seed": 1, "steps": 2, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal",
+        "positive": [node_id, 1], "negative": ["3", 0], "latent_image": ["5", 0], "denoise": 1.0}}
+    return [node_id + "k", 0]
+
+
+GRAPHS = {
+    "GS_SDEdit": sdedit_graph,
+    "GS_SDEditSigmas": sdedit_sigmas_graph,
+    "GS_GradOPPlus": gradop_graph,
+    "GS_GradOPPlusSampler": gradop_sampler_graph,
+    "GS_StrokeRegions": regions_graph,
+}
+
+# Nodes known to the pack; the enumeration below must cover these (and fail on a new one with combos).
+KNOWN = set(GRAPHS) | {"GS_StrokeCanvas"}
+
+
+def test_every_pack_node_with_combo_inputs_has_a_graph_here(host):
+    nodes = pack_nodes(host)
+    assert set(nodes) == KNOWN, f"pack nodes changed: {sorted(set(nodes) ^ KNOWN)}; add them to GRAPHS"
+    missing = [name for name, cls in nodes.items() if combo_inputs(cls) and name not in GRAPHS]
+    assert not missing, f"nodes with Combo inputs but no option graph in this file: {missing}"
+
+
+def run_options(host, node, input_name, options) -> dict:
+    """All options of one input in one prompt (one branch each); returns {option: captured output}."""
+    prompt = graphs.base()
+    store = harness.test_nodes_module().CAPTURED
+    store.clear()
+    for index, option in enumerate(options):
+        node_id = str(100 + 10 * index)
+        out = GRAPHS[node](prompt, node_id, {input_name: option})
+        key = f"opt{index}"
+        if node == "GS_SDEditSigmas":
+            graphs.capture(prompt, str(101 + 10 * index), key, sigmas=out)
+        else:
+            graphs.capture(prompt, str(101 + 10 * index), key, latent=out)
+    host.run(prompt)
+    return {option: store[f"opt{index}"] for index, option in enumerate(options)}
+
+
+@pytest.mark.parametrize("node", sorted(GRAPHS))
+def test_every_combo_option_runs_through_the_executor(host, vae_approx, node):
+    combos = combo_inputs(host.nodes.NODE_CLASS_MAPPINGS[node])
+    assert combos, f"{node} has no Combo input"
+    for input_name, options in combos.items():
+        try:
+            results = run_options(host, node, input_name, options)
+        except harness.PromptFailed as error:
+            raise AssertionError(f"{node}.{input_name}: {error}") from None
+        assert set(results) == set(options)
+        for option, value in results.items():
+            assert torch.isfinite(value).all(), f"{node}.{input_name}={option!r} gave a non-finite result"
+            if node == "GS_SDEditSigmas":
+                assert float(value[-1]) == 0.0 and bool((value[:-1] > value[1:]).all()), (option, value)
