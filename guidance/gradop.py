@@ -1,9 +1,9 @@
 """GradOP+ and GradOP (Singh et al., CVPR 2023), as pure torch over tensors and callables.
 
-GradOP+ (ALGORITHMS.md 1.1): after some sampler steps, take the noisy latent to VP space,
+GradOP+ (docs/methods/gradop.md sections 1 and 3): after some sampler steps, take the noisy latent to VP space,
 optimise it with Adam so that f(decode(z)) matches the stroke painting y (f a painting
 function, by default the reference's Gaussian blur), then re-noise it to the same level.
-GradOP (1.2, a reconstruction: the paper's base method was never released) optimises a
+GradOP (docs/methods/gradop.md section 4, a reconstruction: the paper's base method was never released) optimises a
 finished text-only sample with a proximity term and then runs SDEdit from it.
 
 Nothing here imports ComfyUI: the decoder, the painting function and the progress hook are
@@ -63,7 +63,7 @@ def optimisation_indices(num_steps: int, strength: float, iterative_steps: int) 
 # --- VP <-> sampler space ----------------------------------------------------------------
 
 def to_vp(x: torch.Tensor, sigma: float, flow: bool = False) -> torch.Tensor:
-    """The reference's latent z at this noise level (ALGORITHMS.md, Parameterisation).
+    """The reference's latent z at this noise level (docs/README.md section 2).
 
     EPS/V models: ``z = x / sqrt(1 + sigma^2)``; flow (CONST) models: ``z = x / sqrt((1-s)^2 + s^2)``.
     """

@@ -2,7 +2,7 @@
 
 The GradOP paper (Singh et al., CVPR 2023) names each colour region of a stroke painting with
 words through a token <-> region correspondence in cross-attention; its code was never released.
-This module implements eDiff-I's *paint-with-words* (Balaji et al. 2022) as ALGORITHMS.md section 5
+This module implements eDiff-I's *paint-with-words* (Balaji et al. 2022) as docs/methods/regions.md section 2
 describes it, plus a DenseDiffusion-style modulation (Kim et al., ICCV 2023):
 
 * ``paint_with_words``: ``A = softmax((QK^T + W) / sqrt(d))`` with ``W[p, j] = w(sigma) * M_r(p)``

@@ -1,4 +1,4 @@
-"""Noise-level conversions shared by the methods (ALGORITHMS.md, "Parameterisation").
+"""Noise-level conversions shared by the methods (docs/README.md section 2).
 
 ComfyUI samples ``x = x0 + sigma * eps`` (EPS/V models). The VP (diffusers) latent is
 ``z = x / sqrt(1 + sigma^2)``, with ``alpha_bar = 1 / (1 + sigma^2)``.

@@ -1,6 +1,6 @@
 """SDEdit (Meng et al., ICLR 2022): start sampling from a noised guide at strength t0.
 
-Three meanings of "strength" (ALGORITHMS.md section 2), all expressed as a SIGMAS
+Three meanings of "strength" (docs/methods/sdedit.md section 2), all expressed as a SIGMAS
 schedule that starts below the model's maximum noise level:
 
 * ``paper``: t0 in (0, 1] is a point on the model's own noise schedule

@@ -1,4 +1,4 @@
-"""The gradient recipe (COMFY_HOST.md section 4), implemented once for every method.
+"""The gradient recipe (docs/host.md section 4), implemented once for every method.
 
 ComfyUI runs nodes under ``torch.inference_mode()``: upstream weights, latents and conds are
 inference tensors, and autograd refuses to save them for backward. This module is the only

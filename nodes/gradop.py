@@ -75,7 +75,7 @@ def use_checkpointing(choice: str, estimated_bytes: float, free_bytes: float) ->
 
 
 # "half": decode a 2x average-pooled latent (a quarter of the decoder's work); the blur discards
-# that detail anyway (ALGORITHMS.md 1.5, approximate).
+# that detail anyway (docs/methods/gradop.md section 6, approximate).
 LOSS_RESOLUTIONS = ("full", "half")
 
 

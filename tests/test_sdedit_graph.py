@@ -134,7 +134,7 @@ def sigmas_for(host, captured, semantics, strength, scheduler="ddim_uniform", st
 
 
 def test_sigmas_node_reference_values(host, captured):
-    # ALGORITHMS.md section 2: diffusers DDIM s=0.8 starts at t=781, sigma 4.692, and runs 40 steps;
+    # docs/methods/sdedit.md section 3: diffusers DDIM s=0.8 starts at t=781, sigma 4.692, and runs 40 steps;
     # the paper's t0=0.8 starts at percent_to_sigma(0.2) = 5.092 and runs all 50.
     diffusers = sigmas_for(host, captured, "diffusers", 0.8)
     assert len(diffusers) == 41 and math.isclose(float(diffusers[0]), 4.692, abs_tol=2e-3)
