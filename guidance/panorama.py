@@ -1,0 +1,168 @@
+"""SyncDiffusion (Lee et al., NeurIPS 2023) and MultiDiffusion (Bar-Tal et al., ICML 2023) panoramas, pure torch.
+
+MultiDiffusion denoises overlapping windows of a wide latent independently and averages them per pixel.
+SyncDiffusion nudges each window's own copy of its latent before that, along the gradient of a perceptual
+(LPIPS) distance between the window's decoded x0 prediction and the anchor window's, so the windows agree
+on one scene (docs/methods/panorama.md sections 1-4). Everything here works in latent pixels; nothing
+imports ComfyUI: the denoiser, the decoder and the loss are callables given by the adapter.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+# The reference's shipped script: weight 20, decay 0.95, sync in the first 10 of 50 steps, every step.
+DEFAULT_SYNC_WEIGHT = 20.0
+DEFAULT_DECAY = 0.95
+DEFAULT_SYNC_STEPS = 10
+
+
+@dataclass(frozen=True)
+class Window:
+    """A window of the canvas in latent pixels. ``left + width`` may pass the canvas' right edge when the
+    panorama is a 360-degree loop: the window then wraps around to column 0."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+
+    def wraps(self, canvas_width: int) -> bool:
+        return self.left + self.width > canvas_width
+
+    def columns(self, canvas_width: int) -> torch.Tensor:
+        return torch.arange(self.left, self.left + self.width) % canvas_width
+
+
+def _positions(size: int, window: int, stride: int) -> list[int]:
+    """0, stride, 2*stride, ... and a last window flush with the edge (so any size is covered)."""
+    if size <= window:
+        return [0]
+    count = math.ceil((size - window) / stride) + 1
+    positions = [min(i * stride, size - window) for i in range(count)]
+    return sorted(set(positions))
+
+
+def plan_windows(height: int, width: int, window_height: int, window_width: int, stride_height: int,
+                 stride_width: int, loop: bool = False) -> list[Window]:
+    """Windows over a ``height`` x ``width`` latent canvas, in raster order (rows, then columns).
+
+    Horizontal and vertical strides; the last window of each row/column is flush with the edge. With
+    ``loop`` (a 360-degree panorama) windows continue past the right edge, wrapping to column 0, at the
+    same stride until the next one would start where the first did: the seam between the last and the
+    first column is then inside windows like any other column boundary (the reference's loop closure).
+    """
+    for name, value in (("window height", window_height), ("window width", window_width),
+                        ("stride height", stride_height), ("stride width", stride_width)):
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1 latent pixel, got {value}")
+    if stride_height > window_height or stride_width > window_width:
+        raise ValueError(f"the stride ({stride_width}x{stride_height}) must not be larger than the window "
+                         f"({window_width}x{window_height}): pixels between windows would never be denoised")
+    if height < window_height or width < window_width:
+        raise ValueError(f"the canvas ({width}x{height} latent pixels) is smaller than one window "
+                         f"({window_width}x{window_height}); make the canvas larger or the window smaller")
+    tops = _positions(height, window_height, stride_height)
+    if loop:
+        lefts = list(range(0, width, stride_width))
+    else:
+        lefts = _positions(width, window_width, stride_width)
+    return [Window(top, left, window_height, window_width) for top in tops for left in lefts]
+
+
+def crop(x: torch.Tensor, window: Window) -> torch.Tensor:
+    """The window's part of ``x`` [..., H, W] (wrapping columns gathered around the seam)."""
+    rows = x[..., window.top:window.top + window.height, :]
+    canvas_width = x.shape[-1]
+    if not window.wraps(canvas_width):
+        return rows[..., window.left:window.left + window.width]
+    return rows.index_select(-1, window.columns(canvas_width).to(x.device))
+
+
+def coverage(windows: Sequence[Window], height: int, width: int, device=None) -> torch.Tensor:
+    """How many windows cover each latent pixel [H, W] (every pixel must be covered at least once)."""
+    count = torch.zeros(height, width, device=device)
+    for window in windows:
+        count[window.top:window.top + window.height].index_add_(
+            1, window.columns(width).to(count.device), torch.ones(window.height, window.width, device=device))
+    return count
+
+
+def merge(values: Sequence[torch.Tensor], windows: Sequence[Window], shape: Sequence[int]) -> torch.Tensor:
+    """MultiDiffusion's per-pixel average of the windows' values [B, C, h, w] on a canvas of ``shape``."""
+    total = torch.zeros(shape, dtype=torch.float32, device=values[0].device)
+    height, width = shape[-2], shape[-1]
+    for value, window in zip(values, windows):
+        columns = window.columns(width).to(total.device)
+        band = total[..., window.top:window.top + window.height, :]
+        band.index_add_(-1, columns, value.float())
+    count = coverage(windows, height, width, device=total.device)
+    if bool((count == 0).any()):
+        raise ValueError("the windows leave some latent pixels uncovered")
+    return (total / count).to(values[0].dtype)
+
+
+def anchor_index(count: int, anchor: int = -1) -> int:
+    """The anchor window: the reference's middle window (``count // 2``) for -1, else the index given."""
+    if anchor == -1:
+        return count // 2
+    if not 0 <= anchor < count:
+        raise ValueError(f"anchor must be -1 (the middle window) or a window index in 0..{count - 1}, got {anchor}")
+    return anchor
+
+
+def syncs_at(step: int, sync_steps: int, every: int = 1) -> bool:
+    """The reference's rule: sync at step i when ``(i + 1) % every == 0 and i < sync_steps``."""
+    return every >= 1 and (step + 1) % every == 0 and step < sync_steps
+
+
+def sync_weight(step: int, weight: float = DEFAULT_SYNC_WEIGHT, decay: float = DEFAULT_DECAY) -> float:
+    """w_i = weight * decay^i (the reference's schedule of the gradient step)."""
+    return float(weight) * float(decay) ** step
+
+
+def vp_scale(sigma: float, flow: bool = False) -> float:
+    """Factor that maps a VP-latent gradient step onto sampler space: 1 + sigma^2 (flow models:
+    (1 - sigma)^2 + sigma^2), since z = x / sqrt(1 + sigma^2) gives dL/dz = sqrt(1 + sigma^2) dL/dx."""
+    if flow:
+        return (1.0 - sigma) ** 2 + sigma ** 2
+    return 1.0 + sigma * sigma
+
+
+def nudge(x: torch.Tensor, grad: torch.Tensor, weight: float, sigma: float, flow: bool = False) -> torch.Tensor:
+    """SyncDiffusion's step ``z <- z - w dL/dz`` in the reference's VP latent, as ``x <- x - w (1 + sigma^2) dL/dx``."""
+    return x - weight * vp_scale(sigma, flow) * grad.to(x.dtype)
+
+
+def circular_pad(latent: torch.Tensor, columns: int) -> torch.Tensor:
+    """Pad a latent [..., H, W] with ``columns`` wrapped columns on each side (for a seamless 360-degree decode)."""
+    if columns <= 0:
+        return latent
+    columns = min(columns, latent.shape[-1])
+    return torch.cat([latent[..., -columns:], latent, latent[..., :columns]], dim=-1)
+
+
+def tiles(length: int, tile: int, overlap: int) -> list[tuple[int, int]]:
+    """(start, end) spans of at most ``tile`` covering [0, length) with ``overlap`` between neighbours."""
+    if length <= tile:
+        return [(0, length)]
+    step = max(1, tile - overlap)
+    starts = _positions(length, tile, step)
+    return [(start, start + tile) for start in starts]
+
+
+def blend_weights(length: int, span: tuple[int, int], overlap: int) -> torch.Tensor:
+    """1-D weights of one tile: linear ramps over the overlap at inner edges, 1 elsewhere (sum-normalised later)."""
+    start, end = span
+    weights = torch.ones(end - start)
+    ramp = min(overlap, (end - start) // 2)
+    if ramp > 0:
+        rise = (torch.arange(ramp, dtype=torch.float32) + 1) / (ramp + 1)
+        if start > 0:
+            weights[:ramp] = rise
+        if end < length:
+            weights[-ramp:] = rise.flip(0)
+    return weights

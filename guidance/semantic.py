@@ -1,0 +1,161 @@
+"""CLIP semantic guidance after SDG (Liu et al., WACV 2023), for latent diffusion models, pure torch.
+
+SDG steers sampling with CLIP towards a text, a reference image's content or its style. Its reference
+needs a noise-aware CLIP on pixel-space models; here the guidance acts on the decoded x0 prediction
+with a standard CLIP (docs/methods/semantic.md sections 1-5): spherical distance of embeddings for text
+and content, Gram matrices of intermediate visual features for style, several random cutouts for
+stability, and a step on the post-CFG x0 that is normalised against the CFG correction (or SDG's
+sigma^2-scaled form). Nothing here imports ComfyUI or open_clip: encoders are callables.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+STEP_MODES = ("normalised", "paper")
+IMAGE_LOSSES = ("content", "style", "both")
+# SDG's README weights (content 100, style 100, language 160) belong to its unnormalised step; the
+# normalised step's weight is a fraction of the CFG correction's size.
+
+
+def spherical_distance(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """theta^2 / 2 with theta = 2 arcsin(|u_hat - v_hat| / 2), the angle between the embeddings, per row."""
+    u = F.normalize(u.float(), dim=-1)
+    v = F.normalize(v.float(), dim=-1)
+    half_chord = ((u - v).norm(dim=-1) / 2).clamp(0.0, 1.0)
+    return 2.0 * torch.arcsin(half_chord) ** 2
+
+
+def gram(features: torch.Tensor) -> torch.Tensor:
+    """Per-sample Gram matrices [B, C, C] = F F^T / (C * N) of features [B, C, H, W] or tokens [B, N, C].
+
+    Per sample, unlike SDG's reference, whose (B*C) x (B*C) reshape mixes the images of a batch.
+    """
+    features = features.float()
+    if features.ndim == 4:
+        flat = features.flatten(2)  # [B, C, HW]
+    elif features.ndim == 3:
+        flat = features.transpose(1, 2)  # tokens [B, N, C] -> [B, C, N]
+    else:
+        raise ValueError(f"features must be [B, C, H, W] or [B, N, C], got shape {tuple(features.shape)}")
+    channels, positions = flat.shape[1], flat.shape[2]
+    return flat @ flat.transpose(1, 2) / (channels * positions)
+
+
+def style_loss(features: Sequence[torch.Tensor], target_grams: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Per-sample mean over layers of mean((G(f_k) - G_target_k)^2), [B]; targets [1 or B, C, C]."""
+    losses = [((gram(f) - t.to(f.device)) ** 2).flatten(1).mean(dim=1) for f, t in zip(features, target_grams)]
+    return torch.stack(losses).mean(dim=0)
+
+
+def cutout_sizes(count: int, height: int, width: int, min_fraction: float, cut_power: float,
+                 generator: torch.Generator) -> list[int]:
+    """Side lengths u^cut_power * (max - min) + min of ``count`` random square cutouts."""
+    largest = min(height, width)
+    smallest = max(1, min(largest, int(largest * min_fraction)))
+    u = torch.rand(count, generator=generator, dtype=torch.float64)
+    return [int(float(x) ** cut_power * (largest - smallest) + smallest) for x in u]
+
+
+def make_views(image: torch.Tensor, size: int, cutouts: int, generator: torch.Generator,
+               min_fraction: float = 0.5, cut_power: float = 1.0) -> torch.Tensor:
+    """Views of ``image`` [B, 3, H, W] at the CLIP input size, differentiably: with ``cutouts`` = 0 one
+    antialiased resize of the whole image, else ``cutouts`` random squares per image (the same squares
+    for every image of the batch), each average-pooled to ``size``. Returns [V * B, 3, size, size],
+    view-major (the B images of view 0, then of view 1, ...)."""
+    if cutouts <= 0:
+        return F.interpolate(image, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    height, width = image.shape[-2:]
+    views = []
+    for side in cutout_sizes(cutouts, height, width, min_fraction, cut_power, generator):
+        top = int(torch.randint(0, height - side + 1, (1,), generator=generator))
+        left = int(torch.randint(0, width - side + 1, (1,), generator=generator))
+        piece = image[..., top:top + side, left:left + side]
+        views.append(F.adaptive_avg_pool2d(piece, size) if side >= size
+                     else F.interpolate(piece, size=(size, size), mode="bilinear", align_corners=False))
+    return torch.cat(views, dim=0)
+
+
+def normalise(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """CLIP's input normalisation ``(x - mean) / std`` per channel, on [B, 3, H, W] in [0, 1] (no 8-bit rounding)."""
+    mean_t = torch.tensor(mean, dtype=image.dtype, device=image.device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=image.dtype, device=image.device).view(1, -1, 1, 1)
+    return (image - mean_t) / std_t
+
+
+def view_mean(per_view: torch.Tensor, batch: int) -> torch.Tensor:
+    """[V * B] view-major losses -> [B], the mean over each image's views."""
+    return per_view.view(-1, batch).mean(dim=0)
+
+
+def rms(x: torch.Tensor) -> torch.Tensor:
+    """Root mean square per sample, [B, 1, 1, 1]."""
+    return x.float().pow(2).flatten(1).mean(dim=1).sqrt().view(-1, *([1] * (x.ndim - 1)))
+
+
+def guided_x0(denoised: torch.Tensor, grad: torch.Tensor, weight: float, sigma: float | torch.Tensor,
+              mode: str = "normalised", cond_denoised: torch.Tensor | None = None,
+              uncond_denoised: torch.Tensor | None = None, noisy: torch.Tensor | None = None) -> torch.Tensor:
+    """Move the post-CFG x0 prediction down the loss gradient ``grad`` (dL/dx0).
+
+    ``normalised`` (default): per sample, ``x0 - w * g / rms(g) * rms(cond - uncond)``, so one weight acts
+    alike across noise levels and models; without a CFG correction (cfg 1) the size of the predicted noise,
+    ``rms(noisy - x0)``, stands in for it. ``paper``: SDG's unnormalised step in sigma space,
+    ``x0 - w * sigma^2 * g`` (its mean shift of the VP sample, mapped onto x0).
+    """
+    if mode not in STEP_MODES:
+        raise ValueError(f"step mode must be one of {STEP_MODES}, got {mode!r}")
+    grad = grad.to(torch.float32)
+    if mode == "paper":
+        sigma_t = torch.as_tensor(sigma, dtype=torch.float32, device=grad.device)
+        sigma_t = sigma_t.reshape(-1, *([1] * (grad.ndim - 1)))
+        return (denoised.float() - weight * sigma_t ** 2 * grad).to(denoised.dtype)
+    reference = torch.zeros_like(rms(grad))
+    if cond_denoised is not None and uncond_denoised is not None:
+        reference = rms(cond_denoised - uncond_denoised)
+    if noisy is not None:
+        fallback = rms(noisy - denoised)
+        reference = torch.where(reference > 0, reference, fallback)
+    size = rms(grad)
+    step = torch.where(size > 0, grad / size.clamp_min(1e-30), torch.zeros_like(grad)) * reference
+    return (denoised.float() - weight * step).to(denoised.dtype)
+
+
+def step_indices(total_steps: int, start_percent: float, end_percent: float, every: int = 1) -> set[int]:
+    """The sampler step indices that guide: inside [start, end] of the schedule (0 = first, noisiest step)
+    and every ``every``-th of those, counted from the first guided step."""
+    if every < 1:
+        raise ValueError(f"every must be at least 1, got {every}")
+    if not 0.0 <= start_percent <= end_percent <= 1.0:
+        raise ValueError(f"start_percent ({start_percent}) and end_percent ({end_percent}) must satisfy "
+                         f"0 <= start <= end <= 1")
+    first = int(math.floor(start_percent * total_steps))
+    last = min(total_steps - 1, int(math.ceil(end_percent * total_steps)) - 1)
+    return set(range(first, last + 1, every))
+
+
+def sigma_step_index(sigma: float, sample_sigmas: torch.Tensor) -> int | None:
+    """Index of ``sigma`` in the run's schedule (the step being taken), or None when it is not one of its
+    levels (a sampler's intermediate evaluation, e.g. Heun's second one): keys guidance to the step."""
+    levels = sample_sigmas.detach().float().cpu()
+    matches = torch.nonzero(torch.isclose(levels, torch.tensor(float(sigma)), rtol=1e-5, atol=1e-7)).flatten()
+    return int(matches[0]) if len(matches) else None
+
+
+def text_image_loss(image_embeddings: torch.Tensor, text_embedding: torch.Tensor | None,
+                    content_embedding: torch.Tensor | None, batch: int,
+                    text_weight: float, image_weight: float) -> torch.Tensor:
+    """Per-image weighted sum [B] of the spherical distances of its views' embeddings [V * B, D] to the text
+    and to the reference image's content embedding."""
+    total = torch.zeros(batch, device=image_embeddings.device)
+    if text_embedding is not None and text_weight:
+        text = text_embedding.expand_as(image_embeddings)
+        total = total + text_weight * view_mean(spherical_distance(image_embeddings, text), batch)
+    if content_embedding is not None and image_weight:
+        total = total + image_weight * view_mean(
+            spherical_distance(image_embeddings, content_embedding.expand_as(image_embeddings)), batch)
+    return total
+

@@ -1,0 +1,98 @@
+"""Unit tests of guidance/panorama.py (pure torch, no host)."""
+import pytest
+import torch
+
+from guidance import panorama
+
+
+@pytest.mark.parametrize("height,width,window,stride,loop", [
+    (64, 256, 64, 16, False),   # the reference's 512x2048 at stride 16: 13 windows
+    (64, 384, 64, 16, False),   # 512x3072: 21 windows
+    (67, 203, 64, 24, False),   # odd sizes: the last window is flush with the edge
+    (64, 256, 64, 16, True),    # 360-degree loop: windows wrap round the right edge
+    (160, 200, 64, 40, True),   # 2-D layout with wrap
+    (64, 64, 64, 8, False),     # one window
+])
+def test_windows_cover_every_pixel(height, width, window, stride, loop):
+    windows = panorama.plan_windows(height, width, window, window, stride, stride, loop)
+    count = panorama.coverage(windows, height, width)
+    assert bool((count >= 1).all())
+    for w in windows:
+        assert 0 <= w.top and w.top + w.height <= height
+        assert 0 <= w.left < width and (loop or w.left + w.width <= width)
+    if (height, width, stride, loop) == (64, 256, 16, False):
+        assert len(windows) == 13
+    if (height, width, stride, loop) == (64, 384, 16, False):
+        assert len(windows) == 21
+
+
+def test_loop_windows_make_every_column_boundary_interior_the_same_number_of_times():
+    windows = panorama.plan_windows(64, 256, 64, 64, 16, 16, loop=True)
+    count = panorama.coverage(windows, 64, 256)
+    assert bool((count == 4).all())  # 64 / 16 windows over every column, the seam included
+    assert any(w.wraps(256) for w in windows)
+
+
+def test_crop_of_a_wrapping_window_equals_a_roll():
+    x = torch.randn(2, 4, 8, 40)
+    window = panorama.Window(top=0, left=30, height=8, width=16)
+    expected = torch.roll(x, shifts=-30, dims=-1)[..., :16]
+    torch.testing.assert_close(panorama.crop(x, window), expected, atol=0, rtol=0)  # a gather: exact
+
+
+def test_merge_is_the_per_pixel_average_of_an_independent_accumulation():
+    height, width = 16, 50
+    windows = panorama.plan_windows(height, width, 16, 16, 8, 6, loop=True)
+    values = [torch.randn(1, 4, 16, 16) for _ in windows]
+    total = torch.zeros(1, 4, height, width)
+    count = torch.zeros(height, width)
+    for value, w in zip(values, windows):
+        for j in range(w.width):
+            column = (w.left + j) % width
+            total[..., w.top:w.top + w.height, column] += value[..., j]
+            count[w.top:w.top + w.height, column] += 1
+    torch.testing.assert_close(panorama.merge(values, windows, (1, 4, height, width)), total / count,
+                               atol=1e-6, rtol=1e-6)
+    constant = [torch.full((1, 4, 16, 16), 3.0) for _ in windows]
+    torch.testing.assert_close(panorama.merge(constant, windows, (1, 4, height, width)),
+                               torch.full((1, 4, height, width), 3.0))
+
+
+def test_bad_layouts_name_what_is_wrong():
+    with pytest.raises(ValueError, match="smaller than one window"):
+        panorama.plan_windows(32, 200, 64, 64, 16, 16)
+    with pytest.raises(ValueError, match="must not be larger than the window"):
+        panorama.plan_windows(64, 200, 64, 64, 72, 72)
+    with pytest.raises(ValueError, match="anchor must be -1"):
+        panorama.anchor_index(13, 13)
+    assert panorama.anchor_index(13) == 6 and panorama.anchor_index(21) == 10
+
+
+def test_sync_schedule_and_nudge_follow_the_reference():
+    assert [panorama.syncs_at(i, 10) for i in (0, 9, 10, 49)] == [True, True, False, False]
+    assert [panorama.syncs_at(i, 10, every=2) for i in range(4)] == [False, True, False, True]
+    assert panorama.sync_weight(0) == 20.0
+    assert panorama.sync_weight(9) == pytest.approx(20 * 0.95 ** 9)
+    # the VP step z <- z - w dL/dz equals x <- x - w (1 + sigma^2) dL/dx with z = x / sqrt(1 + sigma^2)
+    sigma, w = 4.69, 3.0
+    x = torch.randn(1, 4, 8, 8, dtype=torch.float64, requires_grad=True)
+    target = torch.randn_like(x)
+    scale = (1 + sigma ** 2) ** 0.5
+    z = (x / scale).detach().requires_grad_(True)
+    loss_z = ((z * scale - target) ** 2).sum()
+    (grad_z,) = torch.autograd.grad(loss_z, z)
+    (grad_x,) = torch.autograd.grad(((x - target) ** 2).sum(), x)
+    torch.testing.assert_close(panorama.nudge(x.detach(), grad_x, w, sigma), (z - w * grad_z).detach() * scale)
+    assert panorama.vp_scale(0.3, flow=True) == pytest.approx(0.7 ** 2 + 0.3 ** 2)
+
+
+def test_circular_pad_and_tiles():
+    x = torch.arange(10.0).view(1, 1, 1, 10)
+    padded = panorama.circular_pad(x, 2)
+    assert padded[0, 0, 0].tolist() == [8, 9, *range(10), 0, 1]
+    spans = panorama.tiles(100, 32, 8)
+    assert spans[0] == (0, 32) and spans[-1][1] == 100
+    covered = torch.zeros(100)
+    for span in spans:
+        covered[span[0]:span[1]] += panorama.blend_weights(100, span, 8)
+    assert bool((covered > 0).all())
