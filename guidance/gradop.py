@@ -18,6 +18,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .checks import check_strength
+from .regions import extract_palette
 from .schedules import vp_from_ve
 
 PAINTING_FUNCTIONS = ("gaussian blur", "median", "median + palette")
@@ -33,12 +35,6 @@ Painting = Callable[[torch.Tensor], torch.Tensor]
 
 
 # --- schedule ----------------------------------------------------------------------------
-
-def check_strength(strength: float) -> float:
-    if not (0.0 < float(strength) <= 1.0):
-        raise ValueError(f"strength must be in (0, 1], got {strength}")
-    return float(strength)
-
 
 def optimisation_indices(num_steps: int, strength: float, iterative_steps: int) -> list[int]:
     """Indices into ``sigmas`` (length num_steps + 1) at which GradOP+ optimises.
@@ -151,29 +147,6 @@ def median_filter(image: torch.Tensor, kernel: int, max_elements: int = 1 << 25)
     return torch.cat(chunks, dim=2)
 
 
-def stroke_palette(target: torch.Tensor, max_colours: int = 16, min_fraction: float = 0.002,
-                   bits: int = 5) -> list[torch.Tensor]:
-    """Per image, the dominant colours of a stroke painting [B,3,H,W] (each [K,3]).
-
-    Colours are binned to ``bits`` per channel; bins covering less than ``min_fraction`` of the
-    image (anti-aliased edges, specks) are dropped; each colour is the mean of its bin.
-    """
-    palettes = []
-    levels = 1 << bits
-    for image in target:
-        pixels = image.reshape(3, -1).t().float().clamp(0, 1)
-        bins = (pixels * (levels - 1)).round().long()
-        keys = (bins[:, 0] * levels + bins[:, 1]) * levels + bins[:, 2]
-        unique, inverse, counts = torch.unique(keys, return_inverse=True, return_counts=True)
-        order = torch.argsort(counts, descending=True)
-        keep = [int(k) for k in order[:max_colours] if counts[k] >= min_fraction * pixels.shape[0]]
-        if not keep:
-            keep = [int(order[0])]
-        sums = torch.zeros(len(unique), 3, dtype=pixels.dtype, device=pixels.device).index_add_(0, inverse, pixels)
-        palettes.append(sums[keep] / counts[keep].unsqueeze(1).to(pixels.dtype))
-    return palettes
-
-
 def soft_quantise(image: torch.Tensor, palettes: list[torch.Tensor],
                   temperature: float = PALETTE_TEMPERATURE) -> torch.Tensor:
     """Differentiable palette quantisation: each pixel becomes a softmax-weighted palette colour."""
@@ -203,7 +176,9 @@ def painting_function(name: str, height: int, width: int, target: torch.Tensor |
         if target is None:
             raise ValueError("the 'median + palette' painting function needs the stroke image")
         kernel = median_kernel(height, width)
-        palettes = stroke_palette(target)
+        # the stroke colours as Stroke Regions to Words finds them (exact painted shades, edges and specks dropped)
+        palettes = [torch.tensor(extract_palette(image.movedim(0, -1)).colours, dtype=torch.float32) / 255.0
+                    for image in target]
         return lambda image: soft_quantise(median_filter(image, kernel), palettes)
     raise ValueError(f"painting function must be one of {PAINTING_FUNCTIONS}, got {name!r}")
 
@@ -241,43 +216,46 @@ def optimise_strokes(z: torch.Tensor, target: torch.Tensor, decode: Decode, pain
     so a reduced-precision decoder does not underflow; Adam sees the unscaled gradient. A non-finite
     gradient lowers the scale 16x and retries the step.
     The sum over the batch keeps each image's reference scale (Adam is per-element).
+    Needs autograd enabled; the inputs are copied, never modified.
     """
-    with torch.inference_mode(False), torch.enable_grad():
-        z = z.detach().clone().float().requires_grad_(True)
-        target = target.detach().clone().float()
-        mask = None if mask is None else mask.detach().clone().float()
-        anchor = None if anchor is None else anchor.detach().clone().float()
-        optimiser = torch.optim.Adam([z], lr=lr)
-        result = OptimisationResult(z=z, loss_scale=float(loss_scale))
+    if not torch.is_grad_enabled():
+        raise RuntimeError("optimise_strokes needs autograd: call it with grad enabled (in nodes/: "
+                           "gradients.grad_enabled(), with owned tensors)")
+    z = z.detach().clone().float().requires_grad_(True)
+    target = target.detach().clone().float()
+    mask = None if mask is None else mask.detach().clone().float()
+    anchor = None if anchor is None else anchor.detach().clone().float()
+    optimiser = torch.optim.Adam([z], lr=lr)
+    result = OptimisationResult(z=z, loss_scale=float(loss_scale))
 
-        def objective() -> tuple[torch.Tensor, torch.Tensor]:
-            paint = painting_loss(painting(decode(z)), target, mask).sum()
-            total = paint
-            if anchor is not None and gamma > 0:
-                total = total + gamma * ((z - anchor) ** 2).flatten(1).mean(dim=1).sum()
-            return total, paint
+    def objective() -> tuple[torch.Tensor, torch.Tensor]:
+        paint = painting_loss(painting(decode(z)), target, mask).sum()
+        total = paint
+        if anchor is not None and gamma > 0:
+            total = total + gamma * ((z - anchor) ** 2).flatten(1).mean(dim=1).sum()
+        return total, paint
 
-        step = 0
-        while step < steps:
-            optimiser.zero_grad(set_to_none=True)
-            total, paint = objective()
-            (total * result.loss_scale).backward()
-            grad = z.grad
-            if not torch.isfinite(grad).all():
-                if result.loss_scale <= 1.0:
-                    raise FloatingPointError("GradOP: the painting-loss gradient is not finite")
-                result.loss_scale = max(1.0, result.loss_scale / 16.0)
-                continue
-            grad.div_(result.loss_scale)
-            result.losses.append(float(paint.detach()))
-            optimiser.step()
-            step += 1
-            if on_step is not None:
-                on_step(step, result.losses[-1])
-        with torch.no_grad():
-            result.image = decode(z).detach()
-            result.losses.append(float(painting_loss(painting(result.image), target, mask).sum()))
-        result.z = z.detach()
+    step = 0
+    while step < steps:
+        optimiser.zero_grad(set_to_none=True)
+        total, paint = objective()
+        (total * result.loss_scale).backward()
+        grad = z.grad
+        if not torch.isfinite(grad).all():
+            if result.loss_scale <= 1.0:
+                raise FloatingPointError("GradOP: the painting-loss gradient is not finite")
+            result.loss_scale = max(1.0, result.loss_scale / 16.0)
+            continue
+        grad.div_(result.loss_scale)
+        result.losses.append(float(paint.detach()))
+        optimiser.step()
+        step += 1
+        if on_step is not None:
+            on_step(step, result.losses[-1])
+    with torch.no_grad():
+        result.image = decode(z).detach()
+        result.losses.append(float(painting_loss(painting(result.image), target, mask).sum()))
+    result.z = z.detach()
     return result
 
 

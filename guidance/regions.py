@@ -34,6 +34,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from .checks import parse_hex_colour
+
 MODES = ("paint_with_words", "dense")
 DENSE_T_END = 0.7  # DenseDiffusion modulates the first 30 % of its 50 DDIM steps: timesteps 981 ... 701
 MISSING_PHRASES = ("append", "error")
@@ -212,18 +214,7 @@ class SpecLine:
         return "(in palette order)"
 
 
-_HEX = re.compile(r"^#([0-9a-fA-F]{3}|[0-9a-fA-F]{6})$")
 _NAME_KEY = re.compile(r"^[A-Za-z][A-Za-z \-]*$")
-
-
-def parse_hex(text: str) -> tuple[int, int, int]:
-    match = _HEX.match(text.strip())
-    if not match:
-        raise ValueError(f"{text.strip()!r} is not a #RRGGBB colour")
-    digits = match.group(1)
-    if len(digits) == 3:
-        digits = "".join(c * 2 for c in digits)
-    return int(digits[0:2], 16), int(digits[2:4], 16), int(digits[4:6], 16)
 
 
 def parse_region_spec(text: str, name: str = "region_spec") -> list[SpecLine]:
@@ -243,10 +234,7 @@ def parse_region_spec(text: str, name: str = "region_spec") -> list[SpecLine]:
         key, sep, rest = line.partition(":")
         key = key.strip()
         if sep and key.startswith("#"):
-            try:
-                rgb = parse_hex(key)
-            except ValueError as error:
-                raise ValueError(f"{name} line {number}: {error}") from None
+            rgb = tuple(round(c * 255) for c in parse_hex_colour(key, f"{name} line {number}"))
             phrase = rest.strip()
             if not phrase:
                 raise ValueError(f"{name} line {number}: empty phrase for {key}")

@@ -15,21 +15,14 @@ schedule that starts below the model's maximum noise level:
 """
 from __future__ import annotations
 
-import math
 import re
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 
+from .checks import check_strength
+
 SEMANTICS = ("paper", "diffusers", "comfy")
-
-
-def check_strength(strength: float, name: str = "strength") -> float:
-    """Validate a strength in (0, 1]; the error names the input."""
-    value = float(strength)
-    if not math.isfinite(value) or value <= 0.0 or value > 1.0:
-        raise ValueError(f"{name} must be in (0, 1], got {strength!r}")
-    return value
 
 
 def parse_strengths(text: str, name: str = "strength_sweep") -> list[float]:
@@ -111,15 +104,3 @@ def select_sigmas(semantics: str, strength: float, full_sigmas: torch.Tensor,
         return paper_sigmas(full_sigmas, strength, time_to_sigma, sigma_to_time)
     raise ValueError(f"semantics must be one of {', '.join(SEMANTICS)}, got {semantics!r}")
 
-
-def check_mask_size(mask_hw: Sequence[int], image_hw: Sequence[int], mask_name: str = "mask",
-                    image_name: str = "image") -> None:
-    """Masks must cover the guide pixel for pixel; the error names both inputs."""
-    if tuple(mask_hw) != tuple(image_hw):
-        raise ValueError(f"{mask_name} is {mask_hw[0]}x{mask_hw[1]} (HxW) but {image_name} is "
-                         f"{image_hw[0]}x{image_hw[1]}: the mask must have the same size as the image")
-
-
-def check_mask_batch(mask_batch: int, batch: int, mask_name: str = "mask") -> None:
-    if mask_batch not in (1, batch):
-        raise ValueError(f"{mask_name} has a batch of {mask_batch}; expected 1 or {batch} (the image batch)")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 
 import numpy as np
 import torch
@@ -20,23 +19,13 @@ import comfy.utils
 import folder_paths
 import node_helpers
 
+from ..guidance import checks
 from . import host
 
 CATEGORY = "guided_synthesis/canvas"
 UPLOAD_SUBFOLDER = "guided_synthesis"  # where the widget uploads (documented in README)
 BACKGROUND_UI_KEY = "gs_canvas_background"  # ui message the widget reads to show the background
 MAX_SIZE = 8192
-
-_HEX = re.compile(r"#?([0-9a-fA-F]{6})")
-
-
-def parse_color(text: str, name: str = "background_color") -> tuple[float, float, float]:
-    """'#rrggbb' (or 'rrggbb') -> RGB in 0..1."""
-    match = _HEX.fullmatch(str(text).strip())
-    if not match:
-        raise ValueError(f"{name}: {text!r} is not a colour; write it as #rrggbb, e.g. #ffffff")
-    value = match.group(1)
-    return tuple(int(value[i:i + 2], 16) / 255.0 for i in (0, 2, 4))
 
 
 def painting_path(painting: str, name: str = "painting") -> str | None:
@@ -104,7 +93,7 @@ def render(painting: str, width: int, height: int, background_color: str,
     for name, value in (("width", width), ("height", height)):
         if not isinstance(value, int) or not 1 <= value <= MAX_SIZE:
             raise ValueError(f"{name} must be an integer in 1..{MAX_SIZE}, got {value!r}")
-    color = parse_color(background_color)
+    color = checks.parse_hex_colour(background_color, "background_color")
     background = background_batch(image, color, width, height)
     path = check_painting_file(painting)
     if path is None:
@@ -153,7 +142,7 @@ class StrokeCanvas(io.ComfyNode):
                 io.Int.Input("height", default=512, min=8, max=MAX_SIZE, step=8,
                              tooltip="Canvas height in pixels; the painting file must have this height."),
                 io.String.Input("background_color", default="#ffffff",
-                                tooltip="Colour under the strokes (#rrggbb) when no 'image' is connected."),
+                                tooltip="Colour under the strokes (#rrggbb or #rgb) when no 'image' is connected."),
                 io.Image.Input("image", optional=True,
                                tooltip="Optional picture to paint over (stroke-based editing). It is resized to "
                                        "width x height; the widget shows it after the node has run once."),

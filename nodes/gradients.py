@@ -1,4 +1,4 @@
-"""The gradient recipe (docs/host.md section 4), implemented once for every method.
+"""The gradient toolkit (docs/host.md section 4): how any method gets gradients inside ComfyUI.
 
 ComfyUI runs nodes under ``torch.inference_mode()``: upstream weights, latents and conds are
 inference tensors, and autograd refuses to save them for backward. This module is the only
@@ -8,9 +8,13 @@ place that works around it, through official extension points only:
 * :func:`owned` gives a normal copy of an upstream tensor (never ``requires_grad_`` upstream);
 * :func:`differentiable_model` clones a MODEL and adds identity weight wrappers, so
   ``comfy.ops`` copies each weight per forward in the current (grad-capable) mode;
+* :class:`DifferentiableDenoiser`: inside a KSAMPLER function, the sampler's CFG'd x0 with autograd
+  through the UNet (:func:`probe_gradient` first; without a backward, the identity Jacobian, logged);
 * :class:`DifferentiableDecoder` is a pack-owned copy of the VAE decoder; the shared VAE
   and ``VAE.decode`` (clamped, inference-only) are never touched. Optionally its blocks run
-  under activation checkpointing (:func:`checkpoint_blocks`): same gradients, a fraction of the memory.
+  under activation checkpointing (:func:`checkpoint_blocks`): same gradients, a fraction of the memory;
+* :class:`LossDecoderSpec` / :func:`make_loss_decoder`: the decoder a loss decodes through, chosen by
+  plain values (precision, memory), with its memory check and loss scale.
 """
 from __future__ import annotations
 
@@ -25,6 +29,8 @@ import torch.utils.checkpoint
 import comfy.model_management
 import comfy.taesd.taesd
 import folder_paths
+
+from ..guidance.gradop import default_loss_scale
 
 _log = logging.getLogger(__name__)
 
@@ -47,8 +53,9 @@ def owned(tensor: torch.Tensor) -> torch.Tensor:
 
 def _identity_weight(weight: torch.Tensor) -> torch.Tensor:
     # Module-level so ModelPatcher.clone() shares it by reference; its presence alone makes
-    # comfy.ops.cast_bias_weight copy the weight (cast_to(copy=True)) in the current mode.
-    return weight
+    # comfy.ops.cast_bias_weight copy the weight (cast_to(copy=True)) in the current mode. The copy is
+    # cut from the shared parameter's graph: inputs get gradients, the shared weights never get a .grad.
+    return weight.detach()
 
 
 def unet_weight_keys(model_patcher) -> list[str]:
@@ -90,6 +97,73 @@ def probe_gradient(fn: Callable[[], torch.Tensor]) -> str | None:
     except RuntimeError as error:
         return str(error).splitlines()[0]
     return None
+
+
+class DifferentiableDenoiser:
+    """The sampler's CFG'd x0 ("denoised") with autograd through the UNet, inside a KSAMPLER function.
+
+    ``model`` and ``extra_args`` are what the sampler function received: ``model(x, sigma, **extra_args)``
+    is the guider's post-CFG x0 (``model.inner_model`` the CFGGuider, its ``model_patcher`` the MODEL), so
+    LoRAs, ControlNets, attention patches, wrappers, post-CFG hooks and inpaint masks apply as in the sampler.
+    On the first call a differentiable clone of the guider's MODEL (:func:`differentiable_model`) is loaded
+    in its place (one reload) and :func:`probe_gradient` runs that call's forward and backward once. If that
+    fails, the denoiser logs a warning and falls back to mode ``"identity"``: x0 computed without autograd,
+    its gradient taken as ``d x0 / d x = I``. ``mode`` (``"unet"`` / ``"identity"``) and ``fallback_reason``
+    report what is active. :meth:`close` (or leaving a ``with`` block) reloads the MODEL as it was.
+    """
+
+    UNET = "unet"
+    IDENTITY = "identity"
+
+    def __init__(self, model, extra_args: dict, method: str = "gradient"):
+        self.model = model
+        self.patcher = model.inner_model.model_patcher
+        self.method = method
+        self.mode: str | None = None
+        self.fallback_reason: str | None = None
+        self._patched = None
+        self._args = dict(extra_args)
+        mask = self._args.get("denoise_mask")
+        if mask is not None:  # KSamplerX0Inpaint multiplies x by it: an inference tensor cannot be saved
+            self._args["denoise_mask"] = owned(mask)
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+        """x0 for a sampler-space ``x`` [B, ...] at ``sigma`` (a number or one per item); ``x`` may require grad."""
+        with grad_enabled():
+            sigma = owned(torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1).expand(x.shape[0]))
+            if self.mode is None:
+                self._start(x, sigma)
+            if self.mode == self.UNET:
+                return self.model(x, sigma, **self._args)
+            with torch.no_grad():
+                x0 = self.model(x.detach(), sigma, **self._args)
+            return x0 + (x - x.detach())  # the value x0 exactly; gradient the identity
+
+    def _start(self, x: torch.Tensor, sigma: torch.Tensor) -> None:
+        self._patched = differentiable_model(self.patcher)
+        comfy.model_management.load_models_gpu([self._patched])
+        probe_x = owned(x).requires_grad_(True)  # the whole batch: inpaint masks and conds are per batch
+        reason = probe_gradient(lambda: self.model(probe_x, sigma, **self._args))
+        if reason is None:
+            self.mode = self.UNET
+            _log.info("%s: gradients flow through the UNet (differentiable denoiser)", self.method)
+            return
+        self.close()
+        self.mode, self.fallback_reason = self.IDENTITY, reason
+        _log.warning("%s: no gradient through this model's UNet (%s); using the identity Jacobian d x0/d x = I "
+                     "instead (approximate)", self.method, reason)
+
+    def close(self) -> None:
+        """Reload the guider's MODEL as it was (no weight wrappers); call the denoiser no more after this."""
+        if self._patched is not None:
+            self._patched = None
+            comfy.model_management.load_models_gpu([self.patcher])
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 # Decoder blocks recomputed in backward when checkpointing (AutoencoderKL-style decoders of SD1/SD2/SDXL/
@@ -220,3 +294,153 @@ class TAESDDecoder(_OwnedDecoder):
 
     def decode_model_space(self, x0: torch.Tensor, latent_format=None, clamp: bool = False) -> torch.Tensor:
         return self._decode(x0, clamp)
+
+
+# --- the decoder a loss decodes through ------------------------------------------------------
+
+# decoder precision choice -> dtype of the pack-owned decoder copy (None: the VAE's own dtype)
+DECODERS = {
+    "auto": None,
+    "fp32": torch.float32,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,  # user-selected only; loss scaling keeps its gradient from underflowing
+    "taesd": None,
+}
+# "checkpointed": the decoder copy keeps only its blocks' inputs for backward and recomputes each block
+# then (same result, about a third of the memory, about one more decoder forward per backward);
+# "auto" checkpoints when the estimated activations exceed half of the free memory on the VAE device.
+DECODER_MEMORY = ("auto", "full", "checkpointed")
+# Extra peak bytes per output pixel of one optimisation step through an SD-family KL decoder in fp32
+# (make bench, measured op by op: 1.39 GiB at 256x256, 5.63 GiB at 512x512); half for 16-bit decoders.
+KL_DECODER_BYTES_PER_PIXEL = 23_000
+# The same, checkpointed (measured: 0.44-0.47 GiB at 256x256, 1.75 GiB at 512x512 in fp32).
+KL_DECODER_CHECKPOINTED_BYTES_PER_PIXEL = 7_200
+TAESD_DOWNSCALE = 8
+FIT_ADVICE = "Lower the output size or the batch."  # what the fit error suggests unless a method says better
+
+
+def check_decoder_choice(precision: str, memory: str) -> None:
+    """Errors naming the inputs ``decoder`` / ``decoder_memory`` for an unknown choice."""
+    if precision not in DECODERS:
+        raise ValueError(f"decoder must be one of {tuple(DECODERS)}, got {precision!r}")
+    if memory not in DECODER_MEMORY:
+        raise ValueError(f"decoder_memory must be one of {DECODER_MEMORY}, got {memory!r}")
+
+
+def downscale_ratio(vae, precision: str) -> int:
+    """Pixels per latent cell along each side of the decoder: the VAE's own ratio (8 for TAESD or when absent)."""
+    if precision == "taesd":
+        return TAESD_DOWNSCALE
+    ratio = getattr(vae, "downscale_ratio", TAESD_DOWNSCALE)
+    if not isinstance(ratio, int):
+        raise ValueError(f"this VAE's downscale ratio ({ratio!r}) is not one integer (a video VAE?); the loss "
+                         f"decoder needs an image VAE")
+    return ratio
+
+
+def decoder_fit(batch: int, height: int, width: int, bits: int, free_bytes: float, ratio: int, method: str,
+                advice: str) -> None:
+    """Stop before sampling when even the checkpointed decoder cannot fit: the error gives the estimate and the
+    largest output (same aspect ratio, multiples of ``ratio``) that fits. ``height``/``width`` are the decoded
+    image's pixels; ``method`` names the method and ``advice`` says what to change."""
+    per_pixel = KL_DECODER_CHECKPOINTED_BYTES_PER_PIXEL * bits / 32
+    needed = per_pixel * batch * height * width
+    if needed <= free_bytes:
+        return
+    scale = (free_bytes / needed) ** 0.5
+    fit_w, fit_h = int(width * scale) // ratio * ratio, int(height * scale) // ratio * ratio
+    largest = (f"about {fit_w}x{fit_h} pixels" if fit_w >= ratio and fit_h >= ratio
+               else "none at this batch size")
+    raise ValueError(
+        f"{method}: an output of {width}x{height} pixels (batch {batch}) needs about {needed / 2 ** 30:.1f} GiB for the "
+        f"optimisation's decoder even checkpointed, and ComfyUI reports {free_bytes / 2 ** 30:.1f} GiB free; the "
+        f"largest output that fits is {largest}. {advice}")
+
+
+def use_checkpointing(choice: str, estimated_bytes: float, free_bytes: float) -> bool:
+    """Whether the decoder copy runs checkpointed: as chosen, or for 'auto' when the estimate needs more
+    than half of the free memory."""
+    if choice not in DECODER_MEMORY:
+        raise ValueError(f"decoder_memory must be one of {DECODER_MEMORY}, got {choice!r}")
+    if choice != "auto":
+        return choice == "checkpointed"
+    return estimated_bytes > 0.5 * free_bytes
+
+
+def decoder_memory_estimate(vae, precision: str, batch: int, latent_hw: tuple[int, int], method: str,
+                            advice: str) -> tuple[float, float]:
+    """(bytes the full KL decoder copy's activations need, bytes free on the VAE device) for decoding a
+    ``batch`` x ``latent_hw`` latent; raises when even the checkpointed copy cannot fit (:func:`decoder_fit`).
+    TAESD is small and not estimated."""
+    if precision == "taesd":
+        return 0.0, float("inf")
+    ratio = downscale_ratio(vae, precision)
+    height, width = latent_hw[0] * ratio, latent_hw[1] * ratio
+    bits = torch.finfo(DECODERS[precision] or vae.vae_dtype).bits
+    estimate = KL_DECODER_BYTES_PER_PIXEL * batch * height * width * bits / 32
+    free = comfy.model_management.get_free_memory(vae.device)
+    decoder_fit(batch, height, width, bits, free, ratio, method, advice)
+    return estimate, free
+
+
+def make_loss_decoder(vae, latent_format, precision: str, memory: str, batch: int, latent_hw: tuple[int, int],
+                      method: str = "loss decoder", advice: str = FIT_ADVICE) -> DifferentiableDecoder | TAESDDecoder:
+    """The pack-owned decoder copy a loss decodes ``batch`` x ``latent_hw`` latents through, built now.
+
+    ``precision``: ``auto`` (the VAE's dtype), ``fp32``, ``bf16``, ``fp16`` or ``taesd`` (from
+    ``models/vae_approx``). ``memory``: ``full``, ``checkpointed``, or ``auto`` (checkpointed when the
+    estimate exceeds half the free memory, logged). Raises before building when even the checkpointed KL
+    decoder cannot fit. Close it (or use ``with``) when the run ends.
+    """
+    check_decoder_choice(precision, memory)
+    if precision == "taesd":  # small: checkpointed only when asked
+        return TAESDDecoder(latent_format, checkpointed=memory == "checkpointed")
+    estimate, free = decoder_memory_estimate(vae, precision, batch, latent_hw, method, advice)
+    checkpointed = use_checkpointing(memory, estimate, free)
+    if memory == "auto" and checkpointed:
+        _log.info("%s: decoder activations need about %.1f GiB, %.1f GiB free: checkpointing the decoder copy "
+                  "(same result, slower)", method, estimate / 2 ** 30, free / 2 ** 30)
+    decoder = DifferentiableDecoder(vae, DECODERS[precision], checkpointed=checkpointed)
+    if decoder.checkpointed_blocks:
+        _log.info("%s: decoder copy checkpointed (%d blocks recomputed in backward)", method,
+                  decoder.checkpointed_blocks)
+    return decoder
+
+
+class LossDecoderSpec:
+    """A loss decoder's settings by plain values; builds the copy per run (:meth:`build`) and never holds it.
+
+    Safe inside ``model_options`` (a model patch's state): ``ModelPatcher.clone()`` deep-copies them, and this
+    object is immutable, so a deep copy is the object itself.
+    """
+
+    def __init__(self, vae, precision: str = "auto", memory: str = "auto", method: str = "loss decoder",
+                 advice: str = FIT_ADVICE):
+        check_decoder_choice(precision, memory)
+        self.vae, self.precision, self.memory, self.method, self.advice = vae, precision, memory, method, advice
+
+    def __deepcopy__(self, memo):
+        return self
+
+    @property
+    def ratio(self) -> int:
+        """Decoded pixels per latent cell along each side."""
+        return downscale_ratio(self.vae, self.precision)
+
+    @property
+    def reduced_precision(self) -> bool:
+        """Whether the copy runs below fp32 (TAESD runs in fp32)."""
+        return self.precision != "taesd" and (DECODERS[self.precision] or self.vae.vae_dtype) != torch.float32
+
+    def loss_scale(self, elements_per_image: int) -> float:
+        """The loss multiplier for backward: 1 in fp32, the per-image element count in reduced precision."""
+        return default_loss_scale(self.reduced_precision, elements_per_image)
+
+    def check_fit(self, batch: int, latent_hw: tuple[int, int]) -> None:
+        """Raise now, before any sampling, when even the checkpointed decoder cannot fit."""
+        decoder_memory_estimate(self.vae, self.precision, batch, latent_hw, self.method, self.advice)
+
+    def build(self, latent_format, batch: int, latent_hw: tuple[int, int]) -> DifferentiableDecoder | TAESDDecoder:
+        """:func:`make_loss_decoder` with these settings."""
+        return make_loss_decoder(self.vae, latent_format, self.precision, self.memory, batch, latent_hw,
+                                 self.method, self.advice)

@@ -1,9 +1,10 @@
 """GradOP+ nodes: the stroke-guided sampler and its SAMPLER form for SamplerCustom(Advanced).
 
-Both run the same KSAMPLER function (:func:`gradop_sampler`): it splits the sigma schedule at
-the optimisation levels, runs the chosen k-diffusion sampler on each segment and, in between,
-optimises the VP latent against the strokes through a pack-owned decoder (``guidance/gradop.py``
-holds the math). No UNet gradient is taken, so no weight wrappers are needed.
+Both run the same KSAMPLER function (:func:`gradop_sampler`), built on the gradient toolkit: the
+chosen k-diffusion sampler runs on the segments between the optimisation levels
+(:class:`sampling.SegmentedSampling`) and, in between, the VP latent is optimised against the strokes
+through the loss decoder (:class:`gradients.LossDecoderSpec`) inside ``gradients.grad_enabled()``
+(``guidance/gradop.py`` holds the math). No UNet gradient is taken, so no weight wrappers are needed.
 """
 from __future__ import annotations
 
@@ -13,66 +14,18 @@ from dataclasses import dataclass, field
 import torch
 from comfy_api.latest import io
 
-import comfy.model_management
 import comfy.model_sampling
 import comfy.sample
 import comfy.samplers
 import comfy.utils
 
-from ..guidance import gradop, sdedit
-from . import gradients, host
+from ..guidance import checks, gradop
+from . import gradients, host, sampling
 
 CATEGORY = "guided_synthesis/gradop"
 _log = logging.getLogger(__name__)
-
-# decoder choice -> dtype of the pack-owned decoder copy (None: the VAE's own dtype)
-DECODERS = {
-    "auto": None,
-    "fp32": torch.float32,
-    "bf16": torch.bfloat16,
-    "fp16": torch.float16,  # user-selected only; loss scaling keeps its gradient from underflowing
-    "taesd": None,
-}
-
-
-# "checkpointed": the decoder copy keeps only its blocks' inputs for backward and recomputes each block
-# then (same result, about a third of the memory, about one more decoder forward per Adam step);
-# "auto" checkpoints when the estimated activations exceed half of the free memory on the VAE device.
-DECODER_MEMORY = ("auto", "full", "checkpointed")
-# Extra peak bytes per output pixel of one optimisation step through an SD-family KL decoder in fp32
-# (make bench, measured op by op: 1.39 GiB at 256x256, 5.63 GiB at 512x512); half for 16-bit decoders.
-KL_DECODER_BYTES_PER_PIXEL = 23_000
-# The same, checkpointed (measured: 0.44-0.47 GiB at 256x256, 1.75 GiB at 512x512 in fp32).
-KL_DECODER_CHECKPOINTED_BYTES_PER_PIXEL = 7_200
-
-
-def decoder_fit(batch: int, height: int, width: int, bits: int, free_bytes: float) -> None:
-    """Stop before sampling when even the checkpointed decoder cannot fit: the error gives the estimate and the
-    largest output (same aspect ratio) that fits. ``height``/``width`` are the decoded image's pixels."""
-    per_pixel = KL_DECODER_CHECKPOINTED_BYTES_PER_PIXEL * bits / 32
-    needed = per_pixel * batch * height * width
-    if needed <= free_bytes:
-        return
-    scale = (free_bytes / needed) ** 0.5
-    fit_w, fit_h = int(width * scale) // 8 * 8, int(height * scale) // 8 * 8
-    largest = (f"about {fit_w}x{fit_h} pixels" if fit_w >= 8 and fit_h >= 8
-               else "none at this batch size")
-    raise ValueError(
-        f"GradOP+: an output of {width}x{height} pixels (batch {batch}) needs about {needed / 2 ** 30:.1f} GiB for the "
-        f"optimisation's decoder even checkpointed, and ComfyUI reports {free_bytes / 2 ** 30:.1f} GiB free; the "
-        f"largest output that fits is {largest}. Lower width/height or batch_size, or use loss_resolution 'half' "
-        f"or decoder 'taesd'.")
-
-
-def use_checkpointing(choice: str, estimated_bytes: float, free_bytes: float) -> bool:
-    """Whether the decoder copy runs checkpointed: as chosen, or for 'auto' when the estimate needs more
-    than half of the free memory."""
-    if choice not in DECODER_MEMORY:
-        raise ValueError(f"decoder_memory must be one of {DECODER_MEMORY}, got {choice!r}")
-    if choice != "auto":
-        return choice == "checkpointed"
-    return estimated_bytes > 0.5 * free_bytes
-
+METHOD = "GradOP+"
+FIT_ADVICE = "Lower width/height or batch_size, or use loss_resolution 'half' or decoder 'taesd'."
 
 # "half": decode a 2x average-pooled latent (a quarter of the decoder's work); the blur discards
 # that detail anyway (docs/methods/gradop.md section 6, approximate).
@@ -99,17 +52,14 @@ class GradOPConfig:
     decoder_memory: str = "auto"
     collect_images: bool = False  # the node form keeps decode(z*) per iteration for its IMAGE output
     optimised_images: list[torch.Tensor] = field(default_factory=list)  # filled per iteration, [B,H,W,3]
+    loss_decoder: gradients.LossDecoderSpec | None = field(default=None, init=False)  # set by validate()
 
     def validate(self) -> None:
-        gradop.check_strength(self.strength)
+        checks.check_strength(self.strength)
         if self.mode not in gradop.MODES:
             raise ValueError(f"mode must be one of {gradop.MODES}, got {self.mode!r}")
         if self.painting not in gradop.PAINTING_FUNCTIONS:
             raise ValueError(f"painting_function must be one of {gradop.PAINTING_FUNCTIONS}, got {self.painting!r}")
-        if self.decoder not in DECODERS:
-            raise ValueError(f"decoder must be one of {tuple(DECODERS)}, got {self.decoder!r}")
-        if self.decoder_memory not in DECODER_MEMORY:
-            raise ValueError(f"decoder_memory must be one of {DECODER_MEMORY}, got {self.decoder_memory!r}")
         if self.loss_resolution not in LOSS_RESOLUTIONS:
             raise ValueError(f"loss_resolution must be one of {LOSS_RESOLUTIONS}, got {self.loss_resolution!r}")
         if self.grad_steps < 0:
@@ -117,8 +67,9 @@ class GradOPConfig:
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
         if self.mask is not None:
-            sdedit.check_mask_size(tuple(self.mask.shape[-2:]), tuple(self.strokes.shape[1:3]), "mask", "strokes")
-            sdedit.check_mask_batch(self.mask.shape[0], self.strokes.shape[0], "mask")
+            checks.check_mask_size(tuple(self.mask.shape[-2:]), tuple(self.strokes.shape[1:3]), "mask", "strokes")
+            checks.check_mask_batch(self.mask.shape[0], self.strokes.shape[0], "mask")
+        self.loss_decoder = gradients.LossDecoderSpec(self.vae, self.decoder, self.decoder_memory, METHOD, FIT_ADVICE)
 
     def total_grad_steps(self) -> int:
         return self.grad_steps * (self.iterative_steps if self.mode == gradop.MODES[0] else 1)
@@ -144,7 +95,7 @@ def loss_latent_size(config: GradOPConfig, latent_shape) -> tuple[int, int]:
 
 def stroke_target(config: GradOPConfig, latent_shape, device) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Strokes (and mask) as [B,3,H,W] / [B,1,H,W] at the size the loss decodes ``latent_shape`` to."""
-    height, width = (8 * size for size in loss_latent_size(config, latent_shape))
+    height, width = (config.loss_decoder.ratio * size for size in loss_latent_size(config, latent_shape))
     target = gradop.resize_image(config.strokes.movedim(-1, 1).float(), height, width)
     target = _match_batch(target, latent_shape[0], "strokes").to(device)
     mask = None
@@ -152,34 +103,6 @@ def stroke_target(config: GradOPConfig, latent_shape, device) -> tuple[torch.Ten
         mask = gradop.resize_image(host.mask_to_batch(config.mask).unsqueeze(1).float(), height, width)
         mask = _match_batch(mask, latent_shape[0], "mask").to(device)
     return target, mask
-
-
-def decoder_memory_estimate(config: GradOPConfig, loss_latent_shape) -> tuple[float, float]:
-    """(bytes the full KL decoder copy's activations need, bytes free on the VAE device); raises when even the
-    checkpointed copy cannot fit (:func:`decoder_fit`). TAESD is small and not estimated."""
-    if config.decoder == "taesd" or not config.grad_steps:
-        return 0.0, float("inf")
-    batch, height, width = loss_latent_shape[0], loss_latent_shape[-2], loss_latent_shape[-1]
-    bits = torch.finfo(DECODERS[config.decoder] or config.vae.vae_dtype).bits
-    estimate = KL_DECODER_BYTES_PER_PIXEL * batch * height * width * 64 * bits / 32
-    free = comfy.model_management.get_free_memory(config.vae.device)
-    decoder_fit(batch, height * 8, width * 8, bits, free)
-    return estimate, free
-
-
-def make_decoder(config: GradOPConfig, latent_format, loss_latent_shape):
-    """The pack-owned decoder copy for the optimisation (checkpointed as config.decoder_memory says)."""
-    if config.decoder == "taesd":  # small: checkpointed only when asked
-        return gradients.TAESDDecoder(latent_format, checkpointed=config.decoder_memory == "checkpointed")
-    estimate, free = decoder_memory_estimate(config, loss_latent_shape)
-    checkpointed = use_checkpointing(config.decoder_memory, estimate, free)
-    if config.decoder_memory == "auto" and checkpointed:
-        _log.info("GradOP+: decoder activations need about %.1f GiB, %.1f GiB free: checkpointing the "
-                  "decoder copy (same result, slower)", estimate / 2 ** 30, free / 2 ** 30)
-    decoder = gradients.DifferentiableDecoder(config.vae, DECODERS[config.decoder], checkpointed=checkpointed)
-    if decoder.checkpointed_blocks:
-        _log.info("GradOP+: decoder copy checkpointed (%d blocks recomputed in backward)", decoder.checkpointed_blocks)
-    return decoder
 
 
 def _seeded_noise(like: torch.Tensor, seed: int) -> torch.Tensor:
@@ -190,67 +113,51 @@ def _seeded_noise(like: torch.Tensor, seed: int) -> torch.Tensor:
 def gradop_sampler(config: GradOPConfig) -> comfy.samplers.KSAMPLER:
     """A SAMPLER running GradOP+ (or the GradOP reconstruction) around ``config.sampler_name``."""
     config.validate()
-    inner = comfy.samplers.sampler_object(config.sampler_name)
-
-    def run_segment(model, x, sigmas, start, end, extra_args, segment, progress, callback_state):
-        if end <= start:
-            return x
-        args = dict(extra_args)
-        if segment:  # ancestral/SDE samplers: a fresh noise stream per segment, not the same one again
-            args["seed"] = host.derived_seed(extra_args.get("seed", 0) or 0, segment)
-        step_callback = progress.callback()
-
-        def callback(d):
-            callback_state["last"] = dict(d, i=d["i"] + start)
-            step_callback(d["i"], d["denoised"], d["x"], None)
-
-        x = inner.sampler_function(model, x, sigmas[start:end + 1], extra_args=args, callback=callback,
-                                   disable=True, **inner.extra_options)
-        progress.advance(end - start)
-        return x
 
     def sample(model, x, sigmas, extra_args=None, callback=None, disable=None):
-        extra_args = extra_args or {}
-        guider = model.inner_model
-        base_model = guider.inner_model
+        base_model = model.inner_model.inner_model
         latent_format = base_model.latent_format
         flow = isinstance(base_model.model_sampling, comfy.model_sampling.CONST)
         steps = len(sigmas) - 1
         levels = gradop.optimisation_indices(steps, config.strength, config.iterative_steps)
         plus = config.mode == gradop.MODES[0]
         sampler_steps = steps if plus else steps + (steps - levels[0])
-        progress = host.SamplingProgress(guider.model_patcher, sampler_steps + config.total_grad_steps())
-        seed = int(extra_args.get("seed", 0) or 0)
-        callback_state: dict = {}
-        loss_shape = (x.shape[0], *loss_latent_size(config, x.shape))
-        decoder_memory_estimate(config, loss_shape)  # stop now, before any step, when it cannot fit
+        segments = sampling.SegmentedSampling(config.sampler_name, model, sigmas, extra_args, callback,
+                                              sampler_steps + config.total_grad_steps())
+        seed = segments.seed
+        loss_hw = loss_latent_size(config, x.shape)
+        if config.grad_steps:  # stop now, before any step, when the decoder cannot fit
+            config.loss_decoder.check_fit(x.shape[0], loss_hw)
         target, mask = stroke_target(config, x.shape, x.device)
         height, width = target.shape[-2:]
-        reduced = config.decoder != "taesd" and (DECODERS[config.decoder] or config.vae.vae_dtype) != torch.float32
-        loss_scale = gradop.default_loss_scale(reduced, 3 * height * width)
-
-        decoder = make_decoder(config, latent_format, loss_shape) if config.grad_steps else None
+        loss_scale = config.loss_decoder.loss_scale(3 * height * width)
         half = config.loss_resolution == "half"
+        decoder = None
 
         def decode(v):
             return decoder.decode_model_space(torch.nn.functional.avg_pool2d(v, 2) if half else v, latent_format,
                                               clamp=True)
 
         try:
-            # The palette ('median + palette') is a constant of the loss: built from an owned copy outside
-            # inference mode, or autograd refuses to save it for backward.
+            if config.grad_steps:
+                decoder = config.loss_decoder.build(latent_format, x.shape[0], loss_hw)
             with gradients.grad_enabled():
-                painting = gradop.painting_function(config.painting, height, width, gradients.owned(target))
+                # the loss's constants (target, mask, the 'median + palette' palette) as normal tensors, or
+                # autograd refuses to save them for backward
+                target = gradients.owned(target)
+                mask = None if mask is None else gradients.owned(mask)
+                painting = gradop.painting_function(config.painting, height, width, target)
 
             def optimise(z, sigma, iteration, anchor=None):
                 def on_step(step, loss):
                     host.check_interrupt()
-                    progress.advance(1)
+                    segments.advance(1)
 
-                result = gradop.optimise_strokes(
-                    z, target, decode, painting,
-                    config.grad_steps, lr=config.learning_rate, mask=mask, anchor=anchor,
-                    gamma=config.gamma if anchor is not None else 0.0, loss_scale=loss_scale, on_step=on_step)
+                with gradients.grad_enabled():
+                    result = gradop.optimise_strokes(
+                        gradients.owned(z), target, decode, painting, config.grad_steps, lr=config.learning_rate,
+                        mask=mask, anchor=None if anchor is None else gradients.owned(anchor),
+                        gamma=config.gamma if anchor is not None else 0.0, loss_scale=loss_scale, on_step=on_step)
                 _log.info("%s iteration %d at sigma %.4f: painting loss %.5f -> %.5f", config.mode, iteration + 1,
                           sigma, result.losses[0], result.losses[-1])
                 if config.collect_images:
@@ -260,7 +167,7 @@ def gradop_sampler(config: GradOPConfig) -> comfy.samplers.KSAMPLER:
             if plus:
                 bounds = [0, *levels, steps]
                 for segment, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
-                    x = run_segment(model, x, sigmas, start, end, extra_args, segment, progress, callback_state)
+                    x = segments.run(x, start, end, segment)
                     if end in levels and config.grad_steps:
                         iteration = levels.index(end)
                         sigma = float(sigmas[end])
@@ -268,18 +175,17 @@ def gradop_sampler(config: GradOPConfig) -> comfy.samplers.KSAMPLER:
                         x = gradop.renoise(z, _seeded_noise(x, host.derived_seed(seed, 1 + iteration)), sigma,
                                            flow)
             else:
-                x = run_segment(model, x, sigmas, 0, steps, extra_args, 0, progress, callback_state)
+                x = segments.run(x, 0, steps, 0)
                 start = levels[0]
                 sigma = float(sigmas[start])
                 if config.grad_steps:
                     x = optimise(x, float(sigmas[-1]), 0, anchor=x)
                 x = gradop.renoise(x, _seeded_noise(x, host.derived_seed(seed, 1)), sigma, flow)
-                x = run_segment(model, x, sigmas, start, steps, extra_args, 1, progress, callback_state)
+                x = segments.run(x, start, steps, 1)
         finally:
             if decoder is not None:
                 decoder.close()
-        if callback is not None and "last" in callback_state:
-            callback(callback_state["last"])  # SamplerCustom's denoised_output reads the last x0
+        segments.finish()
         return x
 
     return comfy.samplers.KSAMPLER(sample)
@@ -311,7 +217,7 @@ def _method_inputs() -> list:
                                "reference (kernel 35, sigma 7 at 512 px, scaled with the size). median: edge-"
                                "preserving. median + palette: also snaps colours to the strokes' palette (more "
                                "faithful, slower)."),
-        io.Combo.Input("decoder", options=list(DECODERS), default="auto",
+        io.Combo.Input("decoder", options=list(gradients.DECODERS), default="auto",
                        tooltip="Decoder used inside the optimisation (a private copy; your VAE is untouched). "
                                "auto: the VAE's own precision. fp32: as the reference. bf16/fp16: faster and "
                                "half the memory (the loss is scaled so gradients do not underflow). taesd: the "
@@ -336,7 +242,7 @@ def _method_inputs() -> list:
 
 def _memory_input():
     # last among the widgets, so workflows saved before it existed keep their widget values in place
-    return io.Combo.Input("decoder_memory", options=list(DECODER_MEMORY), default="auto", optional=True,
+    return io.Combo.Input("decoder_memory", options=list(gradients.DECODER_MEMORY), default="auto", optional=True,
                           tooltip="Memory of the optimisation's decoder copy. full: keep all activations for "
                                   "backward (SD VAE, fp32: about 5.5 GiB extra at 512x512, 4x that at 1024x1024). "
                                   "checkpointed: keep only each block's input and recompute it in backward: "

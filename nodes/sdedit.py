@@ -8,7 +8,7 @@ from comfy_api.latest import io
 import comfy.sample
 import comfy.samplers
 
-from ..guidance import sdedit
+from ..guidance import checks, sdedit
 from . import host
 
 CATEGORY = "guided_synthesis/sdedit"
@@ -121,7 +121,7 @@ class SDEditSampler(io.ComfyNode):
                 semantics, repeats, strength_sweep="", image=None, vae=None, latent=None,
                 mask=None) -> io.NodeOutput:
         strengths = (sdedit.parse_strengths(strength_sweep) if strength_sweep and strength_sweep.strip()
-                     else [sdedit.check_strength(strength)])
+                     else [checks.check_strength(strength)])
         guide, noise_mask = _guide_latent(image, vae, latent, mask)
         guide = comfy.sample.fix_empty_latent_channels(model, guide)
         source = latent if latent is not None else {}
@@ -173,8 +173,8 @@ def _guide_latent(image, vae, latent, mask) -> tuple[torch.Tensor, torch.Tensor 
         noise_mask = latent.get("noise_mask") if latent is not None else None
         return samples, noise_mask
     mask = host.mask_to_batch(mask, "mask")
-    sdedit.check_mask_size(tuple(mask.shape[1:]), pixel_hw, "mask", "image" if image is not None else "latent (x8)")
-    sdedit.check_mask_batch(mask.shape[0], batch, "mask")
+    checks.check_mask_size(tuple(mask.shape[1:]), pixel_hw, "mask", "image" if image is not None else "latent (x8)")
+    checks.check_mask_batch(mask.shape[0], batch, "mask")
     if image is not None:
         mask = vae.vae_encode_crop_pixels(mask.unsqueeze(-1))[..., 0]
     return samples, mask.unsqueeze(1).clone()

@@ -1,4 +1,5 @@
 """The gradient recipe (nodes/gradients.py) inside a real PromptExecutor run (inference mode)."""
+import pytest
 import torch
 
 import graphs
@@ -111,3 +112,35 @@ def test_checkpointed_decoder_gives_the_same_gradient_with_less_memory(host):
         print(f"\n{vae_factory.__name__}: peak tensor memory fwd+bwd {peak / 2**20:.1f} MiB -> "
               f"{peak_ck / 2**20:.1f} MiB checkpointed")
         assert peak_ck < share * peak, (vae_factory.__name__, peak, peak_ck)
+
+
+def test_loss_decoder_spec_is_cheap_in_model_options_and_follows_the_vae_downscale_ratio(host):
+    """The decoder factory's holder survives ModelPatcher.clone() (which deep-copies model_options) as the same
+    object, never holds a decoder copy, and sizes everything by the VAE's own downscale ratio."""
+    from types import SimpleNamespace
+
+    gradients = harness.loaded_module(f"{harness.PACK_NAME}.nodes.gradients")
+    tiny = harness.test_nodes_module().tiny
+    with torch.inference_mode():
+        model, vae = tiny.tiny_model("sd15", 0), tiny.tiny_kl_vae(0)
+        spec = gradients.LossDecoderSpec(vae, "fp32", "checkpointed", "test")
+        holder = model.clone()
+        holder.model_options["gs_test_loss_decoder"] = spec
+        assert holder.clone().model_options["gs_test_loss_decoder"] is spec
+        with spec.build(model.model.latent_format, 1, (4, 4)) as decoder:
+            assert isinstance(decoder, gradients.DifferentiableDecoder) and decoder.checkpointed_blocks > 0
+    assert not hasattr(spec, "module") and spec.ratio == 8
+    assert not spec.reduced_precision and spec.loss_scale(3 * 32 * 32) == 1.0
+    assert gradients.LossDecoderSpec(vae, "bf16").loss_scale(3 * 32 * 32) == 3 * 32 * 32
+    assert gradients.LossDecoderSpec(SimpleNamespace(downscale_ratio=16), "fp32").ratio == 16
+    assert gradients.LossDecoderSpec(SimpleNamespace(downscale_ratio=16), "taesd").ratio == 8
+    assert gradients.downscale_ratio(SimpleNamespace(), "auto") == 8
+    with pytest.raises(ValueError, match="downscale ratio"):
+        gradients.downscale_ratio(SimpleNamespace(downscale_ratio=(4, 8, 8)), "auto")
+    with pytest.raises(ValueError, match="decoder must be one of"):
+        gradients.LossDecoderSpec(vae, "fp8")
+    with pytest.raises(ValueError, match="decoder_memory must be one of"):
+        gradients.LossDecoderSpec(vae, "auto", "tiny")
+    # the fit error: the largest output that fits, in multiples of the ratio
+    with pytest.raises(ValueError, match=r"test: an output of 1024x1024 pixels .* about 496x496 pixels\. Less\."):
+        gradients.decoder_fit(1, 1024, 1024, 32, 7200 * 500 * 500, 16, "test", "Less.")

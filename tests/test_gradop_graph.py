@@ -295,11 +295,11 @@ def test_checkpointed_decoder_memory_gives_the_same_result(host, caplog):
     torch.testing.assert_close(results["auto"], results["full"], atol=1e-5, rtol=1e-5)
     assert caplog.text.count("decoder copy checkpointed (") == 1  # the 'checkpointed' run only:
     assert "checkpointing the decoder copy" not in caplog.text  # tiny latents, so auto keeps all activations
-    gradop_nodes = harness.loaded_module(f"{harness.PACK_NAME}.nodes.gradop")
-    assert gradop_nodes.use_checkpointing("auto", 6e9, 8e9) and not gradop_nodes.use_checkpointing("auto", 3e9, 8e9)
-    assert gradop_nodes.use_checkpointing("checkpointed", 0, 1) and not gradop_nodes.use_checkpointing("full", 9, 1)
+    gradients = harness.loaded_module(f"{harness.PACK_NAME}.nodes.gradients")
+    assert gradients.use_checkpointing("auto", 6e9, 8e9) and not gradients.use_checkpointing("auto", 3e9, 8e9)
+    assert gradients.use_checkpointing("checkpointed", 0, 1) and not gradients.use_checkpointing("full", 9, 1)
     with pytest.raises(ValueError, match="decoder_memory"):
-        gradop_nodes.use_checkpointing("tiny", 0, 1)
+        gradients.use_checkpointing("tiny", 0, 1)
 
 
 def test_half_resolution_loss(host, caplog):
@@ -310,3 +310,21 @@ def test_half_resolution_loss(host, caplog):
     assert captured()["optimised"].shape == (2, 16, 16, 3)  # the loss saw a 2x pooled latent
     full = run_gradop(host, steps=8, iterative_steps=2, grad_steps=4)
     assert (half - full).abs().mean() > 1e-4
+
+
+def test_a_decoder_that_cannot_fit_stops_before_the_first_step(host, monkeypatch):
+    """The loss decoder's fit check (gradients.decoder_fit) runs before any sampler step and says what fits."""
+    import comfy.model_management
+    import comfy.utils
+    steps = []
+    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", lambda value, total, preview, **kw: steps.append(value))
+    monkeypatch.setattr(comfy.model_management, "get_free_memory", lambda *args, **kwargs: 2 ** 20)
+    prompt = graphs.base()
+    prompt["1"]["inputs"]["vae_kind"] = "kl"
+    out = graphs.gradop(prompt, "11", graphs.strokes(prompt, "10"), steps=8, iterative_steps=1, grad_steps=1)
+    graphs.capture(prompt, "12", "bad", latent=out)
+    _, server = host.run(prompt, expect_success=False)
+    error = host.node_error(server)
+    assert error.startswith("GradOP+: an output of 32x32 pixels (batch 1) needs about 0.0 GiB") and \
+        "the largest output that fits is about 8x8 pixels" in error and "loss_resolution 'half'" in error, error
+    assert steps == []  # no sampler step ran (the same graph with enough memory reports its steps here)

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from guidance import gradop
+from guidance import gradop, regions
 
 
 def test_reference_levels_for_50_steps_strength_0_8():
@@ -85,15 +85,63 @@ def strokes(size=32):
     return image
 
 
+def stroke_colours(image: torch.Tensor) -> torch.Tensor:
+    """The palette 'median + palette' snaps to: Stroke Regions to Words' colours of one [3,H,W] image, 0..1."""
+    return torch.tensor(regions.extract_palette(image.movedim(0, -1)).colours, dtype=torch.float32) / 255
+
+
 def test_palette_finds_the_stroke_colours_and_soft_quantise_snaps_to_them():
     y = strokes()
     y[..., 0, 0] = torch.tensor([0.1, 0.5, 0.1])  # a one-pixel speck is dropped
-    palette = gradop.stroke_palette(y)[0]
+    palette = stroke_colours(y[0])
     assert palette.shape == (3, 3)
     assert {tuple(round(v, 2) for v in c.tolist()) for c in palette} == {(0.9, 0, 0), (0, 0, 0.8), (0, 0.7, 0.8)}
     noisy = (strokes() + 0.05 * torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(2))).clamp(0, 1)
     snapped = gradop.soft_quantise(noisy, [palette])
     assert (snapped - strokes()).abs().mean() < 0.5 * (noisy - strokes()).abs().mean()
+
+
+def binned_palette(image: torch.Tensor, max_colours: int = 16, min_fraction: float = 0.002) -> torch.Tensor:
+    """The palette 'median + palette' used before it shared extract_palette (kept here to show the change):
+    5-bit bins covering at least min_fraction of the image, each colour the mean of its bin."""
+    pixels = image.reshape(3, -1).t().float()
+    bins = (pixels * 31).round().long()
+    keys = (bins[:, 0] * 32 + bins[:, 1]) * 32 + bins[:, 2]
+    unique, inverse, counts = torch.unique(keys, return_inverse=True, return_counts=True)
+    keep = [int(k) for k in torch.argsort(counts, descending=True)[:max_colours]
+            if counts[k] >= min_fraction * pixels.shape[0]]
+    sums = torch.zeros(len(unique), 3).index_add_(0, inverse, pixels)
+    return sums[keep] / counts[keep].unsqueeze(1)
+
+
+def test_median_palette_snaps_to_the_exact_painted_colours_of_an_anti_aliased_painting():
+    """What sharing Stroke Regions to Words' extractor changed for 'median + palette': on a two-colour
+    painting with an anti-aliased edge and slightly uneven paint, the old binned palette also held the two
+    edge shades and bin means instead of the painted colours; now the palette is exactly the two painted
+    colours, so the loss pulls the edge towards red or blue instead of keeping it purple."""
+    red, blue = torch.tensor([230, 40, 30]) / 255, torch.tensor([30, 60, 200]) / 255
+    image = torch.empty(3, 64, 64)
+    image[:, :, :31] = red.view(3, 1, 1)
+    image[:, :, 33:] = blue.view(3, 1, 1)
+    image[:, :, 31] = (2 * red + blue).view(3, 1) / 3  # the anti-aliased edge, 2 px
+    image[:, :, 32] = (red + 2 * blue).view(3, 1) / 3
+    image[0, ::4, :20] = 231 / 255  # uneven paint: a quarter of the rows one level lighter in part of the red
+    image = (image * 255).round() / 255
+
+    old = binned_palette(image)
+    assert len(old) == 4  # red, blue and the two edge shades
+    old_red = old[(old - red).norm(dim=1).argmin()]
+    assert 1e-4 < (old_red - red).abs().max() < 1 / 255  # a bin mean, not the painted red
+    new = stroke_colours(image)
+    torch.testing.assert_close(new, torch.stack([red, blue]), atol=0, rtol=0)
+
+    f = gradop.painting_function("median + palette", 64, 64, image.unsqueeze(0))
+    snapped = f(image.unsqueeze(0))[0]
+    distance_to_paint = torch.stack([(snapped - c.view(3, 1, 1)).norm(dim=0) for c in (red, blue)]).amin(0)
+    assert distance_to_paint.max() < 0.02  # every pixel, the edge included, is red or blue
+    before = gradop.soft_quantise(gradop.median_filter(image.unsqueeze(0), 3), [old])[0]
+    before_distance = torch.stack([(before - c.view(3, 1, 1)).norm(dim=0) for c in (red, blue)]).amin(0)
+    assert before_distance[:, 31:33].min() > 0.1  # the old palette kept the edge purple
 
 
 def test_painting_functions_are_differentiable():

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from guidance import schedules, sdedit
+from guidance import checks, schedules, sdedit
 
 
 def karras_like(steps: int) -> torch.Tensor:
@@ -68,10 +68,10 @@ def test_paper_semantics_at_10000_steps_builds_its_schedule_in_one_pass():
 
 
 def test_check_strength_bounds_name_the_input():
-    assert sdedit.check_strength(1.0) == 1.0
+    assert checks.check_strength(1.0) == 1.0
     for bad in (0.0, -0.1, 1.01, float("nan")):
         with pytest.raises(ValueError, match="strength must be in \\(0, 1\\]"):
-            sdedit.check_strength(bad)
+            checks.check_strength(bad)
 
 
 def test_parse_strengths():
@@ -149,11 +149,11 @@ def test_select_sigmas_dispatch_and_errors():
 
 
 def test_mask_checks_name_the_inputs():
-    sdedit.check_mask_size((64, 64), (64, 64))
+    checks.check_mask_size((64, 64), (64, 64))
     with pytest.raises(ValueError, match="mask is 32x64 \\(HxW\\) but image is 64x64"):
-        sdedit.check_mask_size((32, 64), (64, 64))
+        checks.check_mask_size((32, 64), (64, 64))
     with pytest.raises(ValueError, match="mask has a batch of 3; expected 1 or 2"):
-        sdedit.check_mask_batch(3, 2)
+        checks.check_mask_batch(3, 2)
 
 
 def test_vp_ve_round_trip_and_alpha():

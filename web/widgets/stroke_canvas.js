@@ -27,9 +27,10 @@ const CONTROLS_HEIGHT = 96; // toolbar + palette + status, in px
 // Pixel operations on an ImageData (pure; exported for reuse)
 
 export function parseHex(hex) {
-  const m = /^#?([0-9a-f]{6})$/i.exec(String(hex).trim());
+  // the node's rule (guidance/checks.py parse_hex_colour): #rrggbb, rrggbb or #rgb
+  const m = /^(?:#?([0-9a-f]{6})|#([0-9a-f]{3}))$/i.exec(String(hex).trim());
   if (!m) return null;
-  const v = parseInt(m[1], 16);
+  const v = parseInt(m[1] ?? [...m[2]].map((c) => c + c).join(""), 16);
   return [(v >> 16) & 255, (v >> 8) & 255, v & 255];
 }
 

@@ -1,0 +1,66 @@
+"""The segmented sampler scaffold: a k-diffusion sampler run over slices of one sigma schedule, as one run.
+
+Methods that change x between sampler steps (GradOP+ optimises it at a few levels) build their KSAMPLER
+function on :class:`SegmentedSampling`: any sampler (``comfy.samplers.sampler_object(name)``) on
+``sigmas[start:end + 1]``, one progress bar with latent previews across all segments and the method's own
+steps, an interrupt check before each segment, a fresh noise stream per segment for ancestral and SDE
+samplers, and the last step relayed to the outer callback so SamplerCustom's ``denoised_output`` works.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+import comfy.samplers
+
+from . import host
+
+
+class SegmentedSampling:
+    """Runs ``sampler_name`` over slices of ``sigmas`` inside a KSAMPLER function.
+
+    ``model``, ``sigmas``, ``extra_args`` and ``callback`` are what the KSAMPLER function received;
+    ``total_steps`` is the length of the progress bar (sampler steps plus the method's own, see
+    :meth:`advance`). Call :meth:`finish` once at the end.
+    """
+
+    def __init__(self, sampler_name: str, model, sigmas: torch.Tensor, extra_args: dict | None,
+                 callback: Callable[[dict], None] | None, total_steps: int):
+        self.sampler = comfy.samplers.sampler_object(sampler_name)
+        self.model = model
+        self.sigmas = sigmas
+        self.extra_args = extra_args or {}
+        self.seed = int(self.extra_args.get("seed", 0) or 0)
+        self.progress = host.SamplingProgress(model.inner_model.model_patcher, total_steps)
+        self._outer_callback = callback
+        self._last: dict | None = None
+
+    def run(self, x: torch.Tensor, start: int, end: int, segment: int) -> torch.Tensor:
+        """Sample from ``sigmas[start]`` to ``sigmas[end]``; ``segment`` > 0 gives ancestral/SDE samplers the
+        seed ``derived_seed(seed, segment)``, a fresh noise stream instead of the same one again."""
+        if end <= start:
+            return x
+        host.check_interrupt()
+        args = dict(self.extra_args)
+        if segment:
+            args["seed"] = host.derived_seed(self.seed, segment)
+        step_callback = self.progress.callback()
+
+        def callback(step: dict) -> None:
+            self._last = dict(step, i=step["i"] + start)
+            step_callback(step["i"], step["denoised"], step["x"], None)
+
+        x = self.sampler.sampler_function(self.model, x, self.sigmas[start:end + 1], extra_args=args,
+                                          callback=callback, disable=True, **self.sampler.extra_options)
+        self.progress.advance(end - start)
+        return x
+
+    def advance(self, steps: int) -> None:
+        """Count the method's own steps (an Adam step, a window) on the same progress bar."""
+        self.progress.advance(steps)
+
+    def finish(self) -> None:
+        """Relay the last sampler step to the outer callback (SamplerCustom's denoised_output reads its x0)."""
+        if self._outer_callback is not None and self._last is not None:
+            self._outer_callback(self._last)
