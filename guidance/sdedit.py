@@ -46,11 +46,16 @@ def diffusers_start_index(steps: int, strength: float) -> int:
     return steps - min(int(steps * strength), steps)
 
 
-def diffusers_sigmas(full_sigmas: torch.Tensor, strength: float) -> torch.Tensor:
-    """Tail of the full schedule from the diffusers start index (KSamplerAdvanced parity)."""
-    steps = len(full_sigmas) - 1
+def diffusers_sigmas(full_sigmas: torch.Tensor, strength: float, steps: int | None = None) -> torch.Tensor:
+    """Tail of the full schedule from the diffusers start index (KSamplerAdvanced parity).
+
+    ``steps`` is the step count asked for; a scheduler may build more levels than that (ComfyUI's
+    ``ddim_uniform`` at step counts that do not divide 1000), and KSamplerAdvanced's ``start_at_step``
+    counts from the asked-for number, so the start index does too.
+    """
+    steps = len(full_sigmas) - 1 if steps is None else int(steps)
     start = diffusers_start_index(steps, strength)
-    if start >= steps:
+    if start >= len(full_sigmas) - 1:
         raise ValueError(f"strength {strength} with {steps} steps runs no step: "
                          f"diffusers semantics runs int(steps * strength) steps, raise steps or strength")
     return full_sigmas[start:].clone()
@@ -90,14 +95,16 @@ def paper_sigmas(full_sigmas: torch.Tensor, t0: float, time_to_sigma: Callable[[
 def select_sigmas(semantics: str, strength: float, full_sigmas: torch.Tensor,
                   schedule: Callable[[int], torch.Tensor] | None = None,
                   time_to_sigma: Callable[[float], float] | None = None,
-                  sigma_to_time: Callable[[float], float] | None = None) -> torch.Tensor:
-    """Dispatch on the strength semantics; ``full_sigmas`` is the full N-step schedule."""
+                  sigma_to_time: Callable[[float], float] | None = None, steps: int | None = None) -> torch.Tensor:
+    """Dispatch on the strength semantics; ``full_sigmas`` is the full schedule built for ``steps`` steps
+    (default: its length - 1; pass the asked-for count, which a scheduler may not build exactly)."""
+    steps = len(full_sigmas) - 1 if steps is None else int(steps)
     if semantics == "diffusers":
-        return diffusers_sigmas(full_sigmas, strength)
+        return diffusers_sigmas(full_sigmas, strength, steps)
     if semantics == "comfy":
         if schedule is None:
             raise ValueError("comfy semantics needs the schedule callable")
-        return comfy_denoise_sigmas(schedule, len(full_sigmas) - 1, strength)
+        return comfy_denoise_sigmas(schedule, steps, strength)
     if semantics == "paper":
         if time_to_sigma is None or sigma_to_time is None:
             raise ValueError("paper semantics needs time_to_sigma and sigma_to_time")

@@ -37,7 +37,7 @@ def sdedit_sigmas(model, sampler_name: str, scheduler: str, steps: int, strength
     schedule = host.schedule_fn(model, sampler_name, scheduler)
     time_to_sigma, sigma_to_time = host.time_sigma_maps(model)
     return sdedit.select_sigmas(semantics, strength, schedule(steps), schedule=schedule,
-                                time_to_sigma=time_to_sigma, sigma_to_time=sigma_to_time)
+                                time_to_sigma=time_to_sigma, sigma_to_time=sigma_to_time, steps=steps)
 
 
 class SDEditSigmas(io.ComfyNode):

@@ -70,17 +70,17 @@ def check_sigmas(node, expected, what):
 
 # (scheduler, steps, strength): 7 x 0.55 = 3.85 and 8 x 0.45 = 3.6 are not whole numbers, so int() and round()
 # disagree there. ddim_uniform starts below t = 1 (t = 981 / 999 at 50 steps, 995 / 999 at 7, 997 / 999 at 12); at
-# 7 and 12 steps it builds one level more than asked, where comfy and diffusers disagree with KSampler (see the
-# xfail test at the end), so those two step counts are only used with the paper semantics here.
+# 7 and 12 steps it builds one level more than asked: all three semantics count from the asked-for steps there
+# (test_ddim_uniform_at_any_step_count_equals_the_ksampler_nodes).
 SCHEDULES = [("ddim_uniform", 50, 0.8), ("normal", 8, 0.45), ("karras", 7, 0.55), ("simple", 9, 0.3),
              ("normal", 6, 1.0), ("karras", 5, 0.99995)]
-PAPER_ONLY = [("ddim_uniform", 7, 0.55), ("ddim_uniform", 12, 0.3)]
+EXTRA_LEVEL = [("ddim_uniform", 7, 0.55), ("ddim_uniform", 12, 0.3)]
 
 
 def test_sdedit_sigmas_follow_the_three_definitions(host, store, tiny):
     prompt = base_prompt()
     cases = [(sem, *schedule) for sem in SEMANTICS for schedule in SCHEDULES]
-    cases += [("paper", *schedule) for schedule in PAPER_ONLY]
+    cases += [(sem, *schedule) for sem in SEMANTICS for schedule in EXTRA_LEVEL]
     for n, case in enumerate(cases):
         sigmas_node(prompt, f"2{n:02d}", f"s{n}", case[1], case[2], case[3], case[0])
     host.run(prompt)
@@ -244,18 +244,11 @@ def test_comfy_is_ksampler_denoise_and_diffusers_is_ksampler_advanced(host, stor
     assert max_difference(store["comfy"], store["diffusers"]) > 0.1
 
 
-# PRODUCT BUG (README vs nodes): README "diffusers ... skip the first steps - int(steps*strength) steps of the full
-# schedule; identical to KSamplerAdvanced with that start_at_step" and "comfy: KSampler's denoise: the last steps+1
-# sigmas of an int(steps/strength)-step schedule" (SDEdit comfy = KSampler denoise). guidance/sdedit.select_sigmas
-# takes N from the length of the built schedule (len(full_sigmas) - 1) instead of the node's `steps`. ComfyUI's
-# ddim_uniform builds one level more than asked whenever (1000 // steps) * steps < 999 (7 steps -> 8 levels), so:
-#   diffusers, 7 steps, 0.3: the node starts at 8 - int(2.4) = 6 (2 steps); KSamplerAdvanced(start_at_step 5) runs 3;
-#   comfy, 7 steps, 0.55: the node keeps the last 9 sigmas of an int(8 / 0.55) = 14-step schedule (sigma0 1.6075,
-#   8 steps); KSampler(denoise 0.55) keeps the last 8 of int(7 / 0.55) = 12 (sigma0 1.6129, 7 steps).
-# Remove the xfail when the node and the README agree.
-@pytest.mark.xfail(strict=True, reason="PRODUCT BUG: with ddim_uniform at step counts that do not divide 1000, "
-                                       "diffusers semantics differs from KSamplerAdvanced start_at_step and comfy "
-                                       "semantics from KSampler denoise (README claims both equal)")
+# A bug this test found: guidance/sdedit.select_sigmas took N from the length of the built schedule instead of
+# the node's `steps`. ComfyUI's ddim_uniform builds one level more than asked whenever (1000 // steps) * steps < 999
+# (7 steps -> 8 levels), so diffusers (7 steps, 0.3) ran 2 steps where KSamplerAdvanced(start_at_step 5) runs 3,
+# and comfy (7 steps, 0.55) kept 9 sigmas of a 14-step schedule where KSampler(denoise 0.55) keeps 8 of 12.
+# The node now counts from the asked-for steps, as the KSampler nodes do.
 @pytest.mark.parametrize("semantics, strength", [("diffusers", 0.3), ("comfy", 0.55)])
 def test_ddim_uniform_at_any_step_count_equals_the_ksampler_nodes(host, store, tiny, semantics, strength):
     steps = 7
