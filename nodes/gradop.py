@@ -244,7 +244,7 @@ def _memory_input():
     # last among the widgets, so workflows saved before it existed keep their widget values in place
     return io.Combo.Input("decoder_memory", options=list(gradients.DECODER_MEMORY), default="auto", optional=True,
                           tooltip="Memory of the optimisation's decoder copy. full: keep all activations for "
-                                  "backward (SD VAE, fp32: about 5.5 GiB extra at 512x512, 4x that at 1024x1024). "
+                                  "backward (SD VAE, fp32: about 5.6 GiB extra at 512x512, 4x that at 1024x1024). "
                                   "checkpointed: keep only each block's input and recompute it in backward: "
                                   "the same result with about a third of the memory, slower. auto: checkpointed "
                                   "when the full activations would need more than half of the free memory.")

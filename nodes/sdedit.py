@@ -24,7 +24,7 @@ def _strength_input(default: float = 0.5) -> io.Float.Input:
     return io.Float.Input("strength", default=default, min=0.01, max=1.0, step=0.01,
                           tooltip="SDEdit t0 in (0, 1]: how much noise is added to the guide before denoising. "
                                   "Higher is more realistic, lower is more faithful to the guide. "
-                                  "Stroke paintings: about 0.4-0.6; 1.0 ignores the guide.")
+                                  "Stroke paintings: about 0.4-0.6; 1.0 starts from almost pure noise, so the guide barely shows.")
 
 
 def _semantics_input() -> io.Combo.Input:
