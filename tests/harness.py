@@ -163,7 +163,20 @@ TINY_SWAPS = {
     "LoadImage": ("GS_TestLoadImageSmall", lambda inputs: {"image": inputs["image"], "size": 64}),
     # the real Stroke Canvas node, its outputs downscaled to 64 px (tests/host_nodes/gs_test_canvas)
     "GS_StrokeCanvas": ("GS_TestStrokeCanvasSmall", lambda inputs: {**inputs, "size": 64}),
+    # the same node at the 64 px of the inputs above (the examples' empty latents are the paintings' 512 px)
+    "EmptyLatentImage": ("EmptyLatentImage", lambda inputs: {**inputs, "width": 64, "height": 64}),
 }
+
+
+def fewer_steps(prompt: dict, steps: int = 4, grad_steps: int = 2) -> dict:
+    """The same prompt with at most ``steps`` sampling steps and ``grad_steps`` GradOP+ Adam steps per node, for
+    tests whose subject is not the sampling (serving, loading, queueing); the graph is unchanged."""
+    for node in prompt.values():
+        inputs = node["inputs"]
+        for name, limit in (("steps", steps), ("grad_steps", grad_steps)):
+            if isinstance(inputs.get(name), int):
+                inputs[name] = min(inputs[name], limit)
+    return prompt
 
 
 def _widget_inputs(node_class) -> list[tuple[str, dict]]:

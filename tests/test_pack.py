@@ -58,3 +58,60 @@ def test_no_device_literals_or_fp16_in_pack_code():
         # fp16 only ever as an explicit user choice (e.g. a decoder-precision option), never hard-coded
         for line in text.splitlines():
             assert not re.search(r"(?<!b)float16", line) or "user-selected" in line, f"{path}: {line.strip()}"
+
+
+def pack_checkout(target):
+    """The pack's own files (tracked, or new and not ignored) copied to ``target``: what a clone holds, without
+    what set-up and tests leave in the repository (.venv/, .comfyui/, test-artifacts/)."""
+    import shutil
+    import subprocess
+
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                                cwd=harness.ROOT, capture_output=True, check=True, timeout=60).stdout
+        files = [name for name in listed.decode().split("\0") if name]
+    except (OSError, subprocess.SubprocessError):  # not a git checkout: the same files by .gitignore's names
+        ignored = {".git", ".venv", ".comfyui", "test-artifacts", "__pycache__", ".pytest_cache", ".whl"}
+        files = [str(p.relative_to(harness.ROOT)) for p in harness.ROOT.rglob("*")
+                 if p.is_file() and not ignored & set(p.relative_to(harness.ROOT).parts)]
+    for name in files:
+        source = harness.ROOT / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+    return target
+
+
+def test_comfy_test_lint_strict_passes(tmp_path):
+    """The community's static check, `comfy-test lint --strict` (comfy-test, pinned in requirements-test.txt):
+    its SYNTAX level (cp1252-safe sources, no hard-coded devices) and its JAVASCRIPT level (every
+    registerExtension name under the namespace it derives from pyproject's [tool.comfy] DisplayName, lower
+    case and alphanumerics only: "guidedsynthesis"; no globals, no shared-document writes, no hooks on nodes
+    the pack does not ship), with warnings counted as failures. No network, no server.
+
+    Run on a copy of the pack's files: in the repository root it would also read .venv/ and .comfyui/ (the
+    JAVASCRIPT level takes every node id it finds in any .py below the pack as the pack's own)."""
+    import subprocess
+    import sys
+
+    pack = pack_checkout(tmp_path / harness.PACK_NAME)
+    result = subprocess.run([sys.executable, "-m", "comfy_test", "lint", "--strict", str(pack)],
+                            capture_output=True, text=True, timeout=300)
+    report = result.stdout + result.stderr
+    assert result.returncode == 0, report
+    assert "[SYNTAX] PASSED" in report and "[JAVASCRIPT] PASSED" in report, report
+    assert "enforcing DisplayName namespace 'guidedsynthesis'" in report, report
+    assert "0 error(s), 0 warning(s)" in report, report
+
+
+def test_the_frontends_the_browser_tests_name_are_the_ones_installed():
+    """scripts/setup.sh installs the newer frontend the browser tests run on; the pinned one is the host's."""
+    setup = (harness.ROOT / "scripts" / "setup.sh").read_text()
+    support = (harness.ROOT / "tests" / "browser" / "browser_support.py").read_text()
+    newer = re.search(r'^NEWER_FRONTEND = "([^"]+)"', support, re.M).group(1)
+    pinned = re.search(r'^PINNED_FRONTEND = "([^"]+)"', support, re.M).group(1)
+    assert re.search(r'^FRONTEND_PIN="comfyui-frontend-package==' + re.escape(newer) + '"', setup, re.M), newer
+    host_requirements = (harness.host_path() / "requirements.txt").read_text()
+    assert f"comfyui-frontend-package=={pinned}" in host_requirements
+    pin = re.search(r"^comfy-test==\S+", (harness.ROOT / "requirements-test.txt").read_text(), re.M)
+    assert pin, "comfy-test is pinned in requirements-test.txt"

@@ -1,11 +1,11 @@
 """End to end: the real ComfyUI server (main.py --cpu) with the pack and the tiny test nodes."""
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
@@ -38,17 +38,17 @@ def server(tmp_path_factory):
         "gs_tests:\n"
         f"  base_path: {base}\n"
         f"  custom_nodes: |\n    {custom_nodes}\n    {harness.HOST_NODES}\n")
-    for sub in ("output", "input", "user"):
+    for sub in ("output", "input", "user", "temp"):
         (base / sub).mkdir()
-    for file in (harness.WORKFLOWS / "inputs").glob("*"):
-        shutil.copy(file, base / "input" / file.name)
+    # input/ starts empty, as on a fresh install: the pack copies the example paintings when it loads.
     port = free_port()
     host = harness.host_path()
     log = open(base / "server.log", "w")
     process = subprocess.Popen(
         [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
          "--output-directory", str(base / "output"), "--input-directory", str(base / "input"),
-         "--user-directory", str(base / "user"), "--extra-model-paths-config", str(base / "extra_model_paths.yaml"),
+         "--user-directory", str(base / "user"), "--temp-directory", str(base / "temp"),
+         "--extra-model-paths-config", str(base / "extra_model_paths.yaml"),
          "--disable-auto-launch"],
         cwd=str(host), stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     url = f"http://127.0.0.1:{port}"
@@ -101,29 +101,60 @@ def test_object_info_lists_the_pack(server):
 
 def test_example_workflows_are_served_as_templates(server):
     templates = http(server["url"] + "/workflow_templates")
-    assert "sdedit_strokes" in templates.get("guided_synthesis", []), templates
+    # (a set: the listing repeats a pack found in two custom_nodes folders, as with the host's own link here)
+    assert set(templates.get(harness.PACK_NAME, [])) == {p.stem for p in harness.example_workflows()}, templates
 
 
-def test_workflow_runs_through_the_server_and_writes_images(server):
-    workflow = json.loads((harness.WORKFLOWS / "sdedit_strokes.json").read_text())
+def test_the_pack_copied_the_example_paintings_into_the_empty_input_folder(server):
+    for file in (harness.WORKFLOWS / "inputs").iterdir():
+        copied = server["base"] / "input" / file.name
+        assert copied.is_file() and copied.read_bytes() == file.read_bytes(), file.name
+
+
+def fetch(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return response.read()
+
+
+class Spec:  # object_info entry -> INPUT_TYPES() shape the converter reads
+    def __init__(self, entry):
+        self.entry = entry
+
+    def INPUT_TYPES(self):
+        return self.entry["input"]
+
+
+def test_every_template_runs_as_downloaded(server):
+    """Each template as the template browser gets it (GET /workflow_templates, then the JSON from the
+    route ComfyUI serves a pack's example_workflows/ at, /api/workflow_templates/<pack>/<name>.json),
+    queued with POST /prompt on the tiny models, with no file copied by hand: Load Image and Stroke Canvas
+    read the paintings the pack installed (the tiny swaps keep the file names). Fewer sampling steps than
+    the templates' (harness.fewer_steps): tests/test_workflows.py runs them with their own values."""
     info = http(server["url"] + "/object_info")
-
-    class Spec:  # object_info entry -> INPUT_TYPES() shape the converter reads
-        def __init__(self, entry):
-            self.entry = entry
-
-        def INPUT_TYPES(self):
-            return self.entry["input"]
-
-    prompt = harness.workflow_to_prompt(workflow, {name: Spec(entry) for name, entry in info.items()})
-    response = http(server["url"] + "/prompt", {"prompt": prompt, "client_id": str(uuid.uuid4())})
-    entry = wait_for(server, response["prompt_id"])
-    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]
-    images = [image for node in entry["outputs"].values() for image in node.get("images", [])]
-    assert len(images) == 3
-    for image in images:
-        file = Path(server["base"]) / "output" / image["subfolder"] / image["filename"]
-        assert file.exists() and file.stat().st_size > 0
+    specs = {name: Spec(entry) for name, entry in info.items()}
+    names = sorted(set(http(server["url"] + "/workflow_templates")[harness.PACK_NAME]))
+    assert names
+    queued = {}
+    for name in names:
+        base = f"{server['url']}/api/workflow_templates/{harness.PACK_NAME}/{name}"
+        workflow = json.loads(fetch(base + ".json"))
+        assert fetch(base + ".jpg")[:2] == b"\xff\xd8"  # the thumbnail the browser shows
+        prompt = harness.fewer_steps(harness.workflow_to_prompt(workflow, specs))
+        assert any(node["class_type"] == "GS_TestLoadImageSmall" or node["class_type"] == "GS_TestStrokeCanvasSmall"
+                   for node in prompt.values()), name
+        response = http(server["url"] + "/prompt", {"prompt": prompt, "client_id": str(uuid.uuid4())})
+        assert not response.get("node_errors"), (name, response)
+        queued[name] = response["prompt_id"]
+    for name, prompt_id in queued.items():
+        entry = wait_for(server, prompt_id, timeout=600)
+        assert entry["status"]["status_str"] == "success", (name, json.dumps(entry["status"])[:3000])
+        images = [image for node in entry["outputs"].values() for image in node.get("images", [])]
+        assert images, name
+        for image in images:  # read back as the browser shows them
+            query = urllib.parse.urlencode({key: image[key] for key in ("filename", "subfolder", "type")})
+            assert fetch(f"{server['url']}/view?{query}")[:8] == b"\x89PNG\r\n\x1a\n", (name, image)
+        if name == "sdedit_strokes":
+            assert len(images) == 3  # one per strength of the sweep
 
 
 def test_bad_input_reports_an_error_and_the_server_survives(server):

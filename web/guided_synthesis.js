@@ -3,7 +3,7 @@ import { app } from "../../scripts/app.js";
 import { registerStrokeCanvas } from "./widgets/stroke_canvas.js";
 
 app.registerExtension({
-  name: "guided_synthesis.core",
+  name: "guidedsynthesis.core",
 });
 
 registerStrokeCanvas();

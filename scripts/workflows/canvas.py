@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from workflow_builder import Builder
 
-CANVAS_FILE = "guided_synthesis_canvas.png"  # in example_workflows/inputs/; copy it into ComfyUI's input/
+CANVAS_FILE = "guided_synthesis_canvas.png"  # example_workflows/inputs/, copied to input/ by the pack
 CANVAS_SIZE = 512
 
 

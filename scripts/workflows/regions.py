@@ -16,17 +16,33 @@ REGION_SPEC = "\n".join([
     "#46963c: green meadow",
 ])
 
+# Stroke Regions sits in its own column with nothing below it: in the frontend it is REGIONS_SIZE once the
+# palette editor shows the painting's five swatches, and after a run it also shows its region preview
+# under the widgets (the newer frontend grows the node to hold it, the pinned one draws it below the node).
+REGIONS_POS = (380, 40)
+REGIONS_SIZE = (400, 540)
+
+
+def stroke_regions(b: Builder, node_id: int, stroke) -> dict:
+    """The Stroke Regions to Words node of the examples (the checkpoint is node 1)."""
+    return b.add(node_id, "GS_StrokeRegions", REGIONS_POS,
+                 {"prompt": PROMPT, "region_spec": REGION_SPEC, "strength": 0.4, "mode": "paint_with_words",
+                  "start_percent": 0.0, "end_percent": 1.0, "missing_phrases": "append", "colour_tolerance": 24,
+                  "min_region_percent": 0.2},
+                 {"model": (1, 0), "clip": (1, 1), "stroke": stroke}, size=REGIONS_SIZE)
+
+
+def negative_prompt(b: Builder, node_id: int) -> dict:
+    """The negative CLIPTextEncode, under Load Image (node 4 at (20, 260), 320 high) in the first column."""
+    return b.add(node_id, "CLIPTextEncode", (20, 640), {"text": NEGATIVE}, {"clip": (1, 1)}, size=(340, 130))
+
 
 def regions_workflow(node_classes) -> dict:
     b = Builder(node_classes)
     b.add(1, "CheckpointLoaderSimple", (20, 60), {"ckpt_name": "v1-5-pruned-emaonly.safetensors"}, size=(315, 98))
-    b.add(3, "CLIPTextEncode", (380, 520), {"text": NEGATIVE}, {"clip": (1, 1)}, size=(400, 130))
+    negative_prompt(b, 3)
     b.add(4, "LoadImage", (20, 260), {"image": STROKES_FILE}, size=(315, 320))
-    b.add(5, "GS_StrokeRegions", (380, 40),
-          {"prompt": PROMPT, "region_spec": REGION_SPEC, "strength": 0.4, "mode": "paint_with_words",
-           "start_percent": 0.0, "end_percent": 1.0, "missing_phrases": "append", "colour_tolerance": 24,
-           "min_region_percent": 0.2},
-          {"model": (1, 0), "clip": (1, 1), "stroke": (4, 0)}, size=(400, 460))
+    stroke_regions(b, 5, stroke=(4, 0))
     # A latent of the painting's size; with denoise 1.0 KSampler starts from pure noise (text-to-image).
     b.add(6, "VAEEncode", (820, 420), {}, {"pixels": (4, 0), "vae": (1, 2)}, size=(210, 46))
     b.add(7, "KSampler", (1180, 40), {"seed": 42, "steps": 20, "cfg": 7.5, "sampler_name": "euler",
@@ -50,7 +66,7 @@ def regions_workflow(node_classes) -> dict:
            "painting_function": "gaussian blur", "decoder": "auto", "loss_resolution": "full", "mode": "GradOP+",
            "gamma": 0.001, "width": 0, "height": 0, "batch_size": 1},
           {"model": (5, 0), "positive": (5, 1), "negative": (3, 0), "vae": (1, 2), "strokes": (4, 0)},
-          size=(340, 560))
+          size=(340, 590))
     b.add(15, "VAEDecode", (1540, 920), {}, {"samples": (14, 0), "vae": (1, 2)}, size=(210, 46))
     b.add(16, "SaveImage", (1780, 920), {"filename_prefix": "guided_synthesis/regions_gradop"}, {"images": (15, 0)},
           size=(360, 400))

@@ -19,7 +19,26 @@ def sdedit_workflow(node_classes) -> dict:
     return b.workflow()
 
 
+def sdedit_sigmas_workflow(node_classes) -> dict:
+    """SDEdit Sigmas feeding SamplerCustom: the same SDEdit run built from ComfyUI's custom-sampling nodes,
+    so any sampler, guider or noise of that family can be used. The guide's latent goes in as latent_image
+    with add_noise on; the sigmas start at the noise level of the strength."""
+    b = Builder(node_classes)
+    common(b, "a photograph of a mountain lake at sunset, detailed, realistic",
+           "painting, flat colours, blurry, low quality", STROKES_FILE)
+    b.add(5, "VAEEncode", (380, 460), {}, {"pixels": (4, 0), "vae": (1, 2)}, size=(210, 46))
+    b.add(6, "GS_SDEditSigmas", (820, 60), {"scheduler": "normal", "steps": 30, "strength": 0.5,
+                                            "semantics": "paper"}, {"model": (1, 0)}, size=(315, 180))
+    b.add(7, "KSamplerSelect", (820, 300), {"sampler_name": "euler"}, size=(315, 60))
+    b.add(8, "SamplerCustom", (1180, 60), {"add_noise": True, "noise_seed": 42, "cfg": 7.5},
+          {"model": (1, 0), "positive": (2, 0), "negative": (3, 0), "sampler": (7, 0), "sigmas": (6, 0),
+           "latent_image": (5, 0)}, size=(330, 240))
+    b.add(9, "VAEDecode", (1560, 60), {}, {"samples": (8, 0), "vae": (1, 2)}, size=(210, 46))
+    b.add(10, "SaveImage", (1810, 60), {"filename_prefix": "guided_synthesis/sdedit_sigmas"}, {"images": (9, 0)},
+          size=(400, 420))
+    return b.workflow()
 
-WORKFLOWS = {"sdedit_strokes": sdedit_workflow}
+
+WORKFLOWS = {"sdedit_strokes": sdedit_workflow, "sdedit_sigmas_samplercustom": sdedit_sigmas_workflow}
 INPUTS = {STROKES_FILE: stroke_painting}
-THUMBNAILS = {"sdedit_strokes": STROKES_FILE}
+THUMBNAILS = {"sdedit_strokes": STROKES_FILE, "sdedit_sigmas_samplercustom": STROKES_FILE}

@@ -1,5 +1,10 @@
 """Fixtures for the real-browser tests: headless Debian Chromium (Playwright), a baseline of the console
-errors a stock ComfyUI page logs without the pack, and a server with the pack and the tiny test nodes."""
+errors a stock ComfyUI page logs without the pack, and a server with the pack and the tiny test nodes.
+
+Every test runs on each frontend of browser_support.FRONTENDS (the host's pinned frontend and a newer
+release served with --front-end-root), one server (and one baseline) per frontend; the frontend is in the
+test's name, e.g. ``test_x[frontend-1.58.1]``.
+"""
 import sys
 from pathlib import Path
 
@@ -7,6 +12,19 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import browser_support as bs  # noqa: E402
+
+
+def pytest_generate_tests(metafunc):
+    """The ``frontend`` parameter of every browser test (through the server fixture)."""
+    if "frontend" in metafunc.fixturenames:
+        metafunc.parametrize("frontend", bs.FRONTENDS, ids=[f"frontend-{v}" for v in bs.FRONTENDS],
+                             scope="package", indirect=True)
+
+
+@pytest.fixture(scope="package")
+def frontend(request) -> str:
+    """The frontend version the package's server serves (parametrised in pytest_generate_tests)."""
+    return request.param
 
 
 @pytest.fixture(scope="package")
@@ -22,9 +40,9 @@ def browser():
 
 
 @pytest.fixture(scope="package")
-def server(browser):
+def server(browser, frontend):
     """The server with the pack and the tiny test nodes (started while the baseline is taken)."""
-    instance = bs.new_server(with_pack=True)
+    instance = bs.new_server(with_pack=True, frontend=frontend)
     try:
         yield instance  # the baseline fixture waits for it
     finally:
@@ -32,10 +50,10 @@ def server(browser):
 
 
 @pytest.fixture(scope="package")
-def baseline(browser, server) -> set[str]:
-    """Errors a page load logs on the same host with every custom node disabled (a stock ComfyUI page
-    already logs a few 404s and a frontend TypeError); tests fail only on errors beyond these."""
-    stock = bs.new_server(with_pack=False)
+def baseline(browser, server, frontend) -> set[str]:
+    """Errors a page load logs on the same host and frontend with every custom node disabled (a stock
+    ComfyUI page already logs a few 404s and a frontend TypeError); tests fail only on errors beyond these."""
+    stock = bs.new_server(with_pack=False, frontend=frontend)
     try:
         page = bs.Page(browser, stock.wait_ready())
         page.open()

@@ -4,7 +4,6 @@ still there. Screenshots of each step go to test-artifacts/browser/."""
 import json
 import os
 import re
-import shutil
 
 import numpy as np
 import pytest
@@ -60,13 +59,7 @@ def set_widget(page, name, value):
 
 def show_canvas_node(page):
     """Put the canvas node at the top left of the view at 100 %%, and return its drawing surface's box."""
-    bs.show_node(page, "GS_StrokeCanvas")
-    surface = page.page.locator(".gs-stroke-canvas-surface")
-    surface.wait_for(state="visible")
-    page.wait(
-        "() => { const r = document.querySelector('.gs-stroke-canvas-surface').getBoundingClientRect();"
-        " return r.width > 100 && r.left > 0 && r.top > 0; }")
-    return surface.bounding_box()
+    return bs.show_stroke_canvas(page)
 
 
 def drag(page, box, points, size=SIZE):
@@ -188,13 +181,14 @@ def test_paint_queue_save_reload(page, baseline, server):
     page.screenshot("canvas-4-queued-and-done")
 
     # Save the workflow as the frontend does, reload the page, open it again.
-    saved_workflow = page.page.evaluate("() => window.app.graph.serialize()")
+    # through JSON, as saving to a file does (Playwright would turn undefined fields into nulls)
+    saved_workflow = page.page.evaluate("() => JSON.parse(JSON.stringify(window.app.graph.serialize()))")
     text = json.dumps(saved_workflow)
     canvas_node = next(n for n in saved_workflow["nodes"] if n["type"] == "GS_StrokeCanvas")
     assert canvas_node["widgets_values"][:3] == [saved["reference"], SIZE, SIZE]
     assert "data:image" not in text and len(text) < 30_000  # a reference, not the pixels
-    bs.ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    (bs.ARTIFACTS / "canvas-saved-workflow.json").write_text(json.dumps(saved_workflow, indent=1))
+    (bs.ARTIFACTS / server.frontend).mkdir(parents=True, exist_ok=True)
+    (bs.ARTIFACTS / server.frontend / "canvas-saved-workflow.json").write_text(json.dumps(saved_workflow, indent=1))
 
     page.reload()
     page.page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", saved_workflow)
@@ -210,7 +204,8 @@ def test_paint_queue_save_reload(page, baseline, server):
 
 def test_the_image_input_is_shown_under_the_strokes_after_a_run(page, baseline, server):
     """Stroke-based editing: LoadImage -> Stroke Canvas 'image'; after one run the widget shows it."""
-    shutil.copy(harness.WORKFLOWS / "inputs" / "guided_synthesis_strokes.png", server.input_dir)
+    # the example painting the pack copied into input/ when it loaded
+    assert (server.input_dir / "guided_synthesis_strokes.png").is_file()
     ids = page.page.evaluate("""() => {
       const app = window.app, LG = window.LiteGraph;
       app.graph.clear();

@@ -173,7 +173,8 @@ def test_palette_editor_reads_uploads_writes_the_spec_and_survives_reload(page, 
         bs.doc_screenshot(page, "GS_StrokeRegions", "palette_editor")
 
     # Save as the frontend does, reload the page, open the workflow again.
-    saved = page.page.evaluate("() => window.app.graph.serialize()")
+    # through JSON, as saving to a file does (Playwright would turn undefined fields into nulls)
+    saved = page.page.evaluate("() => JSON.parse(JSON.stringify(window.app.graph.serialize()))")
     regions_node = next(n for n in saved["nodes"] if n["type"] == "GS_StrokeRegions")
     assert spec in regions_node["widgets_values"]
     page.reload()
@@ -228,10 +229,7 @@ def test_palette_editor_follows_the_stroke_canvas_as_the_user_paints(page, basel
     page.wait("() => ((%s)().properties.gs_palette || {}).source === 'canvas'" % EDITOR)
     assert state(page)["palette"]["colours"] == ["#ffffff"]  # the empty canvas: its background colour
 
-    bs.show_node(page, "GS_StrokeCanvas")
-    surface = page.page.locator(".gs-stroke-canvas-surface")
-    surface.wait_for(state="visible")
-    box = surface.bounding_box()
+    box = bs.show_stroke_canvas(page)
     mouse = page.page.mouse
 
     def stroke(colour, points):
@@ -251,8 +249,7 @@ def test_palette_editor_follows_the_stroke_canvas_as_the_user_paints(page, basel
     type_phrase(page, "#ffffff", "snow")
 
     # Another colour painted later: a third swatch appears, the phrases stay with their colours.
-    bs.show_node(page, "GS_StrokeCanvas")
-    box = surface.bounding_box()
+    box = bs.show_stroke_canvas(page)  # laid out again after the view moved (None until then)
     stroke(blue, [(4, 48), (60, 48)])
     page.wait("() => (%s)().properties.gs_palette.colours.length === 3" % EDITOR)
     after = state(page)
@@ -262,3 +259,43 @@ def test_palette_editor_follows_the_stroke_canvas_as_the_user_paints(page, basel
     show_editor(page)
     page.screenshot("palette-5-from-stroke-canvas")
     assert page.new_errors(baseline) == []
+
+
+def test_a_missing_painting_is_reported_once(page, baseline, server):
+    """A workflow whose Load Image names a file that is not in the input folder (a template opened before its
+    painting is there): the editor's failed read is reported once, not retried on every connection change or
+    redraw; choosing another file reads that one, and a file that is there gives the swatches."""
+    workflow = json.loads((harness.WORKFLOWS / "regions_words.json").read_text())
+    load = next(n for n in workflow["nodes"] if n["type"] == "LoadImage")
+    load["widgets_values"][0] = "gs_missing_painting.png"
+    assert not (server.input_dir / "gs_missing_painting.png").exists()
+
+    def reports():
+        return [w for w in page.warnings if "palette editor" in w]
+
+    page.page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", workflow)
+    page.wait("() => ((%s)() || {}).gsPaletteEditor !== undefined" % EDITOR)
+    page.page.wait_for_timeout(3000)
+    assert len(reports()) == 1 and "gs_missing_painting.png" in reports()[0], reports()
+    assert state(page)["palette"] is None
+
+    def choose(name):
+        page.page.evaluate("""([id, name]) => {
+          const w = window.app.graph.getNodeById(id).widgets.find((w) => w.name === 'image');
+          w.value = name;
+          w.callback && w.callback(name);
+        }""", [load["id"], name])
+
+    choose("gs_missing_painting.png")  # the same name again: still reported once
+    page.page.wait_for_timeout(1000)
+    assert len(reports()) == 1, reports()
+    choose("gs_another_missing_painting.png")  # another name: read (and reported) once
+    page.page.wait_for_timeout(2000)
+    assert len(reports()) == 2 and "gs_another_missing_painting.png" in reports()[1], reports()
+    (server.input_dir / FIRST).write_bytes(png_bytes(painting(SKY, GRASS, ROOF)))
+    choose(FIRST)
+    page.wait("() => ((%s)().properties.gs_palette || {}).source === 'upload'" % EDITOR)
+    assert state(page)["palette"]["colours"] == [SKY, GRASS, ROOF]
+    assert len(reports()) == 2
+    # the only new errors are the missing files' 404s (Load Image's preview and the editor's read)
+    assert all("missing_painting.png" in e for e in page.new_errors(baseline)), page.new_errors(baseline)

@@ -9,11 +9,13 @@
 //
 // Where the palette comes from:
 //  - after a run, the node's UI output "gs_palette" (the regions the node found);
-//  - before a run, when "stroke" comes straight from a Load Image node, the chosen or uploaded file is
-//    read in the browser, and when it comes from the pack's Stroke Canvas, the painting as shown
+//  - before a run, when "stroke" comes straight from a Load Image node (or any node whose "image" input is
+//    a file picker with upload, as Load Image's is), the chosen or uploaded file is read in the browser, and when it comes from the pack's Stroke Canvas, the painting as shown
 //    (re-read as the user paints); the colours are found with the node's method (approximate: the
 //    browser looks at up to 256 px);
 //  - after a reload, the palette stored in the node's properties (kept while it belongs to the same file).
+// A file that cannot be read (say, a workflow naming a painting that is not in the input folder) is reported
+// once in the console and not read again until the file name changes.
 // User text only ever goes into the page through value / textContent (lib/dom.js `el`).
 import { app } from "../../../scripts/app.js";
 import { chain, clear, el } from "../lib/dom.js";
@@ -271,7 +273,8 @@ class PaletteEditor {
                fontFamily: "sans-serif", fontSize: "12px", overflowY: "auto" },
     }, [this.status, this.stale, this.rows]);
     this.inputs = [];
-    this.loadingFor = null;
+    this.loadingFor = null; // the file being read now
+    this.failedFor = null; // the file whose read failed (not tried again while it stays the chosen file)
   }
 
   get specWidget() {
@@ -381,7 +384,7 @@ class PaletteEditor {
 
   /** Which Load Image file feeds "stroke" now (null if none). */
   sourceImageKey() {
-    const reference = parseAnnotated(this.sourceLoadImage()?.widgets?.find((w) => w.name === "image")?.value);
+    const reference = parseAnnotated(this.sourceImageLoader()?.widgets?.find((w) => w.name === "image")?.value);
     return reference ? referenceKey(reference) : null;
   }
 
@@ -391,9 +394,13 @@ class PaletteEditor {
     return slot < 0 ? null : this.node.getInputNode?.(slot) ?? null;
   }
 
-  sourceLoadImage() {
+  /** The node feeding "stroke" directly if it picks a file of the input folder as Load Image does: its
+   *  definition's "image" input is a file list with upload (image_upload). Recognised by that input, not by
+   *  the node's type, so other loaders built the same way work too. */
+  sourceImageLoader() {
     const source = this.sourceNode();
-    return source && (source.type === "LoadImage" || source.comfyClass === "LoadImage") ? source : null;
+    const spec = source?.constructor?.nodeData?.input?.required?.image;
+    return spec?.[1]?.image_upload ? source : null;
   }
 
   /** The pack's Stroke Canvas widget feeding "stroke" directly, if any. */
@@ -448,7 +455,7 @@ class PaletteEditor {
   }
 
   async readUpload() {
-    const source = this.sourceLoadImage();
+    const source = this.sourceImageLoader();
     const widget = source?.widgets?.find((w) => w.name === "image");
     if (!widget) return;
     if (!widget.gsPaletteWatch) {
@@ -460,13 +467,21 @@ class PaletteEditor {
     if (!reference) return;
     const key = referenceKey(reference);
     if (this.palette?.image === key) return; // already this painting's palette (e.g. stored with the workflow)
+    // Loading a workflow calls this once per linked slot: one read per file, and a failed read is reported
+    // once, not retried until another file is chosen.
+    if (this.loadingFor === key || this.failedFor === key) return;
+    this.failedFor = null;
     this.loadingFor = key;
     try {
       const image = await loadImage(viewUrl(reference));
-      if (this.loadingFor !== key || this.sourceLoadImage() !== source) return;
+      if (this.loadingFor !== key || this.sourceImageLoader() !== source) return;
       this.setPalette({ ...this.readPixels(image, image.naturalWidth, image.naturalHeight), source: "upload", image: key });
     } catch (error) {
-      console.warn("[guided_synthesis] palette editor: could not read the stroke image", error);
+      if (this.loadingFor !== key) return; // another file was chosen meanwhile
+      this.failedFor = key;
+      console.warn(`[guided_synthesis] palette editor: could not read the stroke image ${reference.filename}`, error);
+    } finally {
+      if (this.loadingFor === key) this.loadingFor = null;
     }
   }
 }
@@ -492,7 +507,7 @@ function attach(node) {
 }
 
 app.registerExtension({
-  name: "guided_synthesis.palette_editor",
+  name: "guidedsynthesis.palette_editor",
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (nodeData?.name !== NODE_TYPE) return;
     chain(nodeType.prototype, "onNodeCreated", function () { attach(this); });
@@ -511,8 +526,10 @@ app.registerExtension({
       const editor = this.gsPaletteEditor;
       editor?.setPalette({ colours, names, areas, tolerance, source: "run", image: editor.sourceImageKey() });
     });
-    chain(nodeType.prototype, "onConnectionsChange", function () {
+    chain(nodeType.prototype, "onConnectionsChange", function (type, index) {
+      // Only a change of what feeds "stroke" (an input slot: LiteGraph.INPUT is 1) matters here.
       const editor = this.gsPaletteEditor;
+      if (type !== 1 || this.inputs?.[index]?.name !== "stroke") return;
       if (editor?.sourceNode()) editor.readSource();
     });
   },

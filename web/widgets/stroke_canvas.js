@@ -543,7 +543,7 @@ function attach(node) {
 
 export function registerStrokeCanvas() {
   app.registerExtension({
-    name: "guided_synthesis.stroke_canvas",
+    name: "guidedsynthesis.stroke_canvas",
     async beforeRegisterNodeDef(nodeType, nodeData) {
       if (nodeData?.name !== NODE_TYPE) return;
       chain(nodeType.prototype, "onNodeCreated", function () { attach(this); });
@@ -559,8 +559,9 @@ export function registerStrokeCanvas() {
         if (ref) this.gsStrokeCanvas?.setBackground(ref);
       });
       chain(nodeType.prototype, "onConnectionsChange", function () {
-        const input = this.inputs?.find((i) => i.name === "image");
-        if (this.gsStrokeCanvas && input && input.link == null && this.gsStrokeCanvas.background) {
+        // isInputConnected, not input.link (deprecated since frontend 1.5x, which warns on every read)
+        const slot = this.inputs?.findIndex((i) => i.name === "image") ?? -1;
+        if (this.gsStrokeCanvas && slot >= 0 && !this.isInputConnected(slot) && this.gsStrokeCanvas.background) {
           this.gsStrokeCanvas.setBackground(null);
         }
       });
