@@ -36,26 +36,25 @@ def http(url: str, payload: dict | None = None, timeout: float = 30):
 
 
 @contextlib.contextmanager
-def running_server(base: Path, copy_example_inputs: bool = True, extra_paths: str = "") -> Iterator[dict]:
-    """Start main.py with its own input/output/user folders under ``base``, the pack and the test nodes as
-    custom nodes, and ``extra_paths`` (YAML lines under the same entry, e.g. ``  vae_approx: models/vae_approx``)."""
+def running_server(base: Path, extra_paths: str = "") -> Iterator[dict]:
+    """Start main.py with its own input/output/user/temp folders under ``base``, the pack and the test nodes as
+    custom nodes, and ``extra_paths`` (YAML lines under the same entry, e.g. ``  vae_approx: models/vae_approx``).
+    ``input/`` holds only what the test put there, as on a fresh install (the pack adds its example paintings)."""
     custom_nodes = harness.make_custom_nodes_dir(base)
     (base / "extra_model_paths.yaml").write_text(
         "gs_tests:\n"
         f"  base_path: {base}\n"
         f"  custom_nodes: |\n    {custom_nodes}\n    {harness.HOST_NODES}\n" + extra_paths)
-    for sub in ("output", "input", "user"):
+    for sub in ("output", "input", "user", "temp"):
         (base / sub).mkdir(exist_ok=True)
-    if copy_example_inputs:
-        for file in (harness.WORKFLOWS / "inputs").glob("*"):
-            (base / "input" / file.name).write_bytes(file.read_bytes())
     port = free_port()
     log_path = base / "server.log"
     log = open(log_path, "w")
     process = subprocess.Popen(
         [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
          "--output-directory", str(base / "output"), "--input-directory", str(base / "input"),
-         "--user-directory", str(base / "user"), "--extra-model-paths-config", str(base / "extra_model_paths.yaml"),
+         "--user-directory", str(base / "user"), "--temp-directory", str(base / "temp"),
+         "--extra-model-paths-config", str(base / "extra_model_paths.yaml"),
          "--disable-auto-launch"],
         cwd=str(harness.host_path()), stdout=log, stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"})

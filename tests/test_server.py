@@ -1,89 +1,22 @@
 """End to end: the real ComfyUI server (main.py --cpu) with the pack and the tiny test nodes."""
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 import urllib.parse
 import urllib.request
 import uuid
-from pathlib import Path
 
 import pytest
 
 import harness
+from server_support import http, running_server, wait_for
 
 pytestmark = pytest.mark.server
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http(url: str, payload: dict | None = None, timeout: float = 30):
-    data = json.dumps(payload).encode() if payload is not None else None
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return json.loads(response.read())
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    base = tmp_path_factory.mktemp("server")
-    custom_nodes = harness.make_custom_nodes_dir(base)
-    (base / "extra_model_paths.yaml").write_text(
-        "gs_tests:\n"
-        f"  base_path: {base}\n"
-        f"  custom_nodes: |\n    {custom_nodes}\n    {harness.HOST_NODES}\n")
-    for sub in ("output", "input", "user", "temp"):
-        (base / sub).mkdir()
     # input/ starts empty, as on a fresh install: the pack copies the example paintings when it loads.
-    port = free_port()
-    host = harness.host_path()
-    log = open(base / "server.log", "w")
-    process = subprocess.Popen(
-        [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-         "--output-directory", str(base / "output"), "--input-directory", str(base / "input"),
-         "--user-directory", str(base / "user"), "--temp-directory", str(base / "temp"),
-         "--extra-model-paths-config", str(base / "extra_model_paths.yaml"),
-         "--disable-auto-launch"],
-        cwd=str(host), stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if process.poll() is not None:
-            break
-        try:
-            http(url + "/system_stats", timeout=2)
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        process.kill()
-    if process.poll() is not None:
-        pytest.fail("server did not start:\n" + (base / "server.log").read_text()[-4000:])
-    yield {"url": url, "base": base, "log": base / "server.log"}
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-    log.close()
-
-
-def wait_for(server, prompt_id: str, timeout: float = 240) -> dict:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        history = http(f"{server['url']}/history/{prompt_id}")
-        if prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
-            entry = history[prompt_id]
-            if entry["status"].get("status_str") in ("success", "error"):
-                return entry
-        time.sleep(0.5)
-    raise AssertionError("prompt did not finish:\n" + server["log"].read_text()[-4000:])
+    with running_server(tmp_path_factory.mktemp("server")) as running:
+        yield running
 
 
 def test_object_info_lists_the_pack(server):

@@ -255,18 +255,18 @@ def median(image: torch.Tensor, kernel: int, margins=None) -> torch.Tensor:
     return flat[..., (kernel * kernel) // 2]
 
 
-def stroke_palette(image: torch.Tensor, max_colours: int = 16, min_fraction: float = 0.002, bits: int = 5) -> torch.Tensor:
-    """The dominant colours of one painting [3, H, W]: 5-bit bins covering >= 0.2 %, at most 16, each the mean of
-    its bin's pixels."""
-    pixels = image.reshape(3, -1).t().float().clamp(0, 1)
-    levels = (1 << bits) - 1
-    bins = [tuple(int(v) for v in row) for row in (pixels * levels).round().long()]
-    groups: dict[tuple, list[int]] = {}
-    for index, key in enumerate(bins):
-        groups.setdefault(key, []).append(index)
-    ranked = sorted(groups.values(), key=len, reverse=True)
-    kept = [g for g in ranked[:max_colours] if len(g) >= min_fraction * len(bins)] or ranked[:1]
-    return torch.stack([pixels[g].mean(0) for g in kept])
+def stroke_palette(image: torch.Tensor, min_fraction: float = 0.002) -> torch.Tensor:
+    """The colours of one flat-colour painting [3, H, W] as Stroke Regions to Words finds them (README: the
+    exact painted shades, 0-255; a colour covering less than 0.2 % of the image is a speck and dropped).
+
+    Written for paintings of well-separated flat colours in solid blocks (what the tests paint), where the
+    regions extractor's clustering, edge bands and tolerance play no part; they have their own oracle in
+    test_regions_oracle.py. Order does not matter to the soft quantisation.
+    """
+    pixels = (image.reshape(3, -1).t().float().clamp(0, 1) * 255).round()
+    colours, counts = torch.unique(pixels, dim=0, return_counts=True)
+    kept = colours[counts >= min_fraction * pixels.shape[0]]
+    return (kept if len(kept) else colours[counts.argmax()][None]) / 255.0
 
 
 def soft_palette(image: torch.Tensor, palette: torch.Tensor, temperature: float = 0.01) -> torch.Tensor:
