@@ -45,9 +45,21 @@ def gram(features: torch.Tensor) -> torch.Tensor:
     return flat @ flat.transpose(1, 2) / (channels * positions)
 
 
-def style_loss(features: Sequence[torch.Tensor], target_grams: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Per-sample mean over layers of mean((G(f_k) - G_target_k)^2), [B]; targets [1 or B, C, C]."""
-    losses = [((gram(f) - t.to(f.device)) ** 2).flatten(1).mean(dim=1) for f, t in zip(features, target_grams)]
+def style_loss(features: Sequence[torch.Tensor], target_grams: Sequence[torch.Tensor],
+               relative: bool = False) -> torch.Tensor:
+    """Per-sample mean over layers of mean((G(f_k) - G_target_k)^2), [B]; targets [1 or B, C, C].
+
+    ``relative``: each layer's error divided by mean(G_target_k^2), so the loss is scale-free (about 1 for
+    unrelated images, 0 at the target) and adds to the spherical distances on a like footing; SDG instead
+    multiplies its Gram MSE by 1e10.
+    """
+    losses = []
+    for f, t in zip(features, target_grams):
+        t = t.to(f.device).float()
+        error = ((gram(f) - t) ** 2).flatten(1).mean(dim=1)
+        if relative:
+            error = error / (t ** 2).flatten(1).mean(dim=1).clamp_min(1e-30)
+        losses.append(error)
     return torch.stack(losses).mean(dim=0)
 
 
@@ -159,3 +171,45 @@ def text_image_loss(image_embeddings: torch.Tensor, text_embedding: torch.Tensor
             spherical_distance(image_embeddings, content_embedding.expand_as(image_embeddings)), batch)
     return total
 
+
+
+def gated_indices(levels: torch.Tensor, sigma_start: float, sigma_end: float, every: int = 1) -> set[int]:
+    """Step indices of a run's schedule ``levels`` (sample_sigmas, ending in 0) that guide: the steps whose
+    sigma lies in [sigma_end, sigma_start] (ComfyUI's start/end percent mapped to sigmas), then every
+    ``every``-th of those, counted from the first one. The final level (sigma 0) is never a step."""
+    if every < 1:
+        raise ValueError(f"every must be at least 1, got {every}")
+    values = levels.detach().float().cpu().tolist()[:-1]
+    inside = [i for i, s in enumerate(values) if sigma_end - 1e-6 * abs(sigma_end) <= s <= sigma_start * (1 + 1e-6)]
+    return set(inside[::every])
+
+
+def style_layer_indices(depth: int) -> list[int]:
+    """Early and middle transformer blocks whose tokens give the style Grams of a ViT tower of ``depth``
+    blocks: about 1/6, 1/3 and 1/2 of the way in (blocks 2, 4, 6 of 12; 0 and 1 of 2)."""
+    if depth < 1:
+        raise ValueError(f"depth must be at least 1, got {depth}")
+    return sorted({min(depth - 1, max(0, int(depth * f))) for f in (1 / 6, 1 / 3, 1 / 2)})
+
+
+def masked_for_loss(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``image`` [B, 3, H, W] whose pixels outside ``mask`` ([1 or B, 1, H, W], 1 = guided) carry no gradient:
+    the loss still sees the whole picture (its context), but only the region's pixels are moved."""
+    mask = mask.to(image.device, image.dtype)
+    return image * mask + image.detach() * (1.0 - mask)
+
+
+def latent_mask(mask: torch.Tensor, latent_hw: Sequence[int]) -> torch.Tensor:
+    """[1 or B, 1, h, w] binary mask of the latent cells that ``mask`` ([1 or B, 1, H, W]) touches at all;
+    the loss gradient is multiplied by it, so it is exactly zero on every cell outside the mask."""
+    pooled = F.adaptive_max_pool2d(mask.float(), tuple(int(v) for v in latent_hw))
+    return (pooled > 0).float()
+
+
+def repeat_views(target: torch.Tensor, views: int, batch: int) -> torch.Tensor:
+    """A per-image target [1 or B, ...] laid out like view-major view rows [V * B, ...]."""
+    if target.shape[0] == 1:
+        return target
+    if target.shape[0] != batch:
+        raise ValueError(f"a target batch of {target.shape[0]} does not match the image batch {batch}")
+    return target.repeat(views, *([1] * (target.ndim - 1)))

@@ -45,3 +45,26 @@ def pytest_collection_modifyitems(session, config, items):
     thread, after which the in-process host's ``asyncio.run`` calls would fail."""
     browser = Path(__file__).resolve().parent / "browser"
     items.sort(key=lambda item: Path(str(item.fspath)).resolve().is_relative_to(browser))
+
+
+@pytest.fixture()
+def clip_guidance(host, tmp_path):
+    """A models/clip_guidance folder with tiny open_clip checkpoints (written by the test; the tiny architectures
+    are registered as open_clip configs): gs_tiny_vit.safetensors, gs_tiny_rn.safetensors, and
+    needs_pickle.pt (tensors next to a Python object, so a weights-only load refuses it)."""
+    import folder_paths
+    import torch
+    from safetensors.torch import save_file
+    probes = harness.test_nodes_module().semantic_probes
+    probes.register_configs()
+    folder = tmp_path / "clip_guidance"
+    folder.mkdir()
+    save_file(probes.tiny_state_dict("vit", 0), str(folder / "gs_tiny_vit.safetensors"))
+    save_file(probes.tiny_state_dict("rn", 0), str(folder / "gs_tiny_rn.safetensors"))
+    torch.save({"state_dict": probes.tiny_state_dict("vit", 0), "extra": harness.PickleOnly()},
+               str(folder / "needs_pickle.pt"))
+    folder_paths.add_model_folder_path("clip_guidance", str(folder), is_default=True)
+    folder_paths.filename_list_cache.pop("clip_guidance", None)
+    yield folder
+    folder_paths.folder_names_and_paths["clip_guidance"][0].remove(str(folder))
+    folder_paths.filename_list_cache.pop("clip_guidance", None)

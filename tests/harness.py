@@ -163,6 +163,8 @@ TINY_SWAPS = {
     "LoadImage": ("GS_TestLoadImageSmall", lambda inputs: {"image": inputs["image"], "size": 64}),
     # the real Stroke Canvas node, its outputs downscaled to 64 px (tests/host_nodes/gs_test_canvas)
     "GS_StrokeCanvas": ("GS_TestStrokeCanvasSmall", lambda inputs: {**inputs, "size": 64}),
+    # a tiny random open_clip tower (tests/host_nodes/gs_test_nodes/semantic_probes.py) for the real weights file
+    "GS_OpenCLIPLoader": ("GS_TestTinyOpenCLIP", lambda inputs: {"kind": "vit", "seed": 0}),
     # the same node at the 64 px of the inputs above (the examples' empty latents are the paintings' 512 px)
     "EmptyLatentImage": ("EmptyLatentImage", lambda inputs: {**inputs, "width": 64, "height": 64}),
 }
@@ -233,3 +235,10 @@ def example_workflows() -> list[Path]:
 
 def temp_workdir() -> Path:
     return Path(tempfile.mkdtemp(prefix="gs-host-"))
+
+
+class PickleOnly:
+    """An object only a full unpickling can restore (test checkpoints that weights-only loading must refuse)."""
+
+    def __init__(self):
+        self.note = "not a tensor"

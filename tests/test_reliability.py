@@ -10,6 +10,7 @@ import json
 import math
 
 import pytest
+import torch
 
 import graphs
 import server_support as ss
@@ -32,7 +33,11 @@ def server(tmp_path_factory):
     png = (ss.harness.WORKFLOWS / "inputs" / "guided_synthesis_strokes.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     (paintings / "truncated.png").write_bytes(png[: len(png) // 3])  # a real PNG header, pixel data cut
-    with ss.running_server(base, extra_paths="  vae_approx: models/vae_approx\n") as running:
+    clip_folder = base / "models" / "clip_guidance"
+    clip_folder.mkdir(parents=True)
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "extra": ss.harness.PickleOnly()}, str(clip_folder / "needs_pickle.pt"))
+    with ss.running_server(base, extra_paths="  vae_approx: models/vae_approx\n"
+                                             "  clip_guidance: models/clip_guidance\n") as running:
         yield running
 
 
@@ -89,6 +94,35 @@ def regions(**inputs) -> dict:
     return prompt
 
 
+def semantic(**inputs) -> dict:
+    prompt = graphs.base()
+    prompt["4"] = {"class_type": "GS_TestStrokes", "inputs": {"width": 64, "height": 64, "left": 0xCC3322,
+                                                               "right": 0x2255CC, "batch": 1}}
+    prompt["5"] = {"class_type": "GS_TestTinyOpenCLIP", "inputs": {"kind": "vit", "seed": 0}}
+    prompt["9"] = {"class_type": "GS_CLIPSemanticGuidance", "inputs": {
+        "model": ["1", 0], "vae": ["1", 2], "clip_model": ["5", 0], "text": "a castle", "text_weight": 0.5,
+        "image_weight": 0.5, "image_loss": "content", "cutouts": 1, "start_percent": 0.0, "end_percent": 1.0,
+        "every": 1, "decoder": "auto", "step_mode": "normalised", "reference_image": ["4", 0], **inputs}}
+    prompt["6"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}
+    prompt["7"] = {"class_type": "KSampler", "inputs": {
+        "model": ["9", 0], "seed": 1, "steps": 2, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal",
+        "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["6", 0], "denoise": 1.0}}
+    graphs.capture(prompt, "10", "x", latent=["7", 0])
+    return prompt
+
+
+def openclip_loader(**inputs) -> dict:
+    prompt = semantic()
+    prompt["9"] = {"class_type": "GS_OpenCLIPLoader", "inputs": {
+        "architecture": "ViT-B-32", "checkpoint": "needs_pickle.pt", "precision": "fp32", "download": False,
+        "pretrained": "laion2b_s34b_b79k", **inputs}}
+    guidance = semantic()["9"]
+    guidance["inputs"]["clip_model"] = ["9", 0]
+    prompt["11"] = guidance
+    prompt["7"]["inputs"]["model"] = ["11", 0]
+    return prompt
+
+
 def canvas(**inputs) -> dict:
     return {"9": {"class_type": "GS_StrokeCanvas", "inputs": {
                 "painting": "", "width": 40, "height": 24, "background_color": "#ffffff", **inputs}},
@@ -135,6 +169,17 @@ BAD_INPUTS = [
     # a size that cannot fit: stopped before sampling, with the estimate and the largest size that fits
     ("gradop-too-large", gradop(width=16384, height=16384), "execution", ["GiB", "largest output that fits is about"]),
     ("gradop-form-too-large", None, "execution", ["largest output that fits is about"]),
+    # CLIP semantic guidance and its loader
+    ("semantic-image-loss", semantic(image_loss="texture"), "execution", ["image_loss: 'texture'", "content, style, both"]),
+    ("semantic-decoder", semantic(decoder="fp8"), "execution", ["decoder: 'fp8'", "downscaled latent"]),
+    ("semantic-nan-weight", semantic(text_weight=math.nan), "execution", ["text_weight must be a finite number"]),
+    ("semantic-window", semantic(start_percent=0.8, end_percent=0.2), "execution",
+     ["start_percent (0.8) must not be larger than end_percent (0.2)"]),
+    ("semantic-step-mode", semantic(step_mode="exact"), "execution", ["step_mode: 'exact'"]),
+    ("openclip-missing-file", openclip_loader(checkpoint="ViT-B-32.safetensors"), "execution",
+     ["checkpoint: 'ViT-B-32.safetensors' is not in models/clip_guidance", "open_clip checkpoint for ViT-B-32"]),
+    ("openclip-pickle", openclip_loader(), "execution", ["needs_pickle.pt needs full unpickling"]),
+    ("openclip-precision", openclip_loader(precision="int4"), "execution", ["precision: 'int4'"]),
     # paper semantics at the maximum step count builds its schedule at once
     ("sigmas-10000-paper", sdedit_sigmas(steps=10000), "ok", []),
 ]

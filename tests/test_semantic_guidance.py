@@ -81,3 +81,37 @@ def test_text_and_content_losses_add_with_their_weights():
     torch.testing.assert_close(both, only_text + only_content)
     expected = 2.0 * semantic.spherical_distance(emb, text.expand(6, 8)).view(3, 2).mean(0)
     torch.testing.assert_close(only_text, expected)
+
+
+def test_gate_by_sigma_window_then_every_kth_step():
+    levels = torch.tensor([14.0, 8.0, 5.0, 3.0, 2.0, 1.0, 0.0])
+    assert semantic.gated_indices(levels, 1e9, 0.0) == {0, 1, 2, 3, 4, 5}
+    assert semantic.gated_indices(levels, 8.0, 2.0) == {1, 2, 3, 4}
+    assert semantic.gated_indices(levels, 8.0, 2.0, every=2) == {1, 3}
+    assert semantic.gated_indices(levels, 4.0, 4.0) == set()
+    with pytest.raises(ValueError, match="every"):
+        semantic.gated_indices(levels, 8.0, 2.0, every=0)
+
+
+def test_style_layers_relative_style_loss_and_view_layout():
+    assert semantic.style_layer_indices(12) == [2, 4, 6]
+    assert semantic.style_layer_indices(2) == [0, 1]
+    features = [torch.randn(2, 4, 6, 6)]
+    targets = [semantic.gram(torch.randn(1, 4, 6, 6))]
+    plain = semantic.style_loss(features, targets)
+    relative = semantic.style_loss(features, targets, relative=True)
+    torch.testing.assert_close(relative, plain / targets[0].pow(2).mean())
+    target = torch.arange(2.0).view(2, 1)
+    assert semantic.repeat_views(target, 3, 2).flatten().tolist() == [0, 1, 0, 1, 0, 1]
+    with pytest.raises(ValueError, match="batch"):
+        semantic.repeat_views(torch.zeros(3, 1), 2, 2)
+
+
+def test_mask_keeps_the_loss_gradient_inside_the_region():
+    image = torch.rand(1, 3, 16, 16, requires_grad=True)
+    mask = torch.zeros(1, 1, 16, 16)
+    mask[..., :8] = 1.0
+    semantic.masked_for_loss(image, mask).pow(2).sum().backward()
+    assert float(image.grad[..., 8:].abs().sum()) == 0.0 and float(image.grad[..., :8].abs().sum()) > 0
+    cells = semantic.latent_mask(mask, (2, 2))
+    assert cells.flatten().tolist() == [1.0, 0.0, 1.0, 0.0]

@@ -1,0 +1,527 @@
+"""CLIP semantic guidance (after SDG): an open_clip loader and a MODEL patch that steers any sampler towards a
+text, a reference image's content or its style (docs/methods/semantic.md).
+
+The patch is a post-CFG function on ``model.clone()``: at the guided steps it decodes the post-CFG x0 through a
+pack-owned decoder copy, scores views of it with CLIP, and moves x0 down the loss gradient (no UNet Jacobian).
+The decoder copy, the CLIP placement and the targets live for one sampling run: an OUTER_SAMPLE wrapper builds
+them before the run and releases them after it. Neither the decoder nor CLIP is ever stored in
+``model_options`` (``clone()`` deep-copies it): the patch holds a :class:`SemanticGuidance` whose deep copy is
+itself.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+
+import torch
+import torch.nn.functional as F
+from comfy_api.latest import io
+
+import comfy.model_management
+import comfy.patcher_extension
+import folder_paths
+
+from ..guidance import checks, semantic
+from . import gradients, host
+
+CATEGORY = "guided_synthesis/semantic"
+LOG = logging.getLogger("guided_synthesis.semantic")
+FOLDER = "clip_guidance"
+DEFAULT_ARCHITECTURE = "ViT-B-32"
+DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
+CLIP_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DOWNSCALED = "downscaled latent"
+SEMANTIC_DECODERS = tuple(gradients.DECODERS) + (DOWNSCALED,)
+WRAPPER_KEY = "guided_synthesis_semantic"
+OPEN_CLIP = io.Custom("GS_OPEN_CLIP")
+
+
+def _open_clip():
+    import open_clip  # lazily: importing the pack loads no open_clip
+    return open_clip
+
+
+def architectures() -> list[str]:
+    try:
+        return list(_open_clip().list_models())
+    except Exception as error:  # open_clip missing or broken: the loader says so when it runs
+        LOG.warning("open_clip is not usable (%s); CLIP semantic guidance is unavailable", error)
+        return [DEFAULT_ARCHITECTURE]
+
+
+def _clip_dtype(precision: str, device: torch.device) -> torch.dtype:
+    if precision == "fp32":
+        return torch.float32
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16  # user-selected only
+    # auto: bf16 where ComfyUI would use it on this device, else fp32 (the losses are fp32 either way)
+    if device.type != "cpu" and comfy.model_management.should_use_bf16(device):
+        return torch.bfloat16
+    return torch.float32
+
+
+def _make_grad_safe(module: torch.nn.Module) -> None:
+    """Parameters and buffers that a device move inside inference mode turned into inference tensors become
+    normal (frozen) tensors again, so activations through them can be saved for backward."""
+    with torch.inference_mode(False):
+        for sub in module.modules():
+            for name, param in list(sub._parameters.items()):
+                if param is not None and param.is_inference():
+                    sub._parameters[name] = torch.nn.Parameter(param.detach().clone(), requires_grad=False)
+            for name, buffer in list(sub._buffers.items()):
+                if buffer is not None and buffer.is_inference():
+                    sub._buffers[name] = buffer.detach().clone()
+
+
+class OpenCLIP:
+    """The GS_OPEN_CLIP value: a frozen open_clip model, its tokenizer and preprocessing config. Pack-owned;
+    moved to the torch device for a guided run (after ComfyUI frees room for it) and back afterwards."""
+
+    is_gs_open_clip = True
+
+    def __init__(self, model: torch.nn.Module, tokenizer, name: str, dtype: torch.dtype):
+        self.model, self.tokenizer, self.name, self.dtype = model, tokenizer, name, dtype
+        cfg = _open_clip().get_model_preprocess_cfg(model)
+        size = cfg.get("size", 224)
+        self.size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        self.mean, self.std = tuple(cfg.get("mean", (0.5,) * 3)), tuple(cfg.get("std", (0.5,) * 3))
+        self.offload_device = comfy.model_management.unet_offload_device()
+        self.device = torch.device("cpu")
+        visual = model.visual
+        resblocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
+        if resblocks is not None:
+            self.style_indices = semantic.style_layer_indices(len(resblocks))
+        elif hasattr(visual, "layer4"):
+            self.style_indices = [0, 1, 2, 3, 4]  # stem and layer1-4, as SDG
+        else:
+            self.style_indices = 3  # other towers (timm): the last three blocks
+        self.model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+
+    def __deepcopy__(self, memo):
+        return self
+
+    @classmethod
+    def wrap(cls, model: torch.nn.Module, name: str, precision: str = "auto") -> "OpenCLIP":
+        """Freeze ``model`` (built outside inference mode) in the chosen precision."""
+        dtype = _clip_dtype(precision, comfy.model_management.get_torch_device())
+        with torch.inference_mode(False):
+            model.requires_grad_(False)
+            model.eval()
+            model.to(dtype=dtype)
+        return cls(model, _open_clip().get_tokenizer(name), name, dtype)
+
+    def load(self) -> None:
+        device = comfy.model_management.get_torch_device()
+        if device != self.device:
+            comfy.model_management.free_memory(self.model_bytes * 1.5, device)
+            with torch.inference_mode(False):
+                self.model.to(device)
+            self.device = device
+        _make_grad_safe(self.model)
+
+    def offload(self) -> None:
+        if self.device != self.offload_device:
+            with torch.inference_mode(False):
+                self.model.to(self.offload_device)
+            self.device = self.offload_device
+            comfy.model_management.soft_empty_cache()
+
+    def encode_text(self, text: str) -> torch.Tensor:
+        with gradients.grad_enabled(), torch.no_grad():
+            tokens = self.tokenizer([text]).to(self.device)
+            return self.model.encode_text(tokens).float()
+
+    def features(self, pixels: torch.Tensor, style: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(embeddings [N, D] fp32, intermediate features for the style Grams or []) of normalised views."""
+        pixels = pixels.to(self.device, self.dtype)
+        if not style:
+            return self.model.encode_image(pixels).float(), []
+        out = self.model.visual.forward_intermediates(pixels, indices=self.style_indices)
+        return out["image_features"].float(), [f.float() for f in out["image_intermediates"]]
+
+    def views(self, image: torch.Tensor, cutouts: int, generator: torch.Generator | None) -> torch.Tensor:
+        """Normalised CLIP views of [B, 3, H, W] images in [0, 1] (differentiable; no 8-bit rounding)."""
+        generator = generator or torch.Generator().manual_seed(0)
+        views = semantic.make_views(image, self.size, cutouts, generator)
+        return semantic.normalise(views, self.mean, self.std)
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+
+
+def _folder_hint() -> str:
+    return f"models/{FOLDER}"
+
+
+def _expected_file(architecture: str) -> str:
+    return (f"an open_clip checkpoint for {architecture} (e.g. open_clip_model.safetensors from the Hugging Face "
+            f"repository of an open_clip {architecture} model, renamed as you like)")
+
+
+def load_open_clip(architecture: str, checkpoint: str, precision: str, download: bool = False,
+                   pretrained: str = DEFAULT_PRETRAINED) -> OpenCLIP:
+    open_clip = _open_clip()
+    if architecture not in open_clip.list_models():
+        raise ValueError(f"architecture: {architecture!r} is not an open_clip model")
+    if precision not in CLIP_PRECISIONS:
+        raise ValueError(f"precision: {precision!r} is not one of the accepted values: {', '.join(CLIP_PRECISIONS)}")
+    with torch.inference_mode(False):
+        if download:
+            tags = open_clip.list_pretrained_tags_by_model(architecture)
+            if pretrained not in tags:
+                raise ValueError(f"pretrained: {pretrained!r} is not a published tag of {architecture}; "
+                                 f"known tags: {', '.join(tags) or 'none'}")
+            if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+                raise ValueError(f"download: HF_HUB_OFFLINE is set, so nothing is downloaded; put "
+                                 f"{_expected_file(architecture)} into {_folder_hint()} and switch download off")
+            cache = folder_paths.get_folder_paths(FOLDER)[0]
+            try:
+                model = open_clip.create_model(architecture, pretrained=pretrained, cache_dir=cache)
+            except Exception as error:
+                why = f"{type(error).__name__}: {str(error).splitlines()[0][:160]}" if str(error) else type(error).__name__
+                raise ValueError(f"download: could not get {architecture}/{pretrained} ({why}); put {_expected_file(architecture)} "
+                                 f"into {_folder_hint()} and switch download off") from None
+        else:
+            path = _checkpoint_path(architecture, checkpoint)
+            model = open_clip.create_model(architecture, pretrained=None)
+            try:
+                open_clip.load_checkpoint(model, path, strict=True, weights_only=True)
+            except pickle.UnpicklingError:
+                raise ValueError(f"checkpoint: {_folder_hint()}/{checkpoint} needs full unpickling (it holds Python "
+                                 f"objects, not only tensors), which can run arbitrary code; convert it to "
+                                 f"safetensors or use a weights-only open_clip file") from None
+            except RuntimeError as error:
+                first = str(error).splitlines()[0][:200]
+                raise ValueError(f"checkpoint: {_folder_hint()}/{checkpoint} does not fit the architecture "
+                                 f"{architecture} ({first}); choose the architecture it was saved from") from None
+            except Exception as error:
+                raise ValueError(f"checkpoint: {_folder_hint()}/{checkpoint} is not a readable open_clip checkpoint "
+                                 f"({type(error).__name__})") from None
+    return OpenCLIP.wrap(model, architecture, precision)
+
+
+def _checkpoint_path(architecture: str, checkpoint: str) -> str:
+    files = folder_paths.get_filename_list(FOLDER)
+    if not checkpoint or checkpoint not in files:
+        what = f"{checkpoint!r} is not in" if checkpoint else "no file chosen from"
+        raise ValueError(f"checkpoint: {what} {_folder_hint()}; put {_expected_file(architecture)} there "
+                         f"(files found: {', '.join(files) or 'none'}), or switch download on")
+    return folder_paths.get_full_path_or_raise(FOLDER, checkpoint)
+
+
+class OpenCLIPLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="GS_OpenCLIPLoader",
+            display_name="OpenCLIP Loader",
+            category=CATEGORY,
+            description="Loads an open_clip model (image and text towers) for CLIP Semantic Guidance, from a local "
+                        "file in models/clip_guidance; it downloads only when 'download' is switched on.",
+            inputs=[
+                io.Combo.Input("architecture", options=architectures(), default=DEFAULT_ARCHITECTURE,
+                               tooltip="The open_clip architecture the checkpoint was saved from (ViT-B-32 is "
+                                       "small and fast; larger towers cost more per guided step)."),
+                io.Combo.Input("checkpoint", options=folder_paths.get_filename_list(FOLDER),
+                               tooltip="open_clip weights in models/clip_guidance: safetensors, or an open_clip "
+                                       ".bin/.pt read weights-only (never fully unpickled). Ignored when download "
+                                       "is on."),
+                io.Combo.Input("precision", options=list(CLIP_PRECISIONS), default="auto",
+                               tooltip="CLIP's weights: auto (bf16 on GPUs that support it, else fp32), fp32, "
+                                       "bf16, or fp16 (user-selected; may lose small gradients). Losses are fp32."),
+                io.Boolean.Input("download", default=False,
+                                 tooltip="Off (default): no network, the checkpoint file is used. On: fetch the "
+                                         "'pretrained' weights from the Hugging Face Hub into models/clip_guidance "
+                                         "(HF_HUB_OFFLINE is honoured)."),
+                io.String.Input("pretrained", default=DEFAULT_PRETRAINED,
+                                tooltip="The open_clip pretrained tag to download (only used when download is "
+                                        "on), e.g. laion2b_s34b_b79k for ViT-B-32."),
+            ],
+            outputs=[OPEN_CLIP.Output(display_name="CLIP_MODEL",
+                                      tooltip="The open_clip model, tokenizer and preprocessing for guidance.")],
+        )
+
+    @classmethod
+    def execute(cls, architecture, checkpoint=None, precision="auto", download=False,
+                pretrained=DEFAULT_PRETRAINED) -> io.NodeOutput:
+        if not download:  # a missing file names the folder and the file it expects (before the list check)
+            _checkpoint_path(architecture, checkpoint)
+        return cls._load(architecture, checkpoint, precision, download, pretrained)
+
+    @classmethod
+    @host.validated
+    def _load(cls, architecture, checkpoint, precision, download, pretrained) -> io.NodeOutput:
+        return io.NodeOutput(load_open_clip(architecture, checkpoint, precision, download, pretrained))
+
+
+# ----------------------------------------------------------------------------------------------
+# The guidance patch
+
+
+class _Run:
+    """What one sampling run needs: the decoder copy, the gate, the targets; released after the run."""
+
+    def __init__(self, levels: torch.Tensor, gate: set[int]):
+        self.levels = levels.detach().float().cpu()
+        self.gate = gate
+        self.done: set[int] = set()
+        self.decoder = None
+        self.latent_format = None
+        self.text = None
+        self.content = None
+        self.grams = None
+
+
+class SemanticGuidance:
+    """Post-CFG function (``fn(args) -> denoised``) and OUTER_SAMPLE wrapper of CLIP semantic guidance.
+
+    Immutable settings plus the current run's state; its deep copy is itself, so it may sit in model_options.
+    ``guided_calls`` counts the evaluations it guided (all runs).
+    """
+
+    def __init__(self, clip: OpenCLIP, vae, decoder: str, text: str, text_weight: float, image_weight: float,
+                 image_loss: str, reference: torch.Tensor | None, mask: torch.Tensor | None, cutouts: int,
+                 sigma_start: float, sigma_end: float, every: int, step_mode: str):
+        self.clip, self.text, self.image_loss = clip, text, image_loss
+        self.downscaled = decoder == DOWNSCALED
+        self.spec = gradients.LossDecoderSpec(vae, "auto" if self.downscaled else decoder, "auto",
+                                              method="CLIP Semantic Guidance",
+                                              advice="Choose the 'taesd' or 'downscaled latent' decoder, or lower "
+                                                     "the output size or batch.")
+        self.text_weight = float(text_weight) if text else 0.0
+        self.image_weight = float(image_weight) if reference is not None else 0.0
+        self.reference, self.mask = reference, mask
+        self.cutouts, self.every, self.step_mode = int(cutouts), int(every), step_mode
+        self.sigma_start, self.sigma_end = sigma_start, sigma_end
+        self.run: _Run | None = None
+        self._depth = 0
+        self.guided_calls = 0
+
+    def __deepcopy__(self, memo):
+        return self
+
+    @property
+    def active(self) -> bool:
+        return self.text_weight != 0.0 or self.image_weight != 0.0
+
+    @property
+    def uses_content(self) -> bool:
+        return self.image_weight != 0.0 and self.image_loss in ("content", "both")
+
+    @property
+    def uses_style(self) -> bool:
+        return self.image_weight != 0.0 and self.image_loss in ("style", "both")
+
+    # --- run lifetime -------------------------------------------------------------------------
+
+    def outer_sample(self, executor, *args, **kwargs):
+        """OUTER_SAMPLE wrapper: build the run's state before sampling, release it afterwards."""
+        noise, sigmas = args[0], args[3]
+        guider = executor.class_obj
+        self._depth += 1
+        try:
+            if self._depth == 1:
+                self.begin(guider.model_patcher.model.latent_format, tuple(noise.shape), sigmas)
+            return executor(*args, **kwargs)
+        finally:
+            self._depth -= 1
+            if self._depth == 0:
+                self.end()
+
+    def begin(self, latent_format, shape: tuple, sigmas: torch.Tensor) -> None:
+        self.end()
+        run = _Run(sigmas, semantic.gated_indices(sigmas, self.sigma_start, self.sigma_end, self.every))
+        self.run = run
+        if not self.active or not run.gate:
+            return
+        batch, latent_hw = shape[0], tuple(shape[-2:])
+        if self.mask is not None:
+            checks.check_mask_batch(self.mask.shape[0], batch, "mask")
+        if self.reference is not None and self.reference.shape[0] not in (1, batch):
+            raise ValueError(f"reference_image has a batch of {self.reference.shape[0]}; expected 1 or {batch} "
+                             f"(the latent batch)")
+        if self.downscaled:
+            latent_hw = tuple(max(1, v // 2) for v in latent_hw)
+        run.latent_format = latent_format
+        run.decoder = self.spec.build(latent_format, batch, latent_hw)
+        self.clip.load()
+        self._targets(run)
+
+    def end(self) -> None:
+        run, self.run = self.run, None
+        if run is not None and run.decoder is not None:
+            run.decoder.close()
+            run.decoder = None
+            self.clip.offload()
+
+    def _targets(self, run: _Run) -> None:
+        """Text embedding, clean reference embeddings and reference Grams, once per run."""
+        clip = self.clip
+        if self.text_weight:
+            run.text = clip.encode_text(self.text)
+        if self.reference is not None and self.image_weight:
+            with gradients.grad_enabled(), torch.no_grad():
+                pixels = gradients.owned(self.reference).movedim(-1, 1).float().to(clip.device)
+                embedding, features = clip.features(clip.views(pixels, 0, None), self.uses_style)
+                run.content = embedding
+                run.grams = [semantic.gram(f) for f in features]
+
+    # --- the post-CFG function ----------------------------------------------------------------
+
+    def __call__(self, args: dict) -> torch.Tensor:
+        denoised = args["denoised"]
+        if not self.active:
+            return denoised
+        levels = args["model_options"].get("transformer_options", {}).get("sample_sigmas")
+        if levels is None:
+            return denoised
+        sigma = args["sigma"]
+        run = self.run
+        if run is None or run.levels.shape != levels.shape or not torch.allclose(run.levels, levels.float().cpu()):
+            # called outside a guider's run (no OUTER_SAMPLE): begin one here; the next begin releases it
+            self.begin(args["model"].latent_format, tuple(denoised.shape), levels)
+            run = self.run
+        index = semantic.sigma_step_index(float(sigma.reshape(-1)[0]), run.levels)
+        if index is None or index not in run.gate or index in run.done:
+            return denoised  # outside the window, a skipped step, or a later evaluation of a guided step
+        run.done.add(index)
+        host.check_interrupt()
+        grad = self.gradient(run, denoised, index)
+        self.guided_calls += 1
+        weight = self.text_weight + self.image_weight if self.step_mode == "normalised" else 1.0
+        uncond = args.get("uncond_denoised")
+        return semantic.guided_x0(denoised, grad.to(denoised.device), weight, sigma.to(denoised.device),
+                                  self.step_mode, args.get("cond_denoised"), uncond, noisy=args.get("input"))
+
+    def gradient(self, run: _Run, denoised: torch.Tensor, index: int) -> torch.Tensor:
+        """dL/dx0 of the weighted CLIP loss of the decoded x0 (through the decoder copy only), summed over the
+        batch; zero on latent cells outside the mask."""
+        clip = self.clip
+        batch = denoised.shape[0]
+        with gradients.grad_enabled():
+            x0 = gradients.owned(denoised).float().requires_grad_(True)
+            latent = F.avg_pool2d(x0, 2) if self.downscaled else x0
+            image = run.decoder.decode_model_space(latent, run.latent_format)
+            mask = None
+            if self.mask is not None:
+                mask = gradients.owned(self.mask).float().unsqueeze(1).to(image.device)
+                image = semantic.masked_for_loss(image, F.interpolate(mask, size=image.shape[-2:], mode="bilinear",
+                                                                      align_corners=False))
+            generator = torch.Generator().manual_seed(1_000_003 * (index + 1))
+            views = clip.views(image, self.cutouts, generator)
+            count = views.shape[0] // batch
+            host.check_interrupt()
+            embeddings, features = clip.features(views, self.uses_style)
+            content = semantic.repeat_views(run.content, count, batch) if self.uses_content else None
+            text_weight = self.text_weight if run.text is not None else 0.0
+            loss = semantic.text_image_loss(embeddings, run.text, content, batch, text_weight, self.image_weight)
+            if self.uses_style:
+                grams = [semantic.repeat_views(g, count, batch) for g in run.grams]
+                loss = loss + self.image_weight * semantic.view_mean(
+                    semantic.style_loss(features, grams, relative=True), batch)
+            scale = self.spec.loss_scale(int(image[0].numel())) if not self.downscaled else 1.0
+            (grad,) = torch.autograd.grad(loss.sum() * scale, x0)
+            grad = grad / scale
+            if mask is not None:
+                grad = grad * semantic.latent_mask(mask, grad.shape[-2:]).to(grad.device)
+        return grad.detach()
+
+
+def _percent_sigma(model, percent: float) -> float:
+    return float(model.get_model_object("model_sampling").percent_to_sigma(float(percent)))
+
+
+class CLIPSemanticGuidance(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="GS_CLIPSemanticGuidance",
+            display_name="CLIP Semantic Guidance",
+            category=CATEGORY,
+            description="Steers any sampler towards a text, a reference image's content or its style with CLIP "
+                        "(after SDG, Liu et al. WACV 2023): at the guided steps the post-CFG x0 is decoded, scored "
+                        "with CLIP and moved down the loss gradient. Outputs a patched MODEL.",
+            inputs=[
+                io.Model.Input("model", tooltip="The diffusion model; it is cloned, never changed. Other patches on "
+                                                "it keep working."),
+                io.Vae.Input("vae", tooltip="The model's VAE; the loss decodes x0 through a pack-owned copy of its "
+                                            "decoder (or TAESD)."),
+                OPEN_CLIP.Input("clip_model", tooltip="An open_clip model from OpenCLIP Loader."),
+                io.String.Input("text", multiline=True, default="",
+                                tooltip="Text to steer towards (CLIP's spherical distance to its embedding). Empty: "
+                                        "no text guidance."),
+                io.Float.Input("text_weight", default=0.3, min=0.0, max=100.0, step=0.01,
+                               tooltip="Strength of the text guidance. normalised step: the step's size as a "
+                                       "fraction of the CFG correction (0.1-1); paper step: SDG's scale (SDG: 160)."),
+                io.Float.Input("image_weight", default=0.3, min=0.0, max=100.0, step=0.01,
+                               tooltip="Strength of the reference-image guidance (content and/or style), same "
+                                       "units as text_weight. Ignored without a reference_image."),
+                io.Combo.Input("image_loss", options=list(semantic.IMAGE_LOSSES), default="content",
+                               tooltip="content: the reference's CLIP embedding; style: Gram matrices of "
+                                       "early/middle CLIP layers (per image); both: their sum."),
+                io.Int.Input("cutouts", default=4, min=0, max=64,
+                             tooltip="Random square crops CLIP scores per guided step (steadier guidance, costs "
+                                     "CLIP passes). 0: one resize of the whole image."),
+                io.Float.Input("start_percent", default=0.2, min=0.0, max=1.0, step=0.01,
+                               tooltip="Guidance starts at this point of the model's noise schedule (0 = pure "
+                                       "noise), as ControlNet's start_percent."),
+                io.Float.Input("end_percent", default=0.7, min=0.0, max=1.0, step=0.01,
+                               tooltip="Guidance ends at this point of the noise schedule (1 = clean)."),
+                io.Int.Input("every", default=1, min=1, max=100,
+                             tooltip="Guide every k-th sampler step inside the window (steps are counted by the "
+                                     "sampler's sigmas, so Heun-type samplers guide once per step)."),
+                io.Combo.Input("decoder", options=list(SEMANTIC_DECODERS), default="auto",
+                               tooltip="How x0 is decoded for the loss: the VAE's decoder in its own (auto) or a "
+                                       "chosen precision (fp16 user-selected), taesd (fast approximate decoder "
+                                       "from models/vae_approx), or 'downscaled latent' (the VAE on a 2x pooled "
+                                       "latent: about 4x cheaper)."),
+                io.Combo.Input("step_mode", options=list(semantic.STEP_MODES), default="normalised",
+                               tooltip="normalised: the step has weight x the CFG correction's size, at every "
+                                       "noise level; paper: SDG's unnormalised step x0 - weight * sigma^2 * gradient."),
+                io.Image.Input("reference_image", optional=True,
+                               tooltip="The image whose content or style to follow (batch 1, or one per "
+                                       "generated image)."),
+                io.Mask.Input("mask", optional=True,
+                              tooltip="Only this region is guided: the loss moves only its pixels and the "
+                                      "gradient is zero on latent cells outside it (batch 1 or per image)."),
+            ],
+            outputs=[io.Model.Output(display_name="MODEL", tooltip="The model with CLIP semantic guidance; use it "
+                                                                   "with any sampler.")],
+        )
+
+    @classmethod
+    @host.validated
+    def execute(cls, model, vae, clip_model, text, text_weight, image_weight, image_loss, cutouts, start_percent,
+                end_percent, every, decoder, step_mode, reference_image=None, mask=None) -> io.NodeOutput:
+        if not getattr(clip_model, "is_gs_open_clip", False):  # duck-typed: the class may be loaded twice
+            raise ValueError("clip_model: connect an OpenCLIP Loader")
+        if start_percent > end_percent:
+            raise ValueError(f"start_percent ({start_percent}) must not be larger than end_percent ({end_percent})")
+        if text_weight < 0 or image_weight < 0:
+            raise ValueError("text_weight and image_weight must not be negative")
+        reference = None
+        if reference_image is not None:
+            reference = host.image_to_rgb(reference_image, "reference_image")
+        if mask is not None:
+            mask = host.mask_to_batch(mask, "mask")
+            if not torch.isfinite(mask).all():
+                raise ValueError("mask: it has non-finite values")
+        guidance = SemanticGuidance(clip_model, vae, decoder, (text or "").strip(), text_weight, image_weight,
+                                    image_loss, reference, mask, cutouts, _percent_sigma(model, start_percent),
+                                    _percent_sigma(model, end_percent), every, step_mode)
+        patched = model.clone()
+        if not guidance.active:
+            LOG.info("CLIP Semantic Guidance: nothing to guide (no text, no reference image or zero weights); the "
+                     "model is unchanged")
+            return io.NodeOutput(patched)
+        patched.set_model_sampler_post_cfg_function(guidance)
+        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY,
+                                     guidance.outer_sample)
+        return io.NodeOutput(patched)
+
+
+NODES = [OpenCLIPLoader, CLIPSemanticGuidance]
