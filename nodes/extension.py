@@ -12,7 +12,7 @@ from . import folders
 
 NODE_PREFIX = "GS_"
 CATEGORY_ROOT = "guided_synthesis"
-CAPABILITY_MODULES = ("sdedit", "gradop", "canvas", "regions")
+CAPABILITY_MODULES = ("sdedit", "gradop", "canvas", "regions", "panorama")
 
 
 class GuidedSynthesisExtension(ComfyExtension):

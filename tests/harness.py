@@ -163,6 +163,10 @@ TINY_SWAPS = {
     "LoadImage": ("GS_TestLoadImageSmall", lambda inputs: {"image": inputs["image"], "size": 64}),
     # the real Stroke Canvas node, its outputs downscaled to 64 px (tests/host_nodes/gs_test_canvas)
     "GS_StrokeCanvas": ("GS_TestStrokeCanvasSmall", lambda inputs: {**inputs, "size": 64}),
+    # panoramas shrunk to 128x32 px with 32-px windows and a few steps (the method and its options unchanged)
+    "GS_SyncDiffusion": ("GS_SyncDiffusion", lambda inputs: {**inputs, "width": 128, "height": 32, "window_size": 32,
+                                                             "stride": 16, "steps": 3, "sync_steps": 2}),
+    "GS_SeamlessDecode": ("GS_SeamlessDecode", lambda inputs: {**inputs, "tile_size": 64, "overlap": 16}),
 }
 
 

@@ -89,6 +89,18 @@ def regions(**inputs) -> dict:
     return prompt
 
 
+def panorama(**inputs) -> dict:
+    prompt = graphs.base()
+    prompt["9"] = {"class_type": "GS_SyncDiffusion", "inputs": {
+        "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "vae": ["1", 2], "width": 64, "height": 32,
+        "batch_size": 1, "seed": 1, "steps": 2, "cfg": 5.0, "sampler_name": "euler", "scheduler": "ddim_uniform",
+        "window_size": 32, "stride": 16, "sync_weight": 0.0, "decay": 0.95, "sync_steps": 1, "sync_every": 1,
+        "anchor": -1, "lpips_net": "vgg", "loss_decoder": "auto", "unet_jacobian": "exact", "loop": False,
+        "window_batch": 4, **inputs}}
+    graphs.capture(prompt, "10", "x", latent=["9", 0])
+    return prompt
+
+
 def canvas(**inputs) -> dict:
     return {"9": {"class_type": "GS_StrokeCanvas", "inputs": {
                 "painting": "", "width": 40, "height": 24, "background_color": "#ffffff", **inputs}},
@@ -135,6 +147,15 @@ BAD_INPUTS = [
     # a size that cannot fit: stopped before sampling, with the estimate and the largest size that fits
     ("gradop-too-large", gradop(width=16384, height=16384), "execution", ["GiB", "largest output that fits is about"]),
     ("gradop-form-too-large", None, "execution", ["largest output that fits is about"]),
+    # panoramas: sizes, strides, anchors and the LPIPS trunk file (this server has none)
+    ("panorama-canvas-small", panorama(width=24), "execution", ["smaller than one window", "window_size"]),
+    ("panorama-stride-not-8", panorama(stride=12), "execution", ["stride must be a positive multiple of 8"]),
+    ("panorama-stride-large", panorama(stride=40), "execution", ["stride (40 px) must not be larger"]),
+    ("panorama-anchor", panorama(anchor=9), "execution", ["anchor must be -1", "0..2"]),
+    ("panorama-lpips-missing", panorama(sync_weight=20.0), "execution",
+     ["lpips_net 'vgg' needs", "vgg16-397923af.pth", "models/lpips/"]),
+    ("panorama-lpips-net", panorama(lpips_net="vgg19"), "execution", ["lpips_net: 'vgg19'"]),
+    ("panorama-multidiffusion-ok", panorama(), "ok", []),
     # paper semantics at the maximum step count builds its schedule at once
     ("sigmas-10000-paper", sdedit_sigmas(steps=10000), "ok", []),
 ]

@@ -24,7 +24,7 @@ def stage_inputs(host) -> None:
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
-def test_example_workflow_runs(host, path):
+def test_example_workflow_runs(host, lpips_models, path):
     workflow = json.loads(path.read_text())
     for node in workflow["nodes"]:
         if node["type"] == "LoadImage":
