@@ -166,3 +166,78 @@ def blend_weights(length: int, span: tuple[int, int], overlap: int) -> torch.Ten
         if end < length:
             weights[-ramp:] = rise.flip(0)
     return weights
+
+
+# --- the SyncDiffusion step and the MultiDiffusion merge over callables ---------------------------------
+#
+# ``denoise(xs, sigma, group) -> x0s`` is the CFG'd x0 prediction of a batch of window crops (window-major: the k
+# windows listed in ``group``, each of batch B, give k*B items; ``group`` lets the adapter crop per-window
+# inputs); ``denoise_grad`` is the same with autograd through it (or an approximation of its Jacobian); ``decode(x0s) -> images`` in [0, 1] with autograd; ``distance(images, anchor_images) ->
+# per-item losses`` where ``anchor_images`` holds the anchor's B images (the distance repeats them per window).
+
+
+def chunks(items: Sequence[int], size: int) -> list[list[int]]:
+    """``items`` in consecutive groups of at most ``size`` (the window batches)."""
+    size = max(1, int(size))
+    return [list(items[i:i + size]) for i in range(0, len(items), size)]
+
+
+def synced_crops(x: torch.Tensor, windows: Sequence[Window], sigma: float, weight: float, anchor: int,
+                 denoise, denoise_grad, decode, distance, batch: int = 1, flow: bool = False,
+                 loss_scale: float = 1.0, on_batch=None) -> list[torch.Tensor]:
+    """Each window's own copy of its crop of ``x``, nudged towards the anchor (SyncDiffusion, one step).
+
+    The anchor's image ``decode(denoise(anchor crop))`` is computed once, without grad; every other window v
+    gets ``x_v - weight (1 + sigma^2) dL/dx_v`` with ``L = distance(decode(denoise_grad(x_v)), anchor image)``
+    (:func:`nudge`). Windows go through in groups of ``batch``; every op is per item, so the gradient of the
+    summed loss is each window's own gradient. ``weight`` 0 returns the plain crops (MultiDiffusion).
+    ``loss_scale`` multiplies the loss for backward (reduced-precision decoders) and divides the gradient.
+    ``on_batch(count)`` is called after each group (progress, interrupts).
+    """
+    crops = [crop(x, window) for window in windows]
+    if weight == 0 or len(windows) < 2:
+        return crops
+    items = x.shape[0]
+    with torch.no_grad():
+        anchor_image = decode(denoise(crops[anchor], sigma, [anchor])).detach()
+    others = [index for index in range(len(windows)) if index != anchor]
+    for group in chunks(others, batch):
+        xs = torch.cat([crops[index].detach() for index in group]).requires_grad_(True)
+        losses = distance(decode(denoise_grad(xs, sigma, group)), anchor_image)
+        (grad,) = torch.autograd.grad(losses.float().sum() * loss_scale, xs)
+        nudged = nudge(xs.detach(), grad / loss_scale, weight, sigma, flow)
+        for position, index in enumerate(group):
+            crops[index] = nudged[position * items:(position + 1) * items]
+        if on_batch is not None:
+            on_batch(len(group))
+    return crops
+
+
+def merged_x0(crops: Sequence[torch.Tensor], windows: Sequence[Window], shape: Sequence[int], sigma: float,
+              denoise, batch: int = 1, on_batch=None) -> torch.Tensor:
+    """MultiDiffusion: every window's (possibly nudged) crop denoised, in groups of ``batch``, and the x0
+    predictions averaged per pixel (:func:`merge`)."""
+    items = crops[0].shape[0]
+    x0s: list[torch.Tensor] = []
+    for group in chunks(range(len(windows)), batch):
+        with torch.no_grad():
+            out = denoise(torch.cat([crops[index] for index in group]), sigma, group)
+        x0s.extend(out[position * items:(position + 1) * items] for position in range(len(group)))
+        if on_batch is not None:
+            on_batch(len(group))
+    return merge(x0s, windows, shape)
+
+
+def first_order_x0(x: torch.Tensor, x0_mean: torch.Tensor, x_mean: torch.Tensor, sigma: float,
+                   sigma_next: float) -> torch.Tensor:
+    """The x0 that makes one Euler/DDIM step of the global ``x`` from ``sigma`` to ``sigma_next`` land on the
+    average of the windows' own steps (their nudged copies averaged: ``x_mean``; their x0s: ``x0_mean``).
+
+    Euler: ``x' = D + r (x - D)`` with ``r = sigma_next / sigma``; averaging the windows' steps gives
+    ``x0_mean + r (x_mean - x0_mean)``, which the global step reproduces with
+    ``D = x0_mean + r / (1 - r) (x_mean - x)``. Without nudges ``x_mean == x`` and D is the plain average.
+    """
+    if sigma_next <= 0 or sigma_next >= sigma:
+        return x0_mean
+    ratio = sigma_next / (sigma - sigma_next)
+    return x0_mean + ratio * (x_mean - x).to(x0_mean.dtype)

@@ -14,7 +14,7 @@ from . import examples, folders
 
 NODE_PREFIX = "GS_"
 CATEGORY_ROOT = "guided_synthesis"
-CAPABILITY_MODULES = ("sdedit", "gradop", "canvas", "regions", "semantic")
+CAPABILITY_MODULES = ("sdedit", "gradop", "canvas", "regions", "semantic", "panorama")
 
 
 class GuidedSynthesisExtension(ComfyExtension):

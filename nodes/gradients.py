@@ -127,23 +127,32 @@ class DifferentiableDenoiser:
         if mask is not None:  # KSamplerX0Inpaint multiplies x by it: an inference tensor cannot be saved
             self._args["denoise_mask"] = owned(mask)
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
-        """x0 for a sampler-space ``x`` [B, ...] at ``sigma`` (a number or one per item); ``x`` may require grad."""
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float, args: dict | None = None) -> torch.Tensor:
+        """x0 for a sampler-space ``x`` [B, ...] at ``sigma`` (a number or one per item); ``x`` may require grad.
+        ``args`` replaces the extra_args for this call (a method that calls the model on crops passes the
+        cropped ``denoise_mask``)."""
         with grad_enabled():
             sigma = owned(torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1).expand(x.shape[0]))
+            if args is None:
+                args = self._args
+            else:
+                args = dict(args)
+                if args.get("denoise_mask") is not None:
+                    args["denoise_mask"] = owned(args["denoise_mask"])
             if self.mode is None:
-                self._start(x, sigma)
+                self._start(x, sigma, args)
             if self.mode == self.UNET:
-                return self.model(x, sigma, **self._args)
+                return self.model(x, sigma, **args)
             with torch.no_grad():
-                x0 = self.model(x.detach(), sigma, **self._args)
+                x0 = self.model(x.detach(), sigma, **args)
             return x0 + (x - x.detach())  # the value x0 exactly; gradient the identity
 
-    def _start(self, x: torch.Tensor, sigma: torch.Tensor) -> None:
+    def _start(self, x: torch.Tensor, sigma: torch.Tensor, args: dict | None = None) -> None:
+        args = self._args if args is None else args
         self._patched = differentiable_model(self.patcher)
         comfy.model_management.load_models_gpu([self._patched])
         probe_x = owned(x).requires_grad_(True)  # the whole batch: inpaint masks and conds are per batch
-        reason = probe_gradient(lambda: self.model(probe_x, sigma, **self._args))
+        reason = probe_gradient(lambda: self.model(probe_x, sigma, **args))
         if reason is None:
             self.mode = self.UNET
             _log.info("%s: gradients flow through the UNet (differentiable denoiser)", self.method)

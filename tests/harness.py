@@ -167,6 +167,10 @@ TINY_SWAPS = {
     "GS_OpenCLIPLoader": ("GS_TestTinyOpenCLIP", lambda inputs: {"kind": "vit", "seed": 0}),
     # the same node at the 64 px of the inputs above (the examples' empty latents are the paintings' 512 px)
     "EmptyLatentImage": ("EmptyLatentImage", lambda inputs: {**inputs, "width": 64, "height": 64}),
+    # panoramas shrunk to 128x32 px with 32-px windows and a few steps (the method and its options unchanged)
+    "GS_SyncDiffusion": ("GS_SyncDiffusion", lambda inputs: {**inputs, "width": 128, "height": 32, "window_size": 32,
+                                                             "stride": 16, "steps": 3, "sync_steps": 2}),
+    "GS_SeamlessDecode": ("GS_SeamlessDecode", lambda inputs: {**inputs, "tile_size": 64, "overlap": 16}),
 }
 
 

@@ -136,9 +136,43 @@ ENVIRONMENT_LISTS = {
 }
 
 
+PANORAMA_SMALL = {"vae": ["1", 2], "window_size": 32, "stride": 32, "sync_weight": 20.0, "decay": 0.95,
+                  "sync_steps": 1, "sync_every": 1, "anchor": -1, "lpips_net": "vgg", "loss_decoder": "auto",
+                  "unet_jacobian": "exact", "loop": False, "window_batch": 2}
+
+
+def _panorama_sync(option) -> dict:
+    # every sampler and scheduler runs as MultiDiffusion here (a sync costs an LPIPS build and a backward per
+    # option); test_panorama_graph syncs with a sample of samplers of each kind
+    return {"sync_weight": 0.0} if {"sampler_name", "scheduler"} & set(option) else {}
+
+
+def panorama_graph(prompt, node_id, option):
+    prompt[node_id] = {"class_type": "GS_SyncDiffusion", "inputs": {
+        "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "width": 64, "height": 32, "batch_size": 1,
+        "seed": 3, "steps": 2, "cfg": 5.0, "sampler_name": "euler", "scheduler": "ddim_uniform", **PANORAMA_SMALL,
+        **_panorama_sync(option), **option}}
+    return [node_id, 0]
+
+
+def panorama_sampler_graph(prompt, node_id, option):
+    prompt[node_id] = {"class_type": "GS_SyncDiffusionSampler", "inputs": {
+        "sampler_name": "euler", **PANORAMA_SMALL, **_panorama_sync(option), **option}}
+    prompt[node_id + "s"] = {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "ddim_uniform",
+                                                                       "steps": 2, "denoise": 1.0}}
+    prompt[node_id + "l"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 32, "batch_size": 1}}
+    prompt[node_id + "c"] = {"class_type": "SamplerCustom", "inputs": {
+        "model": ["1", 0], "add_noise": True, "noise_seed": 3, "cfg": 5.0, "positive": ["2", 0],
+        "negative": ["3", 0], "sampler": [node_id, 0], "sigmas": [node_id + "s", 0],
+        "latent_image": [node_id + "l", 0]}}
+    return [node_id + "c", 0]
+
+
 GRAPHS = {
     "GS_OpenCLIPLoader": openclip_loader_graph,
     "GS_CLIPSemanticGuidance": semantic_graph,
+    "GS_SyncDiffusion": panorama_graph,
+    "GS_SyncDiffusionSampler": panorama_sampler_graph,
     "GS_SDEdit": sdedit_graph,
     "GS_SDEditSigmas": sdedit_sigmas_graph,
     "GS_GradOPPlus": gradop_graph,
@@ -147,7 +181,7 @@ GRAPHS = {
 }
 
 # Nodes known to the pack; the enumeration below must cover these (and fail on a new one with combos).
-KNOWN = set(GRAPHS) | {"GS_StrokeCanvas"}
+KNOWN = set(GRAPHS) | {"GS_StrokeCanvas", "GS_SeamlessDecode"}
 
 
 def test_every_pack_node_with_combo_inputs_has_a_graph_here(host):
@@ -175,7 +209,7 @@ def run_options(host, node, input_name, options) -> dict:
 
 
 @pytest.mark.parametrize("node", sorted(GRAPHS))
-def test_every_combo_option_runs_through_the_executor(host, vae_approx, clip_guidance, node):
+def test_every_combo_option_runs_through_the_executor(host, vae_approx, clip_guidance, lpips_models, node):
     combos = combo_inputs(host.nodes.NODE_CLASS_MAPPINGS[node])
     assert combos, f"{node} has no Combo input"
     for input_name, options in combos.items():

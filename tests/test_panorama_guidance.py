@@ -96,3 +96,75 @@ def test_circular_pad_and_tiles():
     for span in spans:
         covered[span[0]:span[1]] += panorama.blend_weights(100, span, 8)
     assert bool((covered > 0).all())
+
+
+# --- the sync step and the merge over callables (toy denoiser/decoder/distance) --------------------
+
+def _toy(seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    weight = torch.randn(4, 4, 1, 1, generator=generator) * 0.3
+
+    def denoise(xs, sigma, group):
+        return torch.tanh(torch.nn.functional.conv2d(xs, weight)) * 0.5 + xs / (1 + sigma)
+
+    def decode(x0):
+        return torch.sigmoid(torch.nn.functional.interpolate(x0[:, :3], scale_factor=2))
+
+    def distance(images, anchor):
+        repeats = images.shape[0] // anchor.shape[0]
+        return ((images - anchor.repeat(repeats, 1, 1, 1)) ** 2).flatten(1).mean(1)
+
+    return denoise, decode, distance
+
+
+def _oracle_step(x, windows, sigma, sigma_next, weight, anchor, denoise, decode, distance):
+    """Per window: nudge its own copy, Euler step it, average the stepped windows."""
+    total, count = torch.zeros_like(x), torch.zeros_like(x)
+    anchor_image = decode(denoise(panorama.crop(x, windows[anchor]), sigma, [anchor])).detach()
+    for index, window in enumerate(windows):
+        xv = panorama.crop(x, window).clone()
+        if weight and index != anchor:
+            xg = xv.clone().requires_grad_(True)
+            (grad,) = torch.autograd.grad(distance(decode(denoise(xg, sigma, [index])), anchor_image).sum(), xg)
+            xv = xv - weight * (1 + sigma ** 2) * grad
+        x0 = denoise(xv, sigma, [index])
+        stepped = x0 + sigma_next / sigma * (xv - x0)
+        columns = window.columns(x.shape[-1])
+        total[..., window.top:window.top + window.height, :].index_add_(-1, columns, stepped)
+        count[..., window.top:window.top + window.height, :].index_add_(-1, columns, torch.ones_like(stepped))
+    return total / count
+
+
+@pytest.mark.parametrize("loop,batch", [(False, 1), (False, 3), (True, 2)])
+def test_one_euler_step_on_the_corrected_x0_equals_the_average_of_the_windows_steps(loop, batch):
+    denoise, decode, distance = _toy()
+    x = torch.randn(2, 4, 6, 20, generator=torch.Generator().manual_seed(1))
+    windows = panorama.plan_windows(6, 20, 4, 4, 2, 4, loop)
+    anchor = panorama.anchor_index(len(windows))
+    sigma, sigma_next = 3.0, 2.2
+    crops = panorama.synced_crops(x, windows, sigma, 0.05, anchor, denoise, denoise, decode, distance, batch)
+    x0 = panorama.merged_x0(crops, windows, x.shape, sigma, denoise, batch)
+    d = panorama.first_order_x0(x, x0, panorama.merge(crops, windows, x.shape), sigma, sigma_next)
+    euler = x + (x - d) / sigma * (sigma_next - sigma)
+    expected = _oracle_step(x, windows, sigma, sigma_next, 0.05, anchor, denoise, decode, distance)
+    assert torch.allclose(euler, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_batched_sync_gradients_equal_one_window_at_a_time():
+    denoise, decode, distance = _toy(2)
+    x = torch.randn(1, 4, 4, 16, generator=torch.Generator().manual_seed(3))
+    windows = panorama.plan_windows(4, 16, 4, 4, 4, 2)
+    one = panorama.synced_crops(x, windows, 2.0, 0.1, 3, denoise, denoise, decode, distance, batch=1)
+    many = panorama.synced_crops(x, windows, 2.0, 0.1, 3, denoise, denoise, decode, distance, batch=5)
+    for a, b in zip(one, many):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert torch.equal(one[3], panorama.crop(x, windows[3]))  # the anchor is not nudged
+
+
+def test_weight_zero_is_the_plain_multidiffusion_average():
+    denoise, decode, distance = _toy()
+    x = torch.randn(1, 4, 4, 12)
+    windows = panorama.plan_windows(4, 12, 4, 4, 2, 2)
+    crops = panorama.synced_crops(x, windows, 2.0, 0.0, 1, denoise, None, None, None)
+    x0 = panorama.merged_x0(crops, windows, x.shape, 2.0, denoise, 2)
+    assert torch.equal(panorama.first_order_x0(x, x0, panorama.merge(crops, windows, x.shape), 2.0, 1.0), x0)

@@ -123,6 +123,18 @@ def openclip_loader(**inputs) -> dict:
     return prompt
 
 
+def panorama(**inputs) -> dict:
+    prompt = graphs.base()
+    prompt["9"] = {"class_type": "GS_SyncDiffusion", "inputs": {
+        "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "vae": ["1", 2], "width": 64, "height": 32,
+        "batch_size": 1, "seed": 1, "steps": 2, "cfg": 5.0, "sampler_name": "euler", "scheduler": "ddim_uniform",
+        "window_size": 32, "stride": 16, "sync_weight": 0.0, "decay": 0.95, "sync_steps": 1, "sync_every": 1,
+        "anchor": -1, "lpips_net": "vgg", "loss_decoder": "auto", "unet_jacobian": "exact", "loop": False,
+        "window_batch": 4, **inputs}}
+    graphs.capture(prompt, "10", "x", latent=["9", 0])
+    return prompt
+
+
 def canvas(**inputs) -> dict:
     return {"9": {"class_type": "GS_StrokeCanvas", "inputs": {
                 "painting": "", "width": 40, "height": 24, "background_color": "#ffffff", **inputs}},
@@ -180,6 +192,15 @@ BAD_INPUTS = [
      ["checkpoint: 'ViT-B-32.safetensors' is not in models/clip_guidance", "open_clip checkpoint for ViT-B-32"]),
     ("openclip-pickle", openclip_loader(), "execution", ["needs_pickle.pt needs full unpickling"]),
     ("openclip-precision", openclip_loader(precision="int4"), "execution", ["precision: 'int4'"]),
+    # panoramas: sizes, strides, anchors and the LPIPS trunk file (this server has none)
+    ("panorama-canvas-small", panorama(width=24), "execution", ["smaller than one window", "window_size"]),
+    ("panorama-stride-not-8", panorama(stride=12), "execution", ["stride must be a positive multiple of 8"]),
+    ("panorama-stride-large", panorama(stride=40), "execution", ["stride (40 px) must not be larger"]),
+    ("panorama-anchor", panorama(anchor=9), "execution", ["anchor must be -1", "0..2"]),
+    ("panorama-lpips-missing", panorama(sync_weight=20.0), "execution",
+     ["lpips_net 'vgg' needs", "vgg16-397923af.pth", "models/lpips/"]),
+    ("panorama-lpips-net", panorama(lpips_net="vgg19"), "execution", ["lpips_net: 'vgg19'"]),
+    ("panorama-multidiffusion-ok", panorama(), "ok", []),
     # paper semantics at the maximum step count builds its schedule at once
     ("sigmas-10000-paper", sdedit_sigmas(steps=10000), "ok", []),
 ]

@@ -111,7 +111,7 @@ def test_example_workflow_nodes_do_not_overlap(path):
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
-def test_example_workflow_runs(host, vae_approx, path):  # vae_approx: TAESD for decoder "taesd"
+def test_example_workflow_runs(host, vae_approx, lpips_models, path):  # vae_approx: TAESD for decoder "taesd"
     workflow = load(path)
     prompt = harness.workflow_to_prompt(workflow, host.nodes.NODE_CLASS_MAPPINGS)
     assert any(n["class_type"].startswith("GS_") and not n["class_type"].startswith("GS_Test") for n in prompt.values())

@@ -1,0 +1,118 @@
+"""LPIPS for the pack, offline: the wheel's linear calibration layers plus trunk weights read from disk.
+
+``lpips.LPIPS`` would download the trunk (VGG16 / AlexNet / SqueezeNet) through torchvision on first use.
+The pack never does: it builds the network with ``pnet_rand=True`` (no download; the calibration layers
+still come from the wheel) and loads the trunk's state dict itself from ``models/lpips/`` or from the torch
+hub cache (``$TORCH_HOME/hub/checkpoints``, the file torchvision would have downloaded). No file: a clear
+error naming the file and the folder. The model is pack-owned, built outside inference mode, frozen.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+import comfy.model_management
+import comfy.utils
+import folder_paths
+
+from . import gradients
+
+NETS = ("vgg", "alex", "squeeze")
+# the file torchvision downloads for each trunk (torch hub cache name)
+HUB_FILES = {"vgg": "vgg16-397923af.pth", "alex": "alexnet-owt-7be5be79.pth", "squeeze": "squeezenet1_1-b8a52dc0.pth"}
+TRUNKS = {"vgg": "VGG16", "alex": "AlexNet", "squeeze": "SqueezeNet 1.1"}
+FOLDER = "lpips"
+
+
+def trunk_file(net: str) -> str:
+    """Path of the trunk weights for ``net``: a file in models/lpips whose name contains the net's name
+    ('vgg', 'alex', 'squeeze'), else torchvision's file in the torch hub cache; else a clear error."""
+    if net not in NETS:
+        raise ValueError(f"lpips_net must be one of {', '.join(NETS)}, got {net!r}")
+    try:
+        names = folder_paths.get_filename_list(FOLDER)
+    except KeyError:
+        names = []
+    matches = sorted(name for name in names if net in os.path.basename(name).lower())
+    if matches:
+        return folder_paths.get_full_path_or_raise(FOLDER, matches[0])
+    hub = os.path.join(torch.hub.get_dir(), "checkpoints", HUB_FILES[net])
+    if os.path.isfile(hub):
+        return hub
+    raise ValueError(f"lpips_net '{net}' needs the {TRUNKS[net]} trunk weights, and the pack never downloads: put "
+                     f"torchvision's {HUB_FILES[net]} (or its 'features' state dict, .pth or .safetensors, with "
+                     f"'{net}' in the file name) into models/{FOLDER}/, or {HUB_FILES[net]} into "
+                     f"$TORCH_HOME/hub/checkpoints/")
+
+
+def _load_trunk(model, path: str, net: str) -> None:
+    state = comfy.utils.load_torch_file(path, safe_load=True)
+    slices = {}  # torchvision features index -> the LPIPS slice holding it
+    for slice_name, block in model.net.named_children():
+        for index, _ in block.named_children():
+            slices[index] = slice_name
+    mapped = {}
+    for key, value in state.items():
+        key = key[len("features."):] if key.startswith("features.") else key
+        index, _, rest = key.partition(".")
+        if index in slices:
+            mapped[f"{slices[index]}.{index}.{rest}"] = value
+    name = os.path.basename(path)
+    expected = set(model.net.state_dict())
+    if set(mapped) != expected:
+        raise ValueError(f"lpips_net '{net}': {name} is not a {TRUNKS[net]} state dict (missing "
+                         f"{len(expected - set(mapped))} of {len(expected)} trunk tensors); use torchvision's "
+                         f"{HUB_FILES[net]}")
+    try:
+        model.net.load_state_dict(mapped)
+    except RuntimeError as error:
+        raise ValueError(f"lpips_net '{net}': {name} does not fit the {TRUNKS[net]} trunk "
+                         f"({str(error).splitlines()[0][:200]})") from None
+
+
+def load_lpips(net: str = "vgg", device=None):
+    """A frozen, pack-owned ``lpips.LPIPS(net)`` with trunk weights from disk (:func:`trunk_file`)."""
+    import lpips
+
+    path = trunk_file(net)
+    device = device or comfy.model_management.get_torch_device()
+    with gradients.grad_enabled():
+        model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
+        _load_trunk(model, path, net)
+        model.requires_grad_(False)
+        model.eval()
+        model.to(device=device, dtype=torch.float32)
+    return model
+
+
+class LPIPSDistance:
+    """``distance(images, anchor_images)``: per-item LPIPS between ``images`` [k*B,3,h,w] in [0, 1] and the
+    anchor's B images (repeated per window), as ``lpips.LPIPS.forward`` computes it on ``2*img - 1``. The
+    anchor's features are computed once per anchor tensor (once per step), not once per window batch."""
+
+    def __init__(self, model):
+        self.model = model
+        self.device = next(model.parameters()).device
+        self._anchor = None
+        self._anchor_features = None
+
+    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        import lpips
+        x = self.model.scaling_layer(images.to(self.device, torch.float32) * 2 - 1)
+        return [lpips.normalize_tensor(f) for f in self.model.net(x)]
+
+    def __call__(self, images: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+        if self._anchor is not anchor:
+            with torch.no_grad():
+                self._anchor_features = [f.detach() for f in self.features(anchor)]
+            self._anchor = anchor
+        repeats = images.shape[0] // anchor.shape[0]
+        total = 0
+        for layer, (feature, target) in enumerate(zip(self.features(images), self._anchor_features)):
+            diff = (feature - target.repeat(repeats, 1, 1, 1)) ** 2
+            total = total + self.model.lins[layer](diff).mean(dim=(2, 3))
+        return total.reshape(-1)
+
+    def close(self) -> None:
+        self.model = self._anchor = self._anchor_features = None
