@@ -133,7 +133,7 @@ def test_median_palette_snaps_to_the_exact_painted_colours_of_an_anti_aliased_pa
     old_red = old[(old - red).norm(dim=1).argmin()]
     assert 1e-4 < (old_red - red).abs().max() < 1 / 255  # a bin mean, not the painted red
     new = stroke_colours(image)
-    torch.testing.assert_close(new, torch.stack([red, blue]), atol=0, rtol=0)
+    torch.testing.assert_close(new, torch.stack([red, blue]), atol=0, rtol=0)  # integer shades / 255: exact
 
     f = gradop.painting_function("median + palette", 64, 64, image.unsqueeze(0))
     snapped = f(image.unsqueeze(0))[0]

@@ -84,6 +84,7 @@ def guided_steps(records, tag: str) -> list[int]:
     """Indices of the evaluations the guidance changed (before != after)."""
     before, after = records[f"{tag}:before"], records[f"{tag}:after"]
     assert len(before) == len(after)
+    # an unguided evaluation returns the very tensor it got (same call, no arithmetic), so exact equality holds
     return [i for i, (b, a) in enumerate(zip(before, after)) if not torch.equal(b["denoised"], a["denoised"])]
 
 
@@ -99,7 +100,7 @@ def test_text_guidance_raises_clip_similarity_and_the_original_model_is_unchange
     prompt = graphs.base()
     add_branch(prompt, "plain_after", None, None)  # the unpatched MODEL after a guided run
     host.run(prompt)
-    assert torch.equal(captured["plain_before"], captured["plain_after"])
+    torch.testing.assert_close(captured["plain_before"], captured["plain_after"], atol=1e-6, rtol=1e-6)  # two runs
     model = tiny_clip()
     target = text_embedding(model, TEXT)
     guided = F.cosine_similarity(clip_embedding(model, captured["text:image"]), target)

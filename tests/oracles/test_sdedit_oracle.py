@@ -104,7 +104,8 @@ def test_sdedit_sigmas_follow_the_three_definitions(host, store, tiny):
 def test_the_oracle_schedule_is_the_models(tiny):
     """The reference's own SD1 table (scaled-linear betas) is the tiny model's: the premise of every oracle here."""
     table = tiny.model.model.model_sampling.sigmas
-    torch.testing.assert_close(table.double(), tiny.schedule.table.float().double(), rtol=0, atol=0)
+    # two computations of the same table (exp/log kernels may differ in the last bit between CPUs): float rounding
+    torch.testing.assert_close(table.double(), tiny.schedule.table.float().double(), rtol=1e-6, atol=0)
     assert tiny.model.model.latent_format.scale_factor == ref.SD1_LATENT_SCALE
 
 
