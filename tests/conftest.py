@@ -70,31 +70,12 @@ def clip_guidance(host, tmp_path):
     folder_paths.filename_list_cache.pop("clip_guidance", None)
 
 
-LPIPS_TRUNKS = {"vgg": "vgg16", "alex": "alexnet", "squeeze": "squeezenet1_1"}
-
-
-def write_lpips_trunks(folder: Path, nets=("vgg", "alex", "squeeze")) -> dict:
-    """Seeded random torchvision trunks ('features' state dicts) as models/lpips files; {net: path}."""
-    import torch
-    import torchvision
-    from safetensors.torch import save_file
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for net in nets:
-        torch.manual_seed(0)
-        features = getattr(torchvision.models, LPIPS_TRUNKS[net])(weights=None).features
-        state = {f"features.{k}": v.contiguous() for k, v in features.state_dict().items()}
-        paths[net] = folder / f"{LPIPS_TRUNKS[net]}_test.safetensors"
-        save_file(state, str(paths[net]))
-    return paths
-
-
 @pytest.fixture(scope="session")
 def lpips_models(host, tmp_path_factory):
     """A models/lpips folder holding seeded random VGG16 / AlexNet / SqueezeNet trunks (written by the test)."""
     import folder_paths
     folder = tmp_path_factory.mktemp("lpips")
-    paths = write_lpips_trunks(folder)
+    paths = harness.write_lpips_trunks(folder)
     folder_paths.add_model_folder_path("lpips", str(folder), is_default=True)
     folder_paths.filename_list_cache.pop("lpips", None)
     yield paths

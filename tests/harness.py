@@ -41,6 +41,32 @@ def put_host_first() -> Path:
     return Path(host)
 
 
+LPIPS_TRUNKS = {"vgg": "vgg16", "alex": "alexnet", "squeeze": "squeezenet1_1"}
+
+
+def write_lpips_trunks(folder: Path, nets=("vgg", "alex", "squeeze")) -> dict:
+    """Seeded random torchvision trunks ('features' state dicts) as models/lpips files; {net: path}."""
+    import torch
+    import torchvision
+    from safetensors.torch import save_file
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for net in nets:
+        torch.manual_seed(0)
+        features = getattr(torchvision.models, LPIPS_TRUNKS[net])(weights=None).features
+        state = {f"features.{k}": v.contiguous() for k, v in features.state_dict().items()}
+        paths[net] = folder / f"{LPIPS_TRUNKS[net]}_test.safetensors"
+        save_file(state, str(paths[net]))
+    return paths
+
+
+def server_model_paths(base: Path) -> str:
+    """Model files the example workflows need, written under ``base/models`` for a server started by a test: LPIPS
+    trunks (random, seeded) for the panoramas. Returns the extra_model_paths.yaml lines naming the folders."""
+    write_lpips_trunks(base / "models" / "lpips", nets=("vgg",))
+    return "  lpips: models/lpips\n"
+
+
 def make_custom_nodes_dir(base: Path) -> Path:
     folder = base / "custom_nodes"
     folder.mkdir(parents=True, exist_ok=True)
@@ -171,6 +197,9 @@ TINY_SWAPS = {
     "GS_SyncDiffusion": ("GS_SyncDiffusion", lambda inputs: {**inputs, "width": 128, "height": 32, "window_size": 32,
                                                              "stride": 16, "steps": 3, "sync_steps": 2}),
     "GS_SeamlessDecode": ("GS_SeamlessDecode", lambda inputs: {**inputs, "tile_size": 64, "overlap": 16}),
+    # the SAMPLER form on the 64-px empty latent above: 32-px windows, a short sync
+    "GS_SyncDiffusionSampler": ("GS_SyncDiffusionSampler", lambda inputs: {**inputs, "window_size": 32, "stride": 32,
+                                                                           "sync_steps": 2}),
 }
 
 

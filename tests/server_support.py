@@ -36,11 +36,14 @@ def http(url: str, payload: dict | None = None, timeout: float = 30):
 
 
 @contextlib.contextmanager
-def running_server(base: Path, extra_paths: str = "") -> Iterator[dict]:
+def running_server(base: Path, extra_paths: str = "", model_files: bool = True) -> Iterator[dict]:
     """Start main.py with its own input/output/user/temp folders under ``base``, the pack and the test nodes as
     custom nodes, and ``extra_paths`` (YAML lines under the same entry, e.g. ``  vae_approx: models/vae_approx``).
-    ``input/`` holds only what the test put there, as on a fresh install (the pack adds its example paintings)."""
+    ``input/`` holds only what the test put there, as on a fresh install (the pack adds its example paintings).
+    ``model_files``: also the model files the example workflows need (harness.server_model_paths)."""
     custom_nodes = harness.make_custom_nodes_dir(base)
+    if model_files:
+        extra_paths += harness.server_model_paths(base)
     (base / "extra_model_paths.yaml").write_text(
         "gs_tests:\n"
         f"  base_path: {base}\n"

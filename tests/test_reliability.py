@@ -36,8 +36,9 @@ def server(tmp_path_factory):
     clip_folder = base / "models" / "clip_guidance"
     clip_folder.mkdir(parents=True)
     torch.save({"state_dict": {"w": torch.zeros(2)}, "extra": ss.harness.PickleOnly()}, str(clip_folder / "needs_pickle.pt"))
+    # no LPIPS trunk here (model_files=False): the panorama case checks the error that names the missing file
     with ss.running_server(base, extra_paths="  vae_approx: models/vae_approx\n"
-                                             "  clip_guidance: models/clip_guidance\n") as running:
+                                             "  clip_guidance: models/clip_guidance\n", model_files=False) as running:
         yield running
 
 

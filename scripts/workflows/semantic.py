@@ -22,7 +22,7 @@ def _workflow(node_classes, name: str, guidance: dict, reference: bool) -> dict:
         b.add(5, "LoadImage", (20, 440), {"image": STROKES_FILE}, size=(315, 320))
         inputs["reference_image"] = (5, 0)
     settings = {"text": "", "text_weight": 0.3, "image_weight": 0.3, "image_loss": "content", "cutouts": 4,
-                "start_percent": 0.2, "end_percent": 0.7, "every": 1, "decoder": "taesd", "step_mode": "normalised",
+                "start_percent": 0.2, "end_percent": 0.7, "every": 1, "decoder": "auto", "step_mode": "normalised",
                 **guidance}
     b.add(6, "GS_CLIPSemanticGuidance", (820, 40), settings, inputs, size=(360, 420))
     b.add(7, "EmptyLatentImage", (820, 500), {"width": 512, "height": 512, "batch_size": 1}, size=(315, 106))

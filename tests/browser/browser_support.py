@@ -76,7 +76,7 @@ class Server:
             (base / "extra_model_paths.yaml").write_text(
                 "gs_tests:\n"
                 f"  base_path: {base}\n"
-                f"  custom_nodes: |\n    {custom_nodes}\n    {harness.HOST_NODES}\n")
+                f"  custom_nodes: |\n    {custom_nodes}\n    {harness.HOST_NODES}\n" + harness.server_model_paths(base))
             args += ["--extra-model-paths-config", str(base / "extra_model_paths.yaml")]
         else:
             args += ["--disable-all-custom-nodes"]
@@ -319,6 +319,12 @@ BROWSER_SWAPS = {
     "LoadImage": {"type": "GS_TestLoadImageSmall", "values": {"size": 64}},
     "GS_StrokeCanvas": {"type": "GS_TestStrokeCanvasSmall", "values": {"size": 64}},
     "EmptyLatentImage": {"type": "EmptyLatentImage", "values": {"width": 64, "height": 64}},
+    "GS_OpenCLIPLoader": {"type": "GS_TestTinyOpenCLIP", "values": {"kind": "vit", "seed": 0}},
+    "GS_SyncDiffusion": {"type": "GS_SyncDiffusion", "values": {"width": 128, "height": 32, "window_size": 32,
+                                                               "stride": 16, "steps": 3, "sync_steps": 2}},
+    "GS_SyncDiffusionSampler": {"type": "GS_SyncDiffusionSampler", "values": {"window_size": 32, "stride": 32,
+                                                                             "sync_steps": 2}},
+    "GS_SeamlessDecode": {"type": "GS_SeamlessDecode", "values": {"tile_size": 64, "overlap": 16}},
 }
 assert set(BROWSER_SWAPS) == set(harness.TINY_SWAPS), "keep the browser swaps in step with harness.TINY_SWAPS"
 
