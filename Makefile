@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 HOST = $(shell cat $(VENV)/.gs-setup/host_path 2>/dev/null)
 CPU_FLAG = $(shell $(PY) -c "import torch,sys; sys.stdout.write('' if torch.cuda.is_available() else '--cpu')" 2>/dev/null)
 
-.PHONY: setup setup-test run test test-fast bench clean
+.PHONY: setup setup-test run test test-fast bench mutate clean
 
 setup:
 	bash scripts/setup.sh
@@ -25,5 +25,11 @@ test-fast: setup-test
 bench: setup-test
 	SECTIONS="$(SECTIONS)" $(PY) bench/run.py
 
+# Mutation testing of guidance/ (mutmut, [tool.mutmut] in pyproject.toml); slow, not part of `make test`.
+mutate: setup-test
+	$(PY) -m pip install --disable-pip-version-check -q "mutmut==3.8.1"
+	$(PY) -m mutmut run --max-children 2 || true
+	$(PY) scripts/mutation_score.py
+
 clean:
-	rm -rf $(VENV) .comfyui .pytest_cache test-artifacts
+	rm -rf $(VENV) .comfyui .pytest_cache test-artifacts mutants
