@@ -84,8 +84,9 @@ def guided_steps(records, tag: str) -> list[int]:
     """Indices of the evaluations the guidance changed (before != after)."""
     before, after = records[f"{tag}:before"], records[f"{tag}:after"]
     assert len(before) == len(after)
-    # an unguided evaluation returns the very tensor it got (same call, no arithmetic), so exact equality holds
-    return [i for i, (b, a) in enumerate(zip(before, after)) if not torch.equal(b["denoised"], a["denoised"])]
+    # an unguided evaluation returns the very tensor it got, so exact equality holds there
+    changed = [not torch.equal(b["denoised"], a["denoised"]) for b, a in zip(before, after)]  # same call: exact
+    return [i for i, flag in enumerate(changed) if flag]
 
 
 # ----------------------------------------------------------------------------------------------

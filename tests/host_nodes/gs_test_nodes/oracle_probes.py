@@ -2,13 +2,12 @@
 returns during one CFG model evaluation, so a test can recompute the attention from a formula."""
 from __future__ import annotations
 
-import torch
 from comfy_api.latest import io
 
 import comfy.model_management
 import comfy.samplers
 
-from .regions_probes import _existing, _plain, _sites
+from .regions_probes import _existing, _plain, _sites, evaluate_once
 
 CATEGORY = "guided_synthesis_tests"
 
@@ -69,15 +68,7 @@ class AttentionCapture(io.ComfyNode):
         for site in _sites(model):
             probe.set_model_attn2_replace(make(site, _existing(model, site)), *site)
 
-        def one_step(model_fn, x, sigmas, extra_args=None, callback=None, disable=None):
-            return model_fn(x, sigmas[0] * x.new_ones([x.shape[0]]), **(extra_args or {}))
-
-        guider = comfy.samplers.CFGGuider(probe)
-        guider.set_conds(positive, negative)
-        guider.set_cfg(5.0)
-        samples = latent["samples"]
-        noise = torch.randn(samples.shape, generator=torch.Generator().manual_seed(seed))
-        guider.sample(noise, samples, comfy.samplers.KSAMPLER(one_step), torch.tensor([float(sigma), 0.0]), seed=seed)
+        evaluate_once(probe, positive, negative, latent["samples"], sigma, seed)
         CAPTURED[key] = calls
         comfy.model_management.soft_empty_cache()
         return io.NodeOutput(ui={"gs_attention": [{"key": key, "calls": len(calls)}]})

@@ -34,6 +34,18 @@ def _plain(q, k, v, extra):
                                                transformer_options=extra)
 
 
+
+def evaluate_once(model, positive, negative, samples, sigma: float, seed: int, cfg: float = 5.0) -> None:
+    """One CFG model evaluation at ``sigma`` through a real CFGGuider (its patches and hooks run), on seeded noise."""
+    def one_step(model_fn, x, sigmas, extra_args=None, callback=None, disable=None):
+        return model_fn(x, sigmas[0] * x.new_ones([x.shape[0]]), **(extra_args or {}))
+
+    guider = comfy.samplers.CFGGuider(model)
+    guider.set_conds(positive, negative)
+    guider.set_cfg(cfg)
+    noise = torch.randn(samples.shape, generator=torch.Generator().manual_seed(seed))
+    guider.sample(noise, samples, comfy.samplers.KSAMPLER(one_step), torch.tensor([float(sigma), 0.0]), seed=seed)
+
 class StrokePattern(io.ComfyNode):
     """A synthetic stroke painting: 'halves' (red left, blue right) or 'square' (a red square on blue)."""
 
@@ -144,16 +156,7 @@ class RegionAttentionProbe(io.ComfyNode):
 
         probe.set_model_sampler_post_cfg_function(post_cfg, disable_cfg1_optimization=True)
 
-        def one_step(model_fn, x, sigmas, extra_args=None, callback=None, disable=None):
-            return model_fn(x, sigmas[0] * x.new_ones([x.shape[0]]), **(extra_args or {}))
-
-        guider = comfy.samplers.CFGGuider(probe)
-        guider.set_conds(positive, negative)
-        guider.set_cfg(5.0)
-        samples = latent["samples"]
-        noise = torch.randn(samples.shape, generator=torch.Generator().manual_seed(seed))
-        sigmas = torch.tensor([float(sigma), 0.0])
-        guider.sample(noise, samples, comfy.samplers.KSAMPLER(one_step), sigmas, seed=seed)
+        evaluate_once(probe, positive, negative, latent["samples"], sigma, seed)
         store = _store()
         store[key + "_mass"] = torch.stack([torch.stack(masses[s]).mean(0) for s in sites])
         store[key + "_cond"] = captured["cond"]
