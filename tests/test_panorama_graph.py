@@ -64,21 +64,27 @@ def relative(a, b) -> float:
 def test_node_and_sampler_match_a_plain_torch_oracle(host, lpips_models):
     """euler in the node form, ddim (ComfyUI's ddim is Euler) in the SAMPLER form, both with ddim_uniform.
 
-    sync_weight 1 (not 20): on the random tiny model, w = 20 times (1 + sigma^2) ~ 200 blows the latent up to
-    |x| ~ 40 and float rounding differences grow past 1e-5; at 1 the sync still moves the result by >1 %.
-    The plain pass is batched (window_batch 8); gradient passes go one window at a time, as the oracle's
-    (batched gradients: see the next tests)."""
+    At sync_weight 1 to 1e-5 relative: the sync still moves the result by >1 %. The plain pass is batched
+    (window_batch 8); gradient passes go one window at a time, as the oracle's (batched gradients: see the
+    next tests). At the reference's weight 20 the step is w (1 + sigma^2) ~ 4000 times the gradient at the
+    first step on the random tiny model, so fp32 rounding of the gradient is amplified as much and the latent
+    grows to |x| ~ 70: with every window one at a time, as the oracle runs them, node and oracle agree to
+    1.6e-5 relative (measured; asserted 5e-5) while the sync changes the result by 50 %."""
     prompt = graphs.base()
     add_panorama(prompt, "10", "node", sampler_name="euler", sync_weight=1.0, sync_batch=1)
     add_custom(prompt, "20", "oracle", oracle_node(lpips_models["vgg"], sync_weight=1.0))
     add_custom(prompt, "30", "sampler", sampler_node(sampler_name="ddim", sync_weight=1.0, sync_batch=1))
     add_panorama(prompt, "40", "multi", sync_weight=0.0)
+    add_panorama(prompt, "50", "node_20", sampler_name="euler", sync_weight=20.0, sync_batch=1, window_batch=1)
+    add_custom(prompt, "60", "oracle_20", oracle_node(lpips_models["vgg"], sync_weight=20.0))
     host.run(prompt)
     node, oracle, custom = (captured()[k] for k in ("node", "oracle", "sampler"))
     assert torch.isfinite(node).all()
     assert relative(node, oracle) < 1e-5, relative(node, oracle)
     assert relative(custom, oracle) < 1e-5, relative(custom, oracle)
     assert relative(captured()["multi"], oracle) > 1e-2  # the sync matters at this weight
+    assert relative(captured()["node_20"], captured()["oracle_20"]) < 5e-5
+    assert relative(captured()["multi"], captured()["oracle_20"]) > 0.3
 
 
 def test_sync_weight_zero_is_independent_multidiffusion(host, lpips_models):
@@ -92,21 +98,40 @@ def test_sync_weight_zero_is_independent_multidiffusion(host, lpips_models):
 def test_batched_and_unbatched_windows_agree(host, lpips_models):
     """The plain pass batched (window_batch) equals one window at a time to 1e-5 with the sync on.
 
-    Batched gradient passes (sync_batch) agree per op to ~1e-6 (LPIPS, decoder and UNet gradients checked
-    separately, and tests/test_panorama_guidance.py with smooth callables), but on the random tiny model
-    the decoded windows are mostly saturated and the random VGG's features nearly zero, so LPIPS's feature
-    normalisation amplifies rounding: here the sync's effect differs by about 1 %, so that is what is
-    asserted (2 %) for sync_batch."""
-    prompt = graphs.base()
-    add_panorama(prompt, "10", "one", window_batch=1, sync_batch=1, steps=2, sync_steps=1)
-    add_panorama(prompt, "20", "plain_batched", window_batch=3, sync_batch=1, steps=2, sync_steps=1)
-    add_panorama(prompt, "30", "grad_batched", window_batch=1, sync_batch=3, steps=2, sync_steps=1)
-    add_panorama(prompt, "40", "multi", window_batch=1, sync_weight=0.0, steps=2, sync_steps=1)
-    host.run(prompt)
-    one, multi = captured()["one"], captured()["multi"]
-    assert relative(captured()["plain_batched"], one) < 1e-5
-    effect = float((one - multi).abs().max())
-    assert float((captured()["grad_batched"] - one).abs().max()) < 0.02 * effect
+    Batched gradient passes (sync_batch) run the same per-item arithmetic, so where the loss is
+    differentiable they agree to fp32 rounding, amplified by the step's weight * (1 + sigma^2) (about 4000
+    at the first step here): with the decoder's clamp to [0, 1] taken out (by a test-only patch of the
+    pack's decoder) the results agree to 1e-5 relative (measured 1e-5; asserted 5e-5). With the clamp, as
+    shipped and as the reference does it, about a quarter of the tiny decoder's pixels sit at 0 or 1, and at
+    those non-differentiable points (clamp edges, tied max-pool inputs in the LPIPS trunk) rounding picks
+    which subgradient flows: the sync's effect then differs by about 1.5 % (asserted 3 %). Both are valid
+    SyncDiffusion steps; the difference is not an error in the batching."""
+    gradients = harness.test_nodes_module().probes.pack_module("nodes.gradients")
+    decode = gradients.DifferentiableDecoder.decode_model_space
+    results = {}
+    for clamp in (True, False):
+        prompt = graphs.base()
+        add_panorama(prompt, "10", "one", window_batch=1, sync_batch=1, steps=2, sync_steps=1)
+        add_panorama(prompt, "20", "plain_batched", window_batch=3, sync_batch=1, steps=2, sync_steps=1)
+        add_panorama(prompt, "30", "grad_batched", window_batch=1, sync_batch=3, steps=2, sync_steps=1)
+        add_panorama(prompt, "40", "multi", window_batch=1, sync_weight=0.0, steps=2, sync_steps=1)
+        if not clamp:
+            gradients.DifferentiableDecoder.decode_model_space = (
+                lambda self, x0, latent_format, clamp=False: decode(self, x0, latent_format, False))
+        try:
+            host.run(prompt)
+        finally:
+            gradients.DifferentiableDecoder.decode_model_space = decode
+        results[clamp] = dict(captured())
+    for clamp, got in results.items():
+        one, multi = got["one"], got["multi"]
+        assert relative(got["plain_batched"], one) < 1e-5
+        effect = float((one - multi).abs().max())
+        assert effect > 0.1 * float(one.abs().max())  # the sync moves the result a lot (weight 20)
+        if clamp:
+            assert float((got["grad_batched"] - one).abs().max()) < 0.03 * effect
+        else:
+            assert relative(got["grad_batched"], one) < 5e-5
 
 
 def window_lpips_to_anchor(image: torch.Tensor, lpips_file: str) -> float:
