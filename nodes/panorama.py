@@ -27,7 +27,7 @@ import comfy.samplers
 import comfy.utils
 
 from ..guidance import panorama
-from . import gradients, host, lpips_model
+from . import gradients, host, lpips_model, window_conds
 
 CATEGORY = "guided_synthesis/panorama"
 _log = logging.getLogger(__name__)
@@ -113,23 +113,6 @@ def plan(config: PanoramaConfig, latent_h: int, latent_w: int, latent_format) ->
     return windows, anchor
 
 
-def _check_conditioning(model) -> None:
-    guider = getattr(model, "inner_model", None)
-    conds = getattr(guider, "conds", None) or {}
-    kinds = set()
-    for entries in conds.values():
-        for entry in entries or []:
-            if "c_concat" in (entry.get("model_conds") or {}):
-                kinds.add("c_concat (inpainting / instruct models)")
-            if entry.get("control") is not None:
-                kinds.add("ControlNet hints")
-            if entry.get("area") is not None:
-                kinds.add("area conditioning")
-    if kinds:
-        _log.warning("%s: %s are not cropped per window yet; each window sees them as if it were the whole "
-                     "image (the result may not follow them)", METHOD, ", ".join(sorted(kinds)))
-
-
 class TiledModel:
     """``model(x, sigma, **extra_args)`` over the windows: the merged x0 of the window crops (see module doc).
 
@@ -137,7 +120,8 @@ class TiledModel:
     """
 
     def __init__(self, model, sigmas, windows, anchor, config: PanoramaConfig, flow: bool, on_batch,
-                 denoiser=None, decoder=None, distance=None, latent_format=None, loss_scale: float = 1.0):
+                 denoiser=None, decoder=None, distance=None, latent_format=None, loss_scale: float = 1.0,
+                 conds: window_conds.WindowConditioning | None = None):
         self._model = model
         self._sigmas = [float(s) for s in sigmas]
         self._windows, self._anchor, self._config, self._flow = windows, anchor, config, flow
@@ -149,6 +133,7 @@ class TiledModel:
         self._unconds: dict = {}
         self._last_uncond = None
         self._items = 0
+        self._conds = conds
 
     def __getattr__(self, name):
         if name.startswith("_"):  # own state only (and no recursion before __init__ has run)
@@ -162,8 +147,11 @@ class TiledModel:
         return None
 
     @contextlib.contextmanager
-    def _inpaint(self, group, args: dict):
-        """The sampler's noise mask, latent and noise cropped to the windows of ``group`` for one call."""
+    def _window_args(self, group, args: dict):
+        """The call's extra args for the windows of ``group``: the conditioning cropped per window
+        (nodes/window_conds.py) and the sampler's noise mask, latent and noise cropped likewise."""
+        if self._conds is not None:
+            args = dict(args, model_options=self._conds.options(args.get("model_options") or {}, group))
         mask = args.get("denoise_mask")
         if mask is None:
             yield args
@@ -215,7 +203,7 @@ class TiledModel:
         def plain(xs, s, group):
             host.check_interrupt()
             sig = torch.full((xs.shape[0],), s, dtype=sigma.dtype, device=sigma.device)
-            with self._inpaint(group, args) as call_args:
+            with self._window_args(group, args) as call_args:
                 out = self._model(xs, sig, **call_args)
             if self._post_cfg:
                 for position, index in enumerate(group):
@@ -231,7 +219,7 @@ class TiledModel:
 
         def with_grad(xs, s, group):
             host.check_interrupt()
-            with self._inpaint(group, args) as call_args:
+            with self._window_args(group, args) as call_args:
                 return self._denoiser(xs, s, call_args)
 
         def decode(x0):
@@ -257,7 +245,7 @@ def panorama_sampler(config: PanoramaConfig) -> comfy.samplers.KSAMPLER:
         latent_format = base_model.latent_format
         flow = isinstance(base_model.model_sampling, comfy.model_sampling.CONST)
         windows, anchor = plan(config, x.shape[-2], x.shape[-1], latent_format)
-        _check_conditioning(model)
+        conds = window_conds.WindowConditioning(base_model, windows, x.shape, LATENT_PX)
         steps = len(sigmas) - 1
         sync_steps = [i for i in range(steps) if config.syncing()
                       and panorama.syncs_at(i, config.sync_steps, config.sync_every)]
@@ -291,12 +279,13 @@ def panorama_sampler(config: PanoramaConfig) -> comfy.samplers.KSAMPLER:
                 if config.unet_jacobian != UNET_JACOBIAN[0]:
                     denoiser.mode = denoiser.IDENTITY  # approximate: d x0 / d x = I, no UNet backward
             tiled = TiledModel(model, sigmas, windows, anchor, config, flow, on_batch, denoiser, decoder, distance,
-                               latent_format, loss_scale)
+                               latent_format, loss_scale, conds)
             sampler = comfy.samplers.sampler_object(config.sampler_name)
             host.check_interrupt()
             x = sampler.sampler_function(tiled, x, sigmas, extra_args=extra_args, callback=step_callback,
                                          disable=True, **sampler.extra_options)
         finally:
+            conds.close()
             if denoiser is not None:
                 denoiser.close()
             if decoder is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 def base(kind: str = "sd15", seed: int = 0, text: str = "a castle on a hill") -> dict:
     """Tiny checkpoint, positive/negative conditioning. Node ids: ckpt 1, positive 2, negative 3."""
     prompt = {"1": {"class_type": "GS_TestTinyCheckpoint", "inputs": {"kind": kind, "seed": seed}}}
-    if kind == "sd15":
+    if kind in ("sd15", "sd15_inpaint"):
         prompt["2"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": text}}
         prompt["3"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": ""}}
     else:

@@ -9,7 +9,7 @@ import hashlib
 import torch
 from comfy_api.latest import ComfyExtension, io
 
-from . import denoiser_probes, oracle_probes, panorama_oracle, probes, regions_probes, semantic_probes, tiny
+from . import denoiser_probes, oracle_probes, panorama_oracle, probes, regions_probes, semantic_probes, tiny, window_probes
 
 CATEGORY = "guided_synthesis_tests"
 CAPTURED: dict[str, torch.Tensor] = {}
@@ -179,7 +179,7 @@ class TestNodes(ComfyExtension):
     async def get_node_list(self):
         return [TinyCheckpoint, LoadImageSmall, RandomConditioning, ImageChannels, Strokes, Capture, Fingerprint,
                 GradientProbe, *regions_probes.NODES, *denoiser_probes.NODES, *oracle_probes.NODES,
-                *semantic_probes.NODES, *panorama_oracle.NODES]
+                *semantic_probes.NODES, *panorama_oracle.NODES, *window_probes.NODES]
 
 
 async def comfy_entrypoint():

@@ -20,7 +20,7 @@ import comfy.sd1_clip
 import comfy.supported_models
 import comfy.taesd.taesd
 
-KINDS = ("sd15", "sd2_v", "sdxl")
+KINDS = ("sd15", "sd2_v", "sdxl", "sd15_inpaint")
 
 _COMMON = {
     "use_checkpoint": False, "legacy": False, "use_temporal_attention": False,
@@ -40,8 +40,10 @@ def _unet_config(kind: str, full_size: bool) -> dict:
     tiny = {**_COMMON, "model_channels": 32, "channel_mult": [1, 2], "num_res_blocks": [1, 1],
             "transformer_depth": [1, 1], "transformer_depth_middle": 1, "transformer_depth_output": [1, 1, 1, 1],
             "num_heads": 8}
-    if kind == "sd15":
-        return {**tiny, "context_dim": 768, "use_linear_in_transformer": False, "adm_in_channels": None}
+    if kind in ("sd15", "sd15_inpaint"):
+        channels = 9 if kind == "sd15_inpaint" else 4  # inpainting UNets take the mask and masked latent too
+        return {**tiny, "context_dim": 768, "use_linear_in_transformer": False, "adm_in_channels": None,
+                "in_channels": channels}
     # SD2 and SDXL configs force 64-channel heads (unet_extra_config), so they need 64 channels.
     if kind == "sd2_v":
         return {**tiny, "model_channels": 64, "context_dim": 1024, "use_linear_in_transformer": True,
@@ -53,7 +55,7 @@ def _unet_config(kind: str, full_size: bool) -> dict:
 
 
 def context_dim(kind: str) -> int:
-    return {"sd15": 768, "sd2_v": 1024, "sdxl": 2048}[kind]
+    return {"sd15": 768, "sd2_v": 1024, "sdxl": 2048, "sd15_inpaint": 768}[kind]
 
 
 @torch.no_grad()
@@ -75,7 +77,7 @@ def seeded_init_(module: torch.nn.Module, seed: int) -> None:
 
 def tiny_model(kind: str = "sd15", seed: int = 0, full_size: bool = False) -> comfy.model_patcher.ModelPatcher:
     unet_config = _unet_config(kind, full_size)
-    if kind == "sd15":
+    if kind in ("sd15", "sd15_inpaint"):
         config = comfy.supported_models.SD15(unet_config)
     elif kind == "sd2_v":
         config = comfy.supported_models.SD20(unet_config)
