@@ -61,10 +61,9 @@ class CondRecorder(io.ComfyNode):
 def tiny_controlnet(seed: int = 0) -> comfy.controlnet.ControlNet:
     """A ControlNet for the tiny SD1.5 UNet (same blocks, 3-channel hint), seeded random weights."""
     config = {k: v for k, v in tiny._unet_config("sd15", False).items() if k != "out_channels"}
-    with torch.inference_mode(False):
-        model = comfy.cldm.cldm.ControlNet(**config, hint_channels=3, device="cpu",
-                                           operations=comfy.ops.disable_weight_init)
-        tiny.seeded_init_(model, seed)
+    model = comfy.cldm.cldm.ControlNet(**config, hint_channels=3, device="cpu",
+                                       operations=comfy.ops.disable_weight_init)
+    tiny.seeded_init_(model, seed)
     return comfy.controlnet.ControlNet(model, load_device=comfy.model_management.get_torch_device(),
                                        manual_cast_dtype=None)
 
