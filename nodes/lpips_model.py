@@ -23,6 +23,17 @@ NETS = ("vgg", "alex", "squeeze")
 HUB_FILES = {"vgg": "vgg16-397923af.pth", "alex": "alexnet-owt-7be5be79.pth", "squeeze": "squeezenet1_1-b8a52dc0.pth"}
 TRUNKS = {"vgg": "VGG16", "alex": "AlexNet", "squeeze": "SqueezeNet 1.1"}
 FOLDER = "lpips"
+MIN_SIDE = {"vgg": 16, "alex": 31, "squeeze": 17}  # the smallest image side (px) each trunk runs on (measured)
+
+
+def check_side(net: str, window_px: int, downscale: int = 1) -> None:
+    """A clear error when the images LPIPS would see (the window, downscaled) are too small for ``net``."""
+    side = window_px // max(1, int(downscale))
+    if side < MIN_SIDE[net]:
+        raise ValueError(f"LPIPS would compare {side} px images ({window_px} px windows"
+                         f"{f' at 1/{downscale}, lpips_size' if downscale > 1 else ''}), smaller than the "
+                         f"{MIN_SIDE[net]} px lpips_net '{net}' needs: make window_size larger"
+                         f"{', lpips_size larger' if downscale > 1 else ''} or use lpips_net 'vgg'")
 
 
 def trunk_file(net: str) -> str:
@@ -89,17 +100,22 @@ def load_lpips(net: str = "vgg", device=None):
 class LPIPSDistance:
     """``distance(images, anchor_images)``: per-item LPIPS between ``images`` [k*B,3,h,w] in [0, 1] and the
     anchor's B images (repeated per window), as ``lpips.LPIPS.forward`` computes it on ``2*img - 1``. The
-    anchor's features are computed once per anchor tensor (once per step), not once per window batch."""
+    anchor's features are computed once per anchor tensor (once per step), not once per window batch.
+    ``downscale`` > 1 compares the images area-averaged down by that factor (an approximation)."""
 
-    def __init__(self, model):
+    def __init__(self, model, downscale: int = 1):
         self.model = model
+        self.downscale = int(downscale)
         self.device = next(model.parameters()).device
         self._anchor = None
         self._anchor_features = None
 
     def features(self, images: torch.Tensor) -> list[torch.Tensor]:
         import lpips
-        x = self.model.scaling_layer(images.to(self.device, torch.float32) * 2 - 1)
+        images = images.to(self.device, torch.float32)
+        if self.downscale > 1:
+            images = torch.nn.functional.avg_pool2d(images, self.downscale)
+        x = self.model.scaling_layer(images * 2 - 1)
         return [lpips.normalize_tensor(f) for f in self.model.net(x)]
 
     def __call__(self, images: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:

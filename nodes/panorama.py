@@ -34,6 +34,7 @@ _log = logging.getLogger(__name__)
 METHOD = "SyncDiffusion"
 FIT_ADVICE = "Lower sync_batch or window_size, or use loss_decoder 'taesd'."
 UNET_JACOBIAN = ("exact", "none (approximate)")
+LPIPS_SIZES = {"full": 1, "1/2 (approximate)": 2, "1/4 (approximate)": 4}  # option -> downscale factor
 LATENT_PX = 8  # pixels per latent cell (SD1/SD2/SDXL/SD3/Flux VAEs)
 
 
@@ -57,6 +58,7 @@ class PanoramaConfig:
     window_batch: int = 4
     sync_batch: int = 1
     decoder_memory: str = "auto"
+    lpips_size: str = "full"
     decoder_spec: gradients.LossDecoderSpec | None = field(default=None, init=False)
 
     def validate(self) -> None:
@@ -76,6 +78,8 @@ class PanoramaConfig:
             raise ValueError(f"anchor must be -1 (the middle window) or a window index, got {self.anchor}")
         if self.lpips_net not in lpips_model.NETS:
             raise ValueError(f"lpips_net must be one of {', '.join(lpips_model.NETS)}, got {self.lpips_net!r}")
+        if self.lpips_size not in LPIPS_SIZES:
+            raise ValueError(f"lpips_size must be one of {', '.join(LPIPS_SIZES)}, got {self.lpips_size!r}")
         if self.unet_jacobian not in UNET_JACOBIAN:
             raise ValueError(f"unet_jacobian must be one of {UNET_JACOBIAN}, got {self.unet_jacobian!r}")
         if self.window_batch < 1 or self.sync_batch < 1:
@@ -106,6 +110,8 @@ def plan(config: PanoramaConfig, latent_h: int, latent_w: int, latent_format) ->
                          f"than one window ({window * LATENT_PX} px, window_size "
                          f"{config.window_size or '0 = by model'}); make width/height larger or window_size smaller")
     windows = panorama.plan_windows(latent_h, latent_w, window, window, stride, stride, config.loop)
+    if config.syncing():
+        lpips_model.check_side(config.lpips_net, window * LATENT_PX, LPIPS_SIZES[config.lpips_size])
     try:
         anchor = panorama.anchor_index(len(windows), config.anchor)
     except ValueError as error:
@@ -271,7 +277,8 @@ def panorama_sampler(config: PanoramaConfig) -> comfy.samplers.KSAMPLER:
                 window = windows[0]
                 batch = config.sync_batch * x.shape[0]
                 config.decoder_spec.check_fit(batch, (window.height, window.width))
-                distance = lpips_model.LPIPSDistance(lpips_model.load_lpips(config.lpips_net))
+                distance = lpips_model.LPIPSDistance(lpips_model.load_lpips(config.lpips_net),
+                                                     LPIPS_SIZES[config.lpips_size])
                 decoder = config.decoder_spec.build(latent_format, batch, (window.height, window.width))
                 ratio = config.decoder_spec.ratio
                 loss_scale = config.decoder_spec.loss_scale(3 * window.height * ratio * window.width * ratio)
@@ -430,15 +437,20 @@ def _extra_inputs() -> list:
         io.Combo.Input("decoder_memory", options=list(gradients.DECODER_MEMORY), default="auto", optional=True,
                        tooltip="Memory of the loss decoder copy: full, checkpointed (same result, about a third "
                                "of the memory, slower), auto (checkpointed when needed)."),
+        io.Combo.Input("lpips_size", options=list(LPIPS_SIZES), default="full", optional=True,
+                       tooltip="Image size LPIPS compares at. full: the window's decoded size, as the reference. "
+                               "1/2, 1/4: the decoded windows are area-averaged down first; the LPIPS network "
+                               "costs 4x / 16x less; approximate."),
     ]
 
 
 def _config(vae, sampler_name, window_size, stride, sync_weight, decay, sync_steps, sync_every, anchor, lpips_net,
-            loss_decoder, unet_jacobian, loop, window_batch, sync_batch, decoder_memory) -> PanoramaConfig:
+            loss_decoder, unet_jacobian, loop, window_batch, sync_batch, decoder_memory, lpips_size) -> PanoramaConfig:
     return PanoramaConfig(vae=vae, sampler_name=sampler_name, window_size=window_size, stride=stride,
                           sync_weight=sync_weight, decay=decay, sync_steps=sync_steps, sync_every=sync_every,
                           anchor=anchor, lpips_net=lpips_net, loss_decoder=loss_decoder, unet_jacobian=unet_jacobian,
-                          loop=loop, window_batch=window_batch, sync_batch=sync_batch, decoder_memory=decoder_memory)
+                          loop=loop, window_batch=window_batch, sync_batch=sync_batch, decoder_memory=decoder_memory,
+                          lpips_size=lpips_size)
 
 
 class SyncDiffusionSampler(io.ComfyNode):
@@ -484,12 +496,14 @@ class SyncDiffusionSampler(io.ComfyNode):
     @host.validated
     def execute(cls, model, positive, negative, vae, width, height, batch_size, seed, steps, cfg, sampler_name,
                 scheduler, window_size, stride, sync_weight, decay, sync_steps, sync_every, anchor, lpips_net,
-                loss_decoder, unet_jacobian, loop, window_batch, sync_batch=1, decoder_memory="auto") -> io.NodeOutput:
+                loss_decoder, unet_jacobian, loop, window_batch, sync_batch=1, decoder_memory="auto",
+                lpips_size="full") -> io.NodeOutput:
         for name, value in (("width", width), ("height", height)):
             if value % LATENT_PX:
                 raise ValueError(f"{name} must be a multiple of 8 pixels, got {value}")
         config = _config(vae, sampler_name, window_size, stride, sync_weight, decay, sync_steps, sync_every, anchor,
-                         lpips_net, loss_decoder, unet_jacobian, loop, window_batch, sync_batch, decoder_memory)
+                         lpips_net, loss_decoder, unet_jacobian, loop, window_batch, sync_batch, decoder_memory,
+                         lpips_size)
         latent_format = model.get_model_object("latent_format")
         config.validate()
         plan(config, height // LATENT_PX, width // LATENT_PX, latent_format)  # input errors before any work
@@ -529,9 +543,10 @@ class SyncDiffusionSamplerObject(io.ComfyNode):
     @host.validated
     def execute(cls, sampler_name, vae, window_size, stride, sync_weight, decay, sync_steps, sync_every, anchor,
                 lpips_net, loss_decoder, unet_jacobian, loop, window_batch, sync_batch=1,
-                decoder_memory="auto") -> io.NodeOutput:
+                decoder_memory="auto", lpips_size="full") -> io.NodeOutput:
         config = _config(vae, sampler_name, window_size, stride, sync_weight, decay, sync_steps, sync_every, anchor,
-                         lpips_net, loss_decoder, unet_jacobian, loop, window_batch, sync_batch, decoder_memory)
+                         lpips_net, loss_decoder, unet_jacobian, loop, window_batch, sync_batch, decoder_memory,
+                         lpips_size)
         if config.syncing():
             lpips_model.trunk_file(lpips_net)
         return io.NodeOutput(panorama_sampler(config))

@@ -143,24 +143,30 @@ PANORAMA_SMALL = {"vae": ["1", 2], "window_size": 32, "stride": 32, "sync_weight
 
 def _panorama_sync(option) -> dict:
     # every sampler and scheduler runs as MultiDiffusion here (a sync costs an LPIPS build and a backward per
-    # option); test_panorama_graph syncs with a sample of samplers of each kind
+    # option); test_panorama_graph syncs with a sample of samplers of each kind. LPIPS at 1/4 needs 64 px
+    # windows (vgg runs on 16 px and up).
+    if "lpips_size" in option:
+        return {"window_size": 64, "stride": 64}
     return {"sync_weight": 0.0} if {"sampler_name", "scheduler"} & set(option) else {}
 
 
 def panorama_graph(prompt, node_id, option):
+    method = {**PANORAMA_SMALL, **_panorama_sync(option), **option}
     prompt[node_id] = {"class_type": "GS_SyncDiffusion", "inputs": {
-        "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "width": 64, "height": 32, "batch_size": 1,
-        "seed": 3, "steps": 2, "cfg": 5.0, "sampler_name": "euler", "scheduler": "ddim_uniform", **PANORAMA_SMALL,
-        **_panorama_sync(option), **option}}
+        "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "width": 2 * method["window_size"],
+        "height": method["window_size"], "batch_size": 1, "seed": 3, "steps": 2, "cfg": 5.0, "sampler_name": "euler",
+        "scheduler": "ddim_uniform", **method}}
     return [node_id, 0]
 
 
 def panorama_sampler_graph(prompt, node_id, option):
-    prompt[node_id] = {"class_type": "GS_SyncDiffusionSampler", "inputs": {
-        "sampler_name": "euler", **PANORAMA_SMALL, **_panorama_sync(option), **option}}
+    method = {**PANORAMA_SMALL, **_panorama_sync(option), **option}
+    prompt[node_id] = {"class_type": "GS_SyncDiffusionSampler", "inputs": {"sampler_name": "euler", **method}}
     prompt[node_id + "s"] = {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "ddim_uniform",
                                                                        "steps": 2, "denoise": 1.0}}
-    prompt[node_id + "l"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 32, "batch_size": 1}}
+    prompt[node_id + "l"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 2 * method["window_size"],
+                                                                         "height": method["window_size"],
+                                                                         "batch_size": 1}}
     prompt[node_id + "c"] = {"class_type": "SamplerCustom", "inputs": {
         "model": ["1", 0], "add_noise": True, "noise_seed": 3, "cfg": 5.0, "positive": ["2", 0],
         "negative": ["3", 0], "sampler": [node_id, 0], "sigmas": [node_id + "s", 0],

@@ -44,10 +44,10 @@ def add_custom(prompt, node_id, key, sampler_node: dict, seed=5, width=WIDTH, he
     graphs.capture(prompt, node_id + "c", key, latent=[node_id + "k", 0])
 
 
-def oracle_node(lpips_file, sync_weight=20.0, sync_steps=2):
+def oracle_node(lpips_file, sync_weight=20.0, sync_steps=2, downscale=1, window=WINDOW):
     return {"class_type": "GS_TestPanoramaOracle", "inputs": {
-        "vae": ["1", 2], "window": WINDOW // 8, "stride": STRIDE // 8, "sync_weight": sync_weight, "decay": 0.95,
-        "sync_steps": sync_steps, "lpips_file": str(lpips_file), "net": "vgg"}}
+        "vae": ["1", 2], "window": window // 8, "stride": STRIDE // 8, "sync_weight": sync_weight, "decay": 0.95,
+        "sync_steps": sync_steps, "lpips_file": str(lpips_file), "net": "vgg", "downscale": downscale}}
 
 
 def sampler_node(**overrides):
@@ -85,6 +85,25 @@ def test_node_and_sampler_match_a_plain_torch_oracle(host, lpips_models):
     assert relative(captured()["multi"], oracle) > 1e-2  # the sync matters at this weight
     assert relative(captured()["node_20"], captured()["oracle_20"]) < 5e-5
     assert relative(captured()["multi"], captured()["oracle_20"]) > 0.3
+
+
+def test_lpips_at_reduced_size_matches_the_oracle_with_block_means(host, lpips_models):
+    """lpips_size 1/2: the node equals the oracle that averages each 2x2 block of the decoded windows before
+    LPIPS (1e-5); it is an approximation, so it differs from the full-size sync. 1/4 of a 32 px window is
+    smaller than VGG runs on: a clear error naming lpips_size."""
+    prompt = graphs.base()
+    add_panorama(prompt, "10", "half", sync_weight=1.0, sync_batch=1, lpips_size="1/2 (approximate)")
+    add_custom(prompt, "20", "oracle", oracle_node(lpips_models["vgg"], sync_weight=1.0, downscale=2))
+    add_panorama(prompt, "30", "full", sync_weight=1.0, sync_batch=1)
+    host.run(prompt)
+    half, oracle = captured()["half"], captured()["oracle"]
+    assert relative(half, oracle) < 1e-5, relative(half, oracle)
+    assert relative(captured()["full"], half) > 1e-4
+    prompt = graphs.base()
+    add_panorama(prompt, "10", "quarter", lpips_size="1/4 (approximate)")
+    _, server = host.run(prompt, expect_success=False)
+    message = host.node_error(server)
+    assert "lpips_size" in message and "8 px" in message, message
 
 
 def test_sync_weight_zero_is_independent_multidiffusion(host, lpips_models):

@@ -29,7 +29,7 @@ def oracle_lpips(net: str, path: str):
 
 
 def oracle_sampler(vae, window: int, stride: int, sync_weight: float, decay: float, sync_steps: int,
-                   lpips_file: str, net: str = "vgg"):
+                   lpips_file: str, net: str = "vgg", downscale: int = 1):
     gradients = pack_module("nodes.gradients")
 
     def sample(model, x, sigmas, extra_args=None, callback=None, disable=None):
@@ -62,7 +62,13 @@ def oracle_sampler(vae, window: int, stride: int, sync_weight: float, decay: flo
                         with gradients.grad_enabled():
                             xg = gradients.owned(xv).requires_grad_(True)
                             image = decoder.decode_model_space(denoiser(xg, sigma), latent_format, clamp=True)
-                            loss = lp(image * 2 - 1, anchor_image * 2 - 1).sum()
+                            small, small_anchor = image, anchor_image
+                            if downscale > 1:  # mean of each downscale x downscale block
+                                small = image.unflatten(-1, (-1, downscale)).unflatten(-3, (-1, downscale)).mean(
+                                    dim=(-3, -1))
+                                small_anchor = anchor_image.unflatten(-1, (-1, downscale)).unflatten(
+                                    -3, (-1, downscale)).mean(dim=(-3, -1))
+                            loss = lp(small * 2 - 1, small_anchor * 2 - 1).sum()
                             (grad,) = torch.autograd.grad(loss, xg)
                         xv = xv - weight * (1 + sigma ** 2) * grad
                     x0 = model(xv, sigma * s_in, **extra_args)
@@ -85,12 +91,15 @@ class PanoramaOracle(io.ComfyNode):
                          inputs=[io.Vae.Input("vae"), io.Int.Input("window"), io.Int.Input("stride"),
                                  io.Float.Input("sync_weight", step=0.01), io.Float.Input("decay", step=0.001),
                                  io.Int.Input("sync_steps"), io.String.Input("lpips_file"),
-                                 io.String.Input("net", default="vgg")],
+                                 io.String.Input("net", default="vgg"),
+                                 io.Int.Input("downscale", default=1, min=1, max=8, optional=True)],
                          outputs=[io.Sampler.Output()])
 
     @classmethod
-    def execute(cls, vae, window, stride, sync_weight, decay, sync_steps, lpips_file, net="vgg") -> io.NodeOutput:
-        return io.NodeOutput(oracle_sampler(vae, window, stride, sync_weight, decay, sync_steps, lpips_file, net))
+    def execute(cls, vae, window, stride, sync_weight, decay, sync_steps, lpips_file, net="vgg",
+                downscale=1) -> io.NodeOutput:
+        return io.NodeOutput(oracle_sampler(vae, window, stride, sync_weight, decay, sync_steps, lpips_file, net,
+                                            downscale))
 
 
 NODES = [PanoramaOracle]
