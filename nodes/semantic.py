@@ -405,7 +405,7 @@ class SemanticGuidance:
         with gradients.grad_enabled():
             x0 = gradients.owned(denoised).float().requires_grad_(True)
             latent = F.avg_pool2d(x0, 2) if self.downscaled else x0
-            image = run.decoder.decode_model_space(latent, run.latent_format)
+            image = run.decoder.decode_model_space(latent, run.latent_format, clamp=True)
             mask = None
             if self.mask is not None:
                 mask = gradients.owned(self.mask).float().unsqueeze(1).to(image.device)

@@ -163,3 +163,103 @@ def test_vp_ve_round_trip_and_alpha():
     x0, eps, sigma = torch.randn(4), torch.randn(4), 4.692
     ab = schedules.alpha_bar_from_sigma(sigma).float()
     torch.testing.assert_close(ab.sqrt() * x0 + (1 - ab).sqrt() * eps, schedules.vp_from_ve(x0 + sigma * eps, sigma))
+
+
+# --- select_sigmas: each semantics gets every argument it needs ------------------------------------
+
+def linear_time_to_sigma(t: float) -> float:
+    """A toy schedule sigma = 10 t, so the paper semantics can be worked out by hand."""
+    return 10.0 * t
+
+
+def linear_sigma_to_time(sigmas):
+    return torch.as_tensor(sigmas, dtype=torch.float64) / 10.0
+
+
+def test_select_sigmas_diffusers_counts_from_the_asked_for_steps():
+    """A scheduler that builds 12 levels for 10 asked-for steps (ddim_uniform): the start index is
+    steps - int(steps * strength) of the asked-for count, 10 - int(2.5) = 8, not 11 - int(2.75) = 9."""
+    full = karras_like(11)  # 12 levels
+    torch.testing.assert_close(sdedit.select_sigmas("diffusers", 0.25, full, steps=10), full[8:], rtol=0, atol=0)
+    # without steps the count is len(full) - 1 = 11: start 11 - int(2.75) = 9 (a slice: exact)
+    torch.testing.assert_close(sdedit.select_sigmas("diffusers", 0.25, full), full[9:], rtol=0, atol=0)
+    # 10 steps (11 levels), default count: 10 - int(2.5) = 8
+    ten = karras_like(10)
+    torch.testing.assert_close(sdedit.select_sigmas("diffusers", 0.25, ten), ten[8:], rtol=0, atol=0)
+
+
+def test_select_sigmas_comfy_passes_schedule_steps_and_strength():
+    calls = []
+
+    def schedule(n):
+        calls.append(n)
+        return karras_like(n)
+
+    full = karras_like(10)
+    out = sdedit.select_sigmas("comfy", 0.5, full, schedule=schedule)  # steps = len(full) - 1 = 10
+    assert calls == [20]  # int(10 / 0.5): integer bookkeeping
+    torch.testing.assert_close(out, karras_like(20)[-11:], rtol=1e-6, atol=1e-6)
+    calls.clear()
+    out = sdedit.select_sigmas("comfy", 0.25, full, schedule=schedule, steps=6)
+    assert calls == [24]  # int(6 / 0.25)
+    torch.testing.assert_close(out, karras_like(24)[-7:], rtol=1e-6, atol=1e-6)
+
+
+def test_select_sigmas_paper_passes_both_schedule_maps():
+    """sigma = 10 t: the levels 10, 6, 3, 1 sit at t = 1, .6, .3, .1; t0 = 0.6 scales them by 0.6."""
+    full = torch.tensor([10.0, 6.0, 3.0, 1.0, 0.0])
+    out = sdedit.select_sigmas("paper", 0.6, full, time_to_sigma=linear_time_to_sigma,
+                               sigma_to_time=linear_sigma_to_time)
+    torch.testing.assert_close(out, torch.tensor([6.0, 3.6, 1.8, 0.6, 0.0]), rtol=1e-6, atol=1e-6)
+
+
+def test_select_sigmas_names_what_each_semantics_is_missing():
+    full = karras_like(10)
+    with pytest.raises(ValueError, match="^comfy semantics needs the schedule callable$"):
+        sdedit.select_sigmas("comfy", 0.5, full)
+    for t2s, s2t in ((None, linear_sigma_to_time), (linear_time_to_sigma, None), (None, None)):
+        with pytest.raises(ValueError, match="^paper semantics needs time_to_sigma and sigma_to_time$"):
+            sdedit.select_sigmas("paper", 0.5, full, time_to_sigma=t2s, sigma_to_time=s2t)
+    with pytest.raises(ValueError, match="^semantics must be one of paper, diffusers, comfy, got 'Paper'$"):
+        sdedit.select_sigmas("Paper", 0.5, full)
+
+
+def test_comfy_denoise_uses_the_full_schedule_only_above_0_9999():
+    """KSampler: ``denoise > 0.9999`` builds the plain schedule, anything else int(steps / denoise) steps.
+    At 20000 steps the two differ: int(20000 / 0.9999) = 20002 and int(20000 / 0.99995) = 20001."""
+    calls = []
+
+    def schedule(n):
+        calls.append(n)
+        return torch.linspace(float(n), 0.0, n + 1)
+
+    out = sdedit.comfy_denoise_sigmas(schedule, 20000, 0.99995)
+    assert calls == [20000]  # integer bookkeeping
+    torch.testing.assert_close(out, torch.linspace(20000.0, 0.0, 20001), rtol=0, atol=0)  # returned as built
+    calls.clear()
+    out = sdedit.comfy_denoise_sigmas(schedule, 20000, 0.9999)
+    assert calls == [20002]
+    assert len(out) == 20001 and float(out[0]) == 20000.0  # the tail of 20002 .. 0: integers, exact in float32
+    calls.clear()
+    torch.testing.assert_close(sdedit.comfy_denoise_sigmas(schedule, 10, 1.0), torch.linspace(10.0, 0.0, 11),
+                               rtol=0, atol=0)
+    assert calls == [10]
+
+
+def test_mask_errors_name_both_sizes_in_height_by_width_order_and_accept_a_shared_mask():
+    with pytest.raises(ValueError, match=r"^stroke_mask is 32x64 \(HxW\) but strokes is 48x80: the mask must"):
+        checks.check_mask_size((32, 64), (48, 80), "stroke_mask", "strokes")
+    checks.check_mask_batch(1, 3)  # one mask shared by the batch
+    checks.check_mask_batch(3, 3)
+    with pytest.raises(ValueError, match=r"^mask has a batch of 2; expected 1 or 3 \(the image batch\)$"):
+        checks.check_mask_batch(2, 3)
+
+
+def test_alpha_bar_is_computed_in_double_precision():
+    sigma = 4.692
+    ab = schedules.alpha_bar_from_sigma(sigma)
+    assert ab.dtype == torch.float64
+    torch.testing.assert_close(ab, torch.tensor(1.0 / (1.0 + sigma * sigma), dtype=torch.float64),
+                               rtol=1e-14, atol=0)
+    torch.testing.assert_close(schedules.alpha_bar_from_sigma(torch.tensor([0.0, 1.0])),
+                               torch.tensor([1.0, 0.5], dtype=torch.float64), rtol=1e-14, atol=0)

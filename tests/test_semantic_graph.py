@@ -92,11 +92,29 @@ def guided_steps(records, tag: str) -> list[int]:
 # ----------------------------------------------------------------------------------------------
 
 
+def crops_similarity(model, image_bhwc: torch.Tensor, target: torch.Tensor, count: int = 32) -> float:
+    """Mean CLIP cosine similarity to ``target`` over ``count`` seeded random square crops (half the side to
+    the whole image), each resized to CLIP's input: the score that cutout guidance optimises."""
+    generator = torch.Generator().manual_seed(0)
+    height, width = image_bhwc.shape[1:3]
+    scores = []
+    for _ in range(count):
+        side = int(torch.randint(min(height, width) // 2, min(height, width) + 1, (1,), generator=generator))
+        top = int(torch.randint(0, height - side + 1, (1,), generator=generator))
+        left = int(torch.randint(0, width - side + 1, (1,), generator=generator))
+        piece = image_bhwc[:, top:top + side, left:left + side]
+        scores.append(F.cosine_similarity(clip_embedding(model, piece), target))
+    return float(torch.stack(scores).mean())
+
+
 def test_text_guidance_raises_clip_similarity_and_the_original_model_is_unchanged(host, clip_guidance, captured,
                                                                                    records):
+    """Without cutouts the whole picture's similarity to the text rises; with the default 4 cutouts the
+    similarity averaged over random crops rises (measured on VAE Decode's images)."""
     prompt = graphs.base()
     add_branch(prompt, "plain_before", None, None)
     add_branch(prompt, "text", VIT, guidance_inputs(text_weight=1.0, cutouts=0))
+    add_branch(prompt, "cutouts", VIT, guidance_inputs(text_weight=1.0, cutouts=4))
     host.run(prompt)
     prompt = graphs.base()
     add_branch(prompt, "plain_after", None, None)  # the unpatched MODEL after a guided run
@@ -107,6 +125,9 @@ def test_text_guidance_raises_clip_similarity_and_the_original_model_is_unchange
     guided = F.cosine_similarity(clip_embedding(model, captured["text:image"]), target)
     plain = F.cosine_similarity(clip_embedding(model, captured["plain_before:image"]), target)
     assert float(guided) > float(plain), (float(guided), float(plain))
+    guided = crops_similarity(model, captured["cutouts:image"], target)
+    plain = crops_similarity(model, captured["plain_before:image"], target)
+    assert guided > plain, (guided, plain)
     assert len(guided_steps(records, "text")) == 6
 
 
@@ -133,15 +154,6 @@ def _style_features(model, image_bhwc):
         return model.visual.forward_intermediates((pixels - mean) / std, indices=[0, 1, 2, 3, 4])["image_intermediates"]
 
 
-def unclamped_image(latent: torch.Tensor) -> torch.Tensor:
-    """The tiny VAE's decode of a final latent without VAEDecode's clamp, [B, H, W, 3]: the image the loss saw
-    (the random tiny decoder saturates much of the picture, and clamping hides what guidance changed)."""
-    tiny = harness.test_nodes_module().tiny
-    with torch.no_grad():
-        vae = tiny.tiny_vae(0)
-        return ((vae.first_stage_model.decode(latent.float()) + 1.0) / 2.0).movedim(1, -1)
-
-
 def test_style_guidance_lowers_the_style_loss_on_a_resnet_tower(host, clip_guidance, captured, records):
     from guidance import semantic
     prompt = graphs.base()
@@ -153,34 +165,34 @@ def test_style_guidance_lowers_the_style_loss_on_a_resnet_tower(host, clip_guida
     host.run(prompt)
     model = tiny_clip("rn")
     targets = [semantic.gram(f) for f in _style_features(model, captured["reference"])]
-    guided = semantic.style_loss(_style_features(model, unclamped_image(captured["style"])), targets, relative=True)
-    plain = semantic.style_loss(_style_features(model, unclamped_image(captured["plain"])), targets, relative=True)
+    # measured on VAE Decode's images: the loss scores the clamped decode, the picture the user gets
+    guided = semantic.style_loss(_style_features(model, captured["style:image"]), targets, relative=True)
+    plain = semantic.style_loss(_style_features(model, captured["plain:image"]), targets, relative=True)
     assert float(guided) < float(plain), (float(guided), float(plain))
 
 
 def test_a_batch_of_two_equals_two_batches_of_one(host, clip_guidance, captured, records):
-    """Per-sample losses (spherical distances, Grams): the guided step of each image of a batch of two equals its
-    guided step alone. Compared at the first guided step: later steps amplify float rounding of the batched UNet
-    through the normalisation (the random tiny models are chaotic), not any mixing."""
+    """Per-sample losses (spherical distances, Grams, per-image cutouts of the same squares): a guided batch of
+    two ends where each image ends guided alone, over a whole 6-step run. Batched UNet, decoder and CLIP calls
+    round differently (about 1e-6), which the normalised steps carry along: measured 4e-4 relative, asserted
+    3e-3, while guidance moves the result by about 30 % (SDG's batch-mixing Gram would change it entirely)."""
     prompt = graphs.base()
     reference = graphs.strokes(prompt, "4", width=64, height=64)
     settings = guidance_inputs(image_loss="both", cutouts=2)
     prompt["5"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 2}}
     prompt["7"] = {"class_type": "LatentFromBatch", "inputs": {"samples": ["5", 0], "batch_index": 0, "length": 2}}
-    add_branch(prompt, "pair", VIT, settings, reference=reference, latent=["7", 0], steps=2)
+    add_branch(prompt, "pair", VIT, settings, reference=reference, latent=["7", 0])
     for index in range(2):
         prompt[f"6{index}"] = {"class_type": "LatentFromBatch", "inputs": {"samples": ["5", 0],
                                                                            "batch_index": index, "length": 1}}
-        add_branch(prompt, f"one{index}", VIT, settings, reference=reference, latent=[f"6{index}", 0], steps=2)
+        add_branch(prompt, f"one{index}", VIT, settings, reference=reference, latent=[f"6{index}", 0])
+        add_branch(prompt, f"plain{index}", None, None, latent=[f"6{index}", 0])
     host.run(prompt)
     for index in range(2):
-        before = records[f"one{index}:before"][0]["denoised"]
-        torch.testing.assert_close(records["pair:before"][0]["denoised"][index:index + 1], before, atol=1e-6, rtol=1e-6)
-        step_pair = before - records["pair:after"][0]["denoised"][index:index + 1]
-        step_one = before - records[f"one{index}:after"][0]["denoised"]
-        # the batched decoder/CLIP round differently (~1e-6), and g / rms(g) of the tiny random models' small,
-        # saturated gradients magnifies that; mixing samples (SDG's Gram) would change the step entirely
-        assert float((step_pair - step_one).norm() / step_one.norm()) < 1e-2
+        alone = captured[f"one{index}"]
+        scale = float(alone.abs().max())
+        assert float((captured["pair"][index:index + 1] - alone).abs().max()) < 3e-3 * scale
+        assert float((alone - captured[f"plain{index}"]).abs().max()) > 0.1 * scale
     assert 0 in guided_steps(records, "pair")
 
 
@@ -240,7 +252,7 @@ def test_mask_gradient_is_zero_outside_the_mask(host, clip_guidance, captured, r
 
 def test_one_guided_step_equals_an_independent_oracle(host, clip_guidance, captured, records):
     """Text loss, no cutouts: x0' = x0 - w * g / rms(g) * rms(cond - uncond), g = d/dx0 of w * angle^2 / 2 between
-    CLIP(resize(decode(x0))) and CLIP(text), written here from the formulas with plain torch."""
+    CLIP(resize(clamp(decode(x0), 0, 1))) and CLIP(text), written here from the formulas with plain torch."""
     import open_clip
     weight = 0.7
     prompt = graphs.base()
@@ -262,7 +274,7 @@ def test_one_guided_step_equals_an_independent_oracle(host, clip_guidance, captu
         model = tiny_clip()
         text = model.encode_text(open_clip.get_tokenizer("GS-Test-Tiny-ViT")([TEXT])).float().detach()
         x0 = first["denoised"].clone().float().requires_grad_(True)
-        image = (decoder.decode(x0 / 0.18215) + 1.0) / 2.0
+        image = ((decoder.decode(x0 / 0.18215) + 1.0) / 2.0).clamp(0.0, 1.0)
         pixels = F.interpolate(image, size=(64, 64), mode="bilinear", antialias=True, align_corners=False)
         mean, std = torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1), torch.tensor(OPENAI_STD).view(1, 3, 1, 1)
         embedding = model.encode_image((pixels - mean) / std).float()
