@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from comfy_api.latest import io
 
 import comfy.model_management
+import comfy.model_patcher
 import comfy.patcher_extension
 import folder_paths
 
@@ -77,8 +78,10 @@ def _make_grad_safe(module: torch.nn.Module) -> None:
 
 
 class OpenCLIP:
-    """The GS_OPEN_CLIP value: a frozen open_clip model, its tokenizer and preprocessing config. Pack-owned;
-    moved to the torch device for a guided run (after ComfyUI frees room for it) and back afterwards."""
+    """The GS_OPEN_CLIP value: a frozen open_clip model, its tokenizer and preprocessing config. Pack-owned,
+    under ComfyUI's model management through its own ModelPatcher: a guided MODEL lists it as an additional
+    model, so the sampler loads it together with the UNet (memory accounted for both), and ComfyUI offloads
+    it when something else needs the room, as it does with its own models."""
 
     is_gs_open_clip = True
 
@@ -89,7 +92,8 @@ class OpenCLIP:
         self.size = int(size[0] if isinstance(size, (tuple, list)) else size)
         self.mean, self.std = tuple(cfg.get("mean", (0.5,) * 3)), tuple(cfg.get("std", (0.5,) * 3))
         self.offload_device = comfy.model_management.unet_offload_device()
-        self.device = torch.device("cpu")
+        self.patcher = comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
+                                                        offload_device=self.offload_device)
         visual = model.visual
         resblocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
         if resblocks is not None:
@@ -113,21 +117,15 @@ class OpenCLIP:
             model.to(dtype=dtype)
         return cls(model, _open_clip().get_tokenizer(name), name, dtype)
 
-    def load(self) -> None:
-        device = comfy.model_management.get_torch_device()
-        if device != self.device:
-            comfy.model_management.free_memory(self.model_bytes * 1.5, device)
-            with torch.inference_mode(False):
-                self.model.to(device)
-            self.device = device
-        _make_grad_safe(self.model)
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
 
-    def offload(self) -> None:
-        if self.device != self.offload_device:
-            with torch.inference_mode(False):
-                self.model.to(self.offload_device)
-            self.device = self.offload_device
-            comfy.model_management.soft_empty_cache()
+    def load(self) -> None:
+        """On the torch device (a no-op when the sampler loaded it with the UNet), with weights autograd can
+        save for backward."""
+        comfy.model_management.load_models_gpu([self.patcher])
+        _make_grad_safe(self.model)
 
     def encode_text(self, text: str) -> torch.Tensor:
         with gradients.grad_enabled(), torch.no_grad():
@@ -356,7 +354,6 @@ class SemanticGuidance:
         if run is not None and run.decoder is not None:
             run.decoder.close()
             run.decoder = None
-            self.clip.offload()
 
     def _targets(self, run: _Run) -> None:
         """Text embedding, clean reference embeddings and reference Grams, once per run."""
@@ -519,6 +516,7 @@ class CLIPSemanticGuidance(io.ComfyNode):
                      "model is unchanged")
             return io.NodeOutput(patched)
         patched.set_model_sampler_post_cfg_function(guidance)
+        patched.set_additional_models(WRAPPER_KEY, [clip_model.patcher])
         patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY,
                                      guidance.outer_sample)
         return io.NodeOutput(patched)

@@ -252,3 +252,92 @@ def test_zero_strength_and_window():
     assert region.active(torch.tensor([6.0, 5.0, 3.0, 1.0, 0.5])).tolist() == [False, True, True, True, False]
     with pytest.raises(ValueError, match="mode"):
         make_region(mode="nope")
+
+
+# --- colour names, spec resolution edges, error messages ------------------------------------------
+
+def test_colour_names_with_hyphens_aliases_and_no_modifier():
+    spec = regions.parse_region_spec("Light-Blue: sky\nviolet: flowers\ngray: road\nred: roof\nsky blue: water")
+    assert [line.name for line in spec[:4]] == [("light", "blue"), ("", "purple"), ("", "grey"), ("", "red")]
+    # two words whose first is not light/dark: not a colour name, so the whole line is a bare phrase
+    assert spec[4].name is None and spec[4].rgb is None and spec[4].phrase == "sky blue: water"
+
+
+def test_dark_picks_the_darkest_and_light_the_lightest_of_a_family():
+    colours = [(110, 170, 235), (40, 100, 170)]  # both blue
+    assert regions.resolve_regions(regions.parse_region_spec("dark blue: sea"), colours) == [None, "sea"]
+    assert regions.resolve_regions(regions.parse_region_spec("light blue: sky"), colours) == ["sky", None]
+
+
+def test_a_hand_built_line_may_use_a_colour_alias():
+    spec = [regions.SpecLine(1, "road", name=("", "gray"))]
+    assert regions.resolve_regions(spec, [RED, (128, 128, 128)]) == [None, "road"]
+
+
+def test_a_hex_key_takes_a_palette_colour_within_three_times_the_tolerance():
+    colours = [(100, 100, 100)]
+    # #ac6464 is (172, 100, 100): exactly 72 = 3 x 24 from the grey, still taken
+    assert regions.resolve_regions(regions.parse_region_spec("#ac6464: stone"), colours) == ["stone"]
+    with pytest.raises(ValueError, match=r"^region_spec line 1: colour #ad6464 is not in the stroke image; "
+                                         r"its colours are #646464 \(grey\)$"):
+        regions.resolve_regions(regions.parse_region_spec("#ad6464: stone"), colours)  # 73 away
+    assert regions.resolve_regions(regions.parse_region_spec("#ad6464: stone"), colours, tolerance=25.0) == ["stone"]
+
+
+def test_resolution_errors_list_the_palette_and_start_with_the_input_name():
+    colours = [RED, BLUE]
+    with pytest.raises(ValueError, match=r"^region_spec line 1: no region of the stroke image is green; "
+                                         r"its colours are #dc281e \(red\), #285ac8 \(blue\)$"):
+        regions.resolve_regions(regions.parse_region_spec("green: grass"), colours)
+    with pytest.raises(ValueError, match=r"^region_spec line 1: 'blue' matches several colours "
+                                         r"\(#6eaaeb, #2864aa\); write 'light blue' / 'dark blue'"):
+        regions.resolve_regions(regions.parse_region_spec("blue: sea"), [(110, 170, 235), (40, 100, 170)])
+    with pytest.raises(ValueError, match=r"^strokes line 2: no region of the stroke image is red; "
+                                         r"its colours are none$"):
+        regions.resolve_regions(regions.parse_region_spec("\nred: roof"), [], name="strokes")
+    with pytest.raises(ValueError, match=r"^region_spec line 1: the stroke image has no colour regions$"):
+        regions.resolve_regions(regions.parse_region_spec("#dc281e: roof"), [])
+    with pytest.raises(ValueError, match=r"^region_spec: 1 phrases without a colour but only 0 colours left "
+                                         r"to give them \(line 1 'castle' has none\); the stroke image's colours "
+                                         r"are none$"):
+        regions.resolve_regions(regions.parse_region_spec("castle"), [])
+
+
+def test_palette_hex_names_each_colour():
+    palette = regions.Palette(colours=[(255, 0, 16), (1, 2, 3)], masks=torch.zeros(2, 1, 1), areas=[0.5, 0.5])
+    assert palette.hex(0) == "#ff0010" and palette.hex(1) == "#010203"
+
+
+# --- token positions ---------------------------------------------------------------------------------
+
+def test_content_positions_skip_only_a_leading_start_token_and_stop_at_the_end_token():
+    chunks = [[BOS, 5, 6, EOS, EOS], [7, BOS, EOS, 0, 0], [BOS, None, 8, EOS, EOS], []]
+    assert regions.content_positions(chunks, BOS, EOS) == [(1, 5), (2, 6), (5, 7), (6, BOS), (11, None), (12, 8)]
+    # without start/end tokens every position is content, counted across chunks
+    assert regions.content_positions([[BOS, 5], [None, 6]], None, None) == [(0, BOS), (1, 5), (2, None), (3, 6)]
+
+
+def test_start_and_end_tokens_are_never_phrase_tokens():
+    prompt = [chunk([5, 6])]
+    assert regions.phrase_token_positions(prompt, [[BOS], [EOS], [5]], BOS, EOS) == [[], [], [1]]
+
+
+def test_two_regions_with_the_same_phrase_both_get_its_tokens():
+    castle, tower = 10, 30
+    prompt = [chunk([1, castle, tower, 2, castle])]
+    spans = regions.phrase_token_positions(prompt, [[castle], [castle, tower], [castle, tower]], BOS, EOS)
+    assert spans == [[5], [2, 3], [2, 3]]
+
+
+def test_layer_grid_halves_even_sizes_exactly_and_returns_integers():
+    for n, expected in ((32 * 48, (32, 48)), (16 * 24, (16, 24)), (5 * 5, (5, 5))):
+        latent = (10, 10) if expected == (5, 5) else (64, 96)
+        grid = regions.layer_grid(n, latent)
+        assert grid == expected and all(type(v) is int for v in grid)  # integer arithmetic
+    assert regions.layer_grid(5 * 3, (10, 6)) == (5, 3)
+
+
+def test_a_window_of_a_single_level_is_closed():
+    region = make_region()
+    region.sigma_start, region.sigma_end = 0.0, 0.0
+    assert region.active(torch.tensor([0.0, 1e-3])).tolist() == [True, False]

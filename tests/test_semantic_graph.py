@@ -228,6 +228,20 @@ def test_weight_zero_reproduces_unguided_sampling(host, clip_guidance, captured,
     assert not guided_steps(records, "zero")
 
 
+def test_the_clip_model_is_loaded_by_comfyui_model_management(host, clip_guidance, captured, records):
+    """The guided MODEL lists the CLIP's ModelPatcher as an additional model, so the sampler loads it with the
+    UNet; afterwards it is one of ComfyUI's loaded models (offloaded by ComfyUI when memory is needed)."""
+    import comfy.model_management
+    import open_clip
+    comfy.model_management.unload_all_models()
+    prompt = graphs.base()
+    add_branch(prompt, "text", VIT, guidance_inputs(cutouts=0), steps=2)
+    host.run(prompt)
+    loaded = [m.model.model for m in comfy.model_management.current_loaded_models if m.model is not None]
+    assert any(isinstance(model, open_clip.CLIP) for model in loaded), [type(m).__name__ for m in loaded]
+    assert len(guided_steps(records, "text")) == 2
+
+
 @pytest.mark.parametrize("every,expected", [(1, 4), (2, 2)])
 def test_heun_guides_once_per_step_not_per_evaluation(host, clip_guidance, captured, records, every, expected):
     prompt = graphs.base()

@@ -115,3 +115,235 @@ def test_mask_keeps_the_loss_gradient_inside_the_region():
     assert float(image.grad[..., 8:].abs().sum()) == 0.0 and float(image.grad[..., :8].abs().sum()) > 0
     cells = semantic.latent_mask(mask, (2, 2))
     assert cells.flatten().tolist() == [1.0, 0.0, 1.0, 0.0]
+
+
+# --- reference helpers (plain torch, written from the formulas) ---------------------------------------
+
+def rms_reference(x: torch.Tensor) -> torch.Tensor:
+    """sqrt(mean(x^2)) of each sample, shaped [B, 1, 1, 1]."""
+    return x.double().pow(2).mean(dim=(1, 2, 3)).sqrt().view(-1, 1, 1, 1)
+
+
+def resize_matrix(n_in: int, n_out: int, antialias: bool) -> torch.Tensor:
+    """Rows of triangle-filter weights [n_out, n_in] (pixel centres at j + 0.5, half-pixel mapping): linear
+    interpolation for bilinear, widened to the scale factor for an antialiased shrink, renormalised at borders."""
+    scale = n_in / n_out
+    support = max(scale, 1.0) if antialias else 1.0
+    centres = (torch.arange(n_out, dtype=torch.float64) + 0.5) * scale
+    weights = (1 - ((torch.arange(n_in, dtype=torch.float64) + 0.5)[None] - centres[:, None]).abs() / support)
+    weights = weights.clamp_min(0)
+    return weights / weights.sum(1, keepdim=True)
+
+
+def block_mean(image: torch.Tensor, factor: int) -> torch.Tensor:
+    """Mean of each factor x factor block of [B, C, H, W]."""
+    b, c, h, w = image.shape
+    return image.reshape(b, c, h // factor, factor, w // factor, factor).mean(dim=(3, 5))
+
+
+# --- normalise, rms, spherical distance --------------------------------------------------------------
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def test_normalise_is_per_channel_mean_and_std_in_the_images_precision():
+    image = torch.rand(2, 3, 4, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    expected = torch.empty_like(image)
+    for c in range(3):
+        expected[:, c] = (image[:, c] - CLIP_MEAN[c]) / CLIP_STD[c]
+    # float64 in, float64 arithmetic: agrees to rounding (a float32 mean/std would be off by ~1e-8)
+    torch.testing.assert_close(semantic.normalise(image, CLIP_MEAN, CLIP_STD), expected, rtol=1e-12, atol=1e-12)
+    half = semantic.normalise(image.half(), CLIP_MEAN, CLIP_STD)
+    assert half.dtype == torch.float16
+    torch.testing.assert_close(half.double(), expected, rtol=0, atol=2e-2)
+
+
+def test_normalise_builds_its_constants_on_the_images_device():
+    # the meta device (shapes only) stands in for an accelerator: a CPU constant would not combine with it
+    out = semantic.normalise(torch.empty(1, 3, 4, 4, device="meta"), CLIP_MEAN, CLIP_STD)
+    assert out.device.type == "meta" and out.shape == (1, 3, 4, 4)
+
+
+def test_rms_is_per_sample():
+    x = torch.tensor([[3.0, 4.0], [0.0, 1.0]]).view(2, 1, 1, 2)
+    torch.testing.assert_close(semantic.rms(x), torch.tensor([12.5 ** 0.5, 0.5 ** 0.5]).view(2, 1, 1, 1),
+                               rtol=1e-6, atol=1e-7)
+
+
+def test_spherical_distance_is_per_row_of_the_last_dimension():
+    u = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(1))
+    v = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(2))
+    cosine = (u * v).sum(-1) / (u.norm(dim=-1) * v.norm(dim=-1))
+    expected = torch.arccos(cosine.double()) ** 2 / 2  # theta^2 / 2
+    torch.testing.assert_close(semantic.spherical_distance(u, v).double(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_opposite_embeddings_are_pi_squared_over_two_never_nan():
+    # a half chord of 1 can round to 1 + 1e-7 for exactly opposite unit vectors; arcsin must not see it
+    # (with this seed two rows do); arcsin is ill-conditioned at 1, so float32 rounding there costs ~1e-3
+    gen = torch.Generator().manual_seed(1)
+    u = torch.randn(256, 5, generator=gen) * torch.rand(256, 1, generator=gen) * 100
+    distance = semantic.spherical_distance(u, -0.3 * u)
+    torch.testing.assert_close(distance, torch.full((256,), math.pi ** 2 / 2), rtol=0, atol=1e-2)
+
+
+# --- the guided x0 step ------------------------------------------------------------------------------
+
+def _step_inputs(seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    denoised, grad, cond, uncond = (torch.randn(2, 4, 8, 8, generator=gen) for _ in range(4))
+    return denoised, grad * torch.tensor([1e-3, 5.0]).view(2, 1, 1, 1), cond, uncond
+
+
+def test_normalised_step_is_the_default_and_moves_down_the_gradient():
+    denoised, grad, cond, uncond = _step_inputs()
+    out = semantic.guided_x0(denoised, grad, 0.5, 3.0, cond_denoised=cond, uncond_denoised=uncond)
+    expected = denoised.double() - 0.5 * grad.double() / rms_reference(grad) * rms_reference(cond - uncond)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_small_cfg_correction_is_used_as_it_is_not_replaced_by_the_noise_size():
+    denoised, grad, cond, _ = _step_inputs(1)
+    uncond = cond + 0.1 * torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(5))  # rms ~0.1
+    noisy = denoised + 5.0 * torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(6))
+    out = semantic.guided_x0(denoised, grad, 0.5, 5.0, "normalised", cond, uncond, noisy=noisy)
+    expected = denoised.double() - 0.5 * grad.double() / rms_reference(grad) * rms_reference(cond - uncond)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_without_both_cfg_predictions_the_noise_size_stands_in_or_nothing_moves():
+    denoised, grad, cond, _ = _step_inputs(2)
+    noisy = denoised + 3.0 * torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(7))
+    expected = denoised.double() - 0.5 * grad.double() / rms_reference(grad) * rms_reference(noisy - denoised)
+    for given in ({}, {"cond_denoised": cond}, {"uncond_denoised": cond}):
+        out = semantic.guided_x0(denoised, grad, 0.5, 3.0, "normalised", noisy=noisy, **given)
+        torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+    # no CFG correction and no noisy input: no size to step by, x0 is unchanged
+    torch.testing.assert_close(semantic.guided_x0(denoised, grad, 0.5, 3.0), denoised, rtol=0, atol=1e-7)
+
+
+def test_paper_step_takes_a_sigma_per_sample():
+    denoised, grad, _, _ = _step_inputs(3)
+    sigma = torch.tensor([2.0, 0.5])
+    out = semantic.guided_x0(denoised, grad, 3.0, sigma, "paper")
+    expected = denoised - 3.0 * torch.tensor([4.0, 0.25]).view(2, 1, 1, 1) * grad
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", semantic.STEP_MODES)
+def test_the_step_keeps_x0s_dtype(mode):
+    denoised, grad, cond, uncond = _step_inputs(4)
+    out = semantic.guided_x0(denoised.half(), grad.half(), 0.5, 1.5, mode, cond.half(), uncond.half())
+    assert out.dtype == torch.float16
+    reference = semantic.guided_x0(denoised, grad.half().float(), 0.5, 1.5, mode, cond.half().float(),
+                                   uncond.half().float())
+    torch.testing.assert_close(out.float(), reference, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("mode", semantic.STEP_MODES)
+def test_the_step_runs_on_the_tensors_device(mode):
+    # meta (shapes only) stands in for an accelerator: any constant made on the CPU would not combine with it
+    meta = torch.empty(2, 4, 8, 8, device="meta")
+    out = semantic.guided_x0(meta, meta, 0.5, 2.0, mode, meta, meta, noisy=meta)
+    assert out.device.type == "meta" and out.shape == (2, 4, 8, 8)
+
+
+# --- gating and the loss terms ---------------------------------------------------------------------
+
+def test_step_index_window_edges_and_errors():
+    assert semantic.step_indices(10, 0.5, 0.5) == set()  # start == end is a valid (empty) window
+    assert semantic.step_indices(8, 0.25, 0.5, every=3) == {2}
+    with pytest.raises(ValueError, match="^every must be at least 1, got 0$"):
+        semantic.step_indices(10, 0.0, 1.0, every=0)
+    with pytest.raises(ValueError, match=r"end_percent \(1.5\) must satisfy 0 <= start <= end <= 1"):
+        semantic.step_indices(10, 0.0, 1.5)
+    with pytest.raises(ValueError, match=r"^start_percent \(-0.1\)"):
+        semantic.step_indices(10, -0.1, 0.5)
+
+
+def test_a_midpoint_evaluation_between_levels_is_not_a_step():
+    sigmas = torch.tensor([14.6, 7.0, 3.0, 1.0, 0.0])
+    assert semantic.sigma_step_index(2.5, sigmas) is None  # Heun's second evaluation, 0.5 from a level
+    assert semantic.sigma_step_index(3.0 * (1 + 1e-6), sigmas) == 2  # the same level up to rounding
+
+
+def test_content_loss_adds_with_its_weight():
+    emb = torch.randn(6, 8, generator=torch.Generator().manual_seed(8))
+    content = torch.randn(1, 8, generator=torch.Generator().manual_seed(9))
+    cosine = (emb @ content.t()).squeeze(1) / (emb.norm(dim=1) * content.norm())
+    per_view = torch.arccos(cosine.double()) ** 2 / 2
+    expected = 3.0 * per_view.view(3, 2).mean(0)  # view-major: views of image 0 are rows 0, 2, 4
+    out = semantic.text_image_loss(emb, None, content, 2, 2.0, 3.0)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_text_image_loss_runs_on_the_embeddings_device():
+    meta = torch.empty(6, 8, device="meta")
+    out = semantic.text_image_loss(meta, torch.empty(1, 8, device="meta"), torch.empty(1, 8, device="meta"),
+                                   2, 1.0, 1.0)
+    assert out.device.type == "meta" and out.shape == (2,)
+
+
+def test_masked_image_has_the_same_values_and_a_gradient_scaled_by_the_mask():
+    image = torch.rand(1, 3, 2, 3, dtype=torch.float64, requires_grad=True)
+    mask = torch.tensor([[0.0, 0.3, 1.0], [1.0, 0.5, 0.0]], dtype=torch.float64).view(1, 1, 2, 3)
+    out = semantic.masked_for_loss(image, mask)
+    torch.testing.assert_close(out, image.detach(), rtol=1e-12, atol=1e-12)  # m x + (1 - m) x = x
+    out.sum().backward()
+    torch.testing.assert_close(image.grad, mask.expand(1, 3, 2, 3), rtol=0, atol=0)  # d/dx of m x: m itself
+
+
+def test_masked_image_keeps_the_images_dtype_and_device():
+    half = semantic.masked_for_loss(torch.rand(1, 3, 4, 4).half(), torch.ones(1, 1, 4, 4))
+    assert half.dtype == torch.float16
+    meta = semantic.masked_for_loss(torch.empty(1, 3, 4, 4, device="meta"), torch.ones(1, 1, 4, 4))
+    assert meta.device.type == "meta"
+
+
+# --- views ------------------------------------------------------------------------------------------
+
+def test_a_whole_image_view_is_an_antialiased_bilinear_resize():
+    image = torch.rand(2, 3, 24, 36, dtype=torch.float64, generator=torch.Generator().manual_seed(10))
+    out = semantic.make_views(image, 8, 0, torch.Generator().manual_seed(0))
+    expected = torch.einsum("ij,bcjk,lk->bcil", resize_matrix(24, 8, True), image, resize_matrix(36, 8, True))
+    torch.testing.assert_close(out, expected, rtol=1e-9, atol=1e-9)
+
+
+def test_full_size_cutouts_are_area_averaged_and_small_ones_bilinear_upsampled():
+    image = torch.rand(1, 3, 12, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(11))
+    # min_fraction 1: every cutout is the whole (square) image
+    shrunk = semantic.make_views(image, 4, 3, torch.Generator().manual_seed(0), min_fraction=1.0)
+    torch.testing.assert_close(shrunk, block_mean(image, 3).repeat(3, 1, 1, 1), rtol=1e-9, atol=1e-9)
+    grown = semantic.make_views(image, 12, 2, torch.Generator().manual_seed(0), min_fraction=1.0)
+    torch.testing.assert_close(grown, image.repeat(2, 1, 1, 1), rtol=1e-9, atol=1e-9)  # side == size
+    small = image[..., :6, :6]
+    up = semantic.make_views(small, 9, 1, torch.Generator().manual_seed(0), min_fraction=1.0)
+    expected = torch.einsum("ij,bcjk,lk->bcil", resize_matrix(6, 9, False), small, resize_matrix(6, 9, False))
+    torch.testing.assert_close(up, expected, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+def test_cutouts_are_uniformly_placed_inside_the_image(transpose):
+    """A 12 x 16 image of column indices: each full-height cutout (side 12, pooled 3x to 4) starts at a
+    column 0..4, readable from its first pixel (mean of columns left..left+2 = left + 1)."""
+    columns = torch.arange(16, dtype=torch.float64).expand(1, 3, 12, 16).clone()
+    image = columns.transpose(-1, -2) if transpose else columns
+    views = semantic.make_views(image, 4, 30, torch.Generator().manual_seed(0), min_fraction=1.0)
+    if transpose:
+        views = views.transpose(-1, -2)
+    starts = views[:, 0, 0, 0] - 1
+    torch.testing.assert_close(starts, starts.round(), rtol=0, atol=1e-9)
+    assert set(starts.round().long().tolist()) == set(range(5))  # every start 0..16-12, none outside
+    expected = torch.cat([block_mean(columns[..., start:start + 12], 3) for start in starts.round().long().tolist()])
+    torch.testing.assert_close(views, expected, rtol=1e-9, atol=1e-9)
+
+
+def test_views_come_from_the_generator_alone():
+    image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(12))
+    first = semantic.make_views(image, 8, 6, torch.Generator().manual_seed(5))
+    torch.manual_seed(123)  # the global generator must not matter
+    second = semantic.make_views(image, 8, 6, torch.Generator().manual_seed(5))
+    torch.testing.assert_close(first, second, rtol=1e-6, atol=1e-6)
+    sizes = semantic.cutout_sizes(50, 32, 40, 0.5, 1.0, torch.Generator().manual_seed(5))
+    assert min(sizes) >= 16 and max(sizes) <= 32  # [min_fraction * 32, 32], integers
