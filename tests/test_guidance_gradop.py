@@ -246,3 +246,54 @@ def test_loss_scaling_is_exact_in_fp32_and_rescues_an_fp16_gradient():
     result = gradop.optimise_strokes(z_big, big_target, decode, identity, 3,
                                      loss_scale=gradop.default_loss_scale(True, 3 * size * size))
     assert result.losses[-1] < result.losses[0]
+
+
+def test_a_single_iterative_step_and_the_last_usable_step():
+    assert gradop.optimisation_indices(50, 0.8, 1) == [10]
+    # start 9: steps 9 .. 48 are the 40 before the last one (i < N - 1), levels 10 .. 49
+    assert gradop.optimisation_indices(50, 0.8, 40) == list(range(10, 50))
+    with pytest.raises(ValueError, match=r"^iterative_steps \(41\) is more than the sampler steps left after the "
+                                         r"start that strength 0.8 selects \(40 of 50\)"):
+        gradop.optimisation_indices(50, 0.8, 41)
+
+
+def test_no_step_is_left_when_the_start_is_the_last_step():
+    # int(10 * 0.9) = 9: the start is step 9, the last one, so nothing is left to optimise after
+    with pytest.raises(ValueError, match=r"\(0 of 10\)"):
+        gradop.optimisation_indices(10, 0.1, 1)
+    with pytest.raises(ValueError, match="^iterative_steps must be at least 1, got 0$"):
+        gradop.optimisation_indices(50, 0.8, 0)
+
+
+def area_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """Area (adaptive average) weights [n_out, n_in]: output i averages inputs floor(i n / m) .. ceil((i+1) n / m)."""
+    weights = torch.zeros(n_out, n_in, dtype=torch.float64)
+    for i in range(n_out):
+        lo, hi = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
+        weights[i, lo:hi] = 1.0 / (hi - lo)
+    return weights
+
+
+def bilinear_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """Bilinear weights [n_out, n_in] (half-pixel centres, no antialias): the two inputs around
+    (i + 0.5) n / m - 0.5, clamped at the borders."""
+    weights = torch.zeros(n_out, n_in, dtype=torch.float64)
+    for i in range(n_out):
+        source = max((i + 0.5) * n_in / n_out - 0.5, 0.0)
+        low = min(int(math.floor(source)), n_in - 1)
+        high = min(low + 1, n_in - 1)
+        fraction = source - low
+        weights[i, low] += 1 - fraction
+        weights[i, high] += fraction
+    return weights
+
+
+def test_resize_image_area_averages_when_shrinking_and_is_bilinear_otherwise():
+    image = torch.rand(2, 3, 10, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    assert gradop.resize_image(image, 10, 12) is image  # already the size: returned as is
+    for h, w in ((4, 5), (10, 6), (5, 12)):  # shrinking one or both sides
+        expected = torch.einsum("ij,bcjk,lk->bcil", area_matrix(10, h), image, area_matrix(12, w))
+        torch.testing.assert_close(gradop.resize_image(image, h, w), expected, rtol=1e-9, atol=1e-9)
+    for h, w in ((16, 20), (7, 30), (10, 13)):  # growing a side
+        expected = torch.einsum("ij,bcjk,lk->bcil", bilinear_matrix(10, h), image, bilinear_matrix(12, w))
+        torch.testing.assert_close(gradop.resize_image(image, h, w), expected, rtol=1e-9, atol=1e-9)

@@ -170,3 +170,50 @@ def test_weight_zero_is_the_plain_multidiffusion_average():
     x0 = panorama.merged_x0(crops, windows, x.shape, 2.0, denoise, 2)
     torch.testing.assert_close(panorama.first_order_x0(x, x0, panorama.merge(crops, windows, x.shape), 2.0, 1.0), x0,
                                atol=1e-6, rtol=1e-6)
+
+
+# --- the decode tiling helpers -------------------------------------------------------------------
+
+def test_sync_every_kth_step_counts_from_the_first():
+    # (i + 1) % 3 == 0: steps 2 and 5 of the first 7
+    assert [panorama.syncs_at(i, 7, every=3) for i in range(8)] == [False, False, True, False, False, True,
+                                                                     False, False]
+
+
+def test_circular_pad_of_zero_one_and_more_than_the_width():
+    x = torch.arange(10.0).view(1, 1, 1, 10)
+    # gathers, no arithmetic: exact
+    torch.testing.assert_close(panorama.circular_pad(x, 0), x, rtol=0, atol=0)
+    assert panorama.circular_pad(x, 1)[0, 0, 0].tolist() == [9, *range(10), 0]
+    assert panorama.circular_pad(x, 15)[0, 0, 0].tolist() == [*range(10)] * 3  # at most the width each side
+
+
+def test_tiles_of_a_short_length_and_of_a_large_overlap():
+    assert panorama.tiles(20, 32, 8) == [(0, 20)]
+    assert panorama.tiles(32, 32, 8) == [(0, 32)]
+    assert panorama.tiles(6, 4, 3) == [(0, 4), (1, 5), (2, 6)]  # stride tile - overlap = 1
+    assert panorama.tiles(6, 4, 9) == [(0, 4), (1, 5), (2, 6)]  # the stride is at least 1
+
+
+def test_blend_weights_are_linear_ramps_over_the_overlap_at_inner_edges():
+    rise = [1 / 9, 2 / 9, 3 / 9, 4 / 9, 5 / 9, 6 / 9, 7 / 9, 8 / 9]  # (k + 1) / (overlap + 1)
+    middle = torch.tensor(rise + [1.0] * 16 + rise[::-1])
+    torch.testing.assert_close(panorama.blend_weights(100, (24, 56), 8), middle, rtol=1e-6, atol=1e-7)
+    first = torch.tensor([1.0] * 24 + rise[::-1])  # starts at 0: no left ramp
+    torch.testing.assert_close(panorama.blend_weights(100, (0, 32), 8), first, rtol=1e-6, atol=1e-7)
+    last = torch.tensor(rise + [1.0] * 24)  # ends at the length: no right ramp
+    torch.testing.assert_close(panorama.blend_weights(100, (68, 100), 8), last, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(panorama.blend_weights(100, (1, 33), 8)[:8], torch.tensor(rise), rtol=1e-6,
+                               atol=1e-7)
+
+
+def test_blend_weight_ramps_are_capped_at_half_a_short_tile_and_vanish_without_overlap():
+    # length 6, overlap 8: ramps of 6 // 2 = 3 -> (k + 1) / 4
+    torch.testing.assert_close(panorama.blend_weights(100, (10, 16), 8),
+                               torch.tensor([0.25, 0.5, 0.75, 0.75, 0.5, 0.25]), rtol=1e-6, atol=1e-7)
+    # length 7: ramps of 3, the middle weight stays 1
+    torch.testing.assert_close(panorama.blend_weights(100, (10, 17), 8),
+                               torch.tensor([0.25, 0.5, 0.75, 1.0, 0.75, 0.5, 0.25]), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(panorama.blend_weights(100, (24, 56), 1),
+                               torch.tensor([0.5] + [1.0] * 30 + [0.5]), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(panorama.blend_weights(100, (24, 56), 0), torch.ones(32), rtol=0, atol=0)

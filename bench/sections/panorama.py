@@ -11,7 +11,8 @@ from pathlib import Path
 from common import device_and_sync, device_name, harness, interleaved
 
 TITLE = "SyncDiffusion vs MultiDiffusion (same canvas, steps, windows) and MultiDiffusion vs KSampler at one window"
-WIDTH, HEIGHT, WINDOW, STRIDE, STEPS, SYNC_STEPS = 96, 32, 32, 16, 4, 2
+# the reference's proportions: sync in the first fifth of the steps (10 of 50 there)
+WIDTH, HEIGHT, WINDOW, STRIDE, STEPS, SYNC_STEPS = 96, 32, 32, 16, 10, 2
 
 
 def _model_folders(tiny) -> None:
@@ -63,3 +64,51 @@ def run(host) -> None:
         print(f"{name:48} {seconds:8.2f} {seconds / multi:18.2f}")
     print(f"MultiDiffusion one-window canvas vs KSampler at that size: "
           f"{times['MultiDiffusion, one-window canvas'] / times['KSampler, one window']:.2f}x")
+    import os
+    if os.environ.get("GS_BENCH_PANORAMA_MEMORY", "1") != "0":
+        sync_pass_memory()
+
+
+def sync_pass_memory(latent: int = 64) -> None:
+    """Extra peak tensor memory of one window's gradient pass at a sync step at full size (SD1.5 UNet CFG pair,
+    x0, the SD VAE decoder, clamp, LPIPS VGG against a fixed anchor image, backward to the window's latent),
+    measured op by op in fp32 (tests/memory_probe.py); with the decoder checkpointed and without the UNet
+    Jacobian too. Needs about 20 GB of RAM and a few minutes of CPU."""
+    import torch
+    sys.path.insert(0, str(harness.TESTS))
+    import memory_probe
+    tiny = harness.test_nodes_module().tiny
+    gradients = harness.loaded_module(f"{harness.PACK_NAME}.nodes.gradients")
+    lpips_model = harness.loaded_module(f"{harness.PACK_NAME}.nodes.lpips_model")
+    with torch.inference_mode(False):
+        patcher = tiny.tiny_model("sd15", 0, full_size=True)
+        unet = patcher.model
+        unet.requires_grad_(False)
+        vae = tiny.tiny_kl_vae(0, full_size=True)
+        import lpips
+        distance = lpips_model.LPIPSDistance(lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True,
+                                                         verbose=False).requires_grad_(False).eval())
+        context = torch.randn(2, 77, 768)
+        pixels = latent * 8
+        anchor = torch.rand(1, 3, pixels, pixels)
+        sigma = torch.tensor([10.0, 10.0])
+        results = {}
+        for label, checkpointed, jacobian in (("full decoder", False, True), ("checkpointed decoder", True, True),
+                                              ("checkpointed decoder, unet_jacobian none", True, False)):
+            with gradients.DifferentiableDecoder(vae, torch.float32, checkpointed=checkpointed) as decoder:
+                x = torch.randn(1, 4, latent, latent, requires_grad=True)
+
+                def step():
+                    pair = torch.cat([x, x]) if jacobian else torch.cat([x, x]).detach()
+                    out = unet.apply_model(pair, sigma, c_crossattn=context)
+                    x0 = out[:1] + 7.5 * (out[1:] - out[:1])
+                    if not jacobian:
+                        x0 = x0 + (x - x.detach())  # identity Jacobian
+                    image = decoder.decode(x0 / 0.18215, clamp=True)
+                    distance(image, anchor).sum().backward()
+
+                with gradients.grad_enabled():
+                    results[label] = memory_probe.peak_extra_bytes(step) / 2 ** 30
+        for label, gib in results.items():
+            print(f"extra peak memory of one window's sync gradient pass, SD1.5 at {pixels}x{pixels}, fp32, {label} "
+                  f"(measured op by op): {gib:.2f} GiB; fp16/bf16 about half")
