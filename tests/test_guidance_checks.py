@@ -15,3 +15,8 @@ def test_hex_colours_in_all_three_forms():
 def test_anything_else_is_an_error_naming_the_input(text):
     with pytest.raises(ValueError, match=f"^background_color: '{text}' is not a colour"):
         checks.parse_hex_colour(text, "background_color")
+
+
+def test_the_default_input_name_is_colour():
+    with pytest.raises(ValueError, match="^colour: 'blue' is not a colour"):
+        checks.parse_hex_colour("blue")

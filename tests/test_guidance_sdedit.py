@@ -263,3 +263,11 @@ def test_alpha_bar_is_computed_in_double_precision():
                                rtol=1e-14, atol=0)
     torch.testing.assert_close(schedules.alpha_bar_from_sigma(torch.tensor([0.0, 1.0])),
                                torch.tensor([1.0, 0.5], dtype=torch.float64), rtol=1e-14, atol=0)
+
+
+def test_diffusers_semantics_runs_a_single_step_when_that_is_all_strength_leaves():
+    full = karras_like(10)
+    # 10 - int(10 * 0.1) = 9: the last step only (a slice: exact)
+    torch.testing.assert_close(sdedit.diffusers_sigmas(full, 0.1), full[9:], rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"^strength 0.05 with 10 steps runs no step"):
+        sdedit.diffusers_sigmas(full, 0.05)

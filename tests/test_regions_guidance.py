@@ -341,3 +341,67 @@ def test_a_window_of_a_single_level_is_closed():
     region = make_region()
     region.sigma_start, region.sigma_end = 0.0, 0.0
     assert region.active(torch.tensor([0.0, 1e-3])).tolist() == [True, False]
+
+
+# Hand-computed HLS values (hue in degrees, lightness, saturation) for each colour; the families are
+# [lower, upper) hue intervals: red < 15 <= orange < 45 <= yellow < 70 <= green < 165 <= cyan < 195 <= blue
+# < 255 <= purple < 290 <= magenta < 345 <= red, greys when chroma < 0.12 or saturation < 0.15.
+@pytest.mark.parametrize("rgb,family", [
+    ((252, 63, 0), "orange"),     # hue exactly 15 (63 / 252 = 1/4 of the way to yellow)
+    ((255, 66, 0), "orange"),     # 15.5
+    ((252, 189, 0), "yellow"),    # exactly 45
+    ((210, 255, 0), "green"),     # 70.6
+    ((0, 252, 189), "cyan"),      # exactly 165
+    ((0, 255, 194), "cyan"),      # 165.6
+    ((0, 128, 128), "cyan"),      # 180, r is the smallest channel
+    ((0, 189, 252), "blue"),      # exactly 195
+    ((0, 189, 255), "blue"),      # 195.5
+    ((63, 0, 252), "purple"),     # exactly 255
+    ((66, 0, 255), "purple"),     # 255.5
+    ((215, 0, 255), "magenta"),   # 290.6
+    ((128, 0, 128), "magenta"),   # 300, g is the smallest channel
+    ((240, 0, 62), "magenta"),    # 344.5
+    ((252, 0, 63), "red"),        # exactly 345
+    ((255, 0, 62), "red"),        # 345.4
+    ((128, 128, 0), "yellow"),    # 60, b is the smallest channel
+])
+def test_hue_families_are_half_open_intervals(rgb, family):
+    assert regions.colour_family(rgb) == family
+
+
+@pytest.mark.parametrize("rgb,family", [
+    ((51, 51, 51), "grey"),       # value exactly 0.2: not black
+    ((50, 50, 50), "black"),
+    ((60, 40, 40), "grey"),       # chroma 0.078 < 0.12 though saturation is 0.2
+    ((153, 117, 117), "red"),     # chroma 0.14, saturation exactly 0.15: a colour
+    ((40, 0, 0), "black"),        # saturated but value 0.16 < 0.2
+    ((51, 0, 0), "brown"),        # value exactly 0.2: a colour, and dark red is brown
+    ((120, 20, 20), "brown"),     # red hue, value 0.47 < 0.6, lightness 0.27 < 0.45
+    ((152, 0, 0), "brown"),       # value 0.596
+    ((153, 0, 0), "red"),         # value exactly 0.6: not brown
+    ((200, 0, 0), "red"),         # lightness 0.39 but value 0.78
+    ((150, 90, 90), "red"),       # value 0.59 but lightness 0.47
+    ((255, 102, 102), "red"),     # lightness exactly 0.7: not pink
+    ((255, 180, 200), "pink"),    # red hue (344), lightness 0.85
+    ((255, 180, 255), "pink"),    # magenta hue, lightness 0.85
+    ((180, 200, 255), "blue"),    # light blue stays blue
+])
+def test_greys_browns_and_pinks(rgb, family):
+    assert regions.colour_family(rgb) == family
+
+
+def test_spec_errors_name_the_default_input_and_list_the_colour_names():
+    with pytest.raises(ValueError, match=r"^region_spec line 1: unknown colour 'rde'; use #RRGGBB or one of "
+                                         r"red, orange, yellow, green, cyan, blue, purple, magenta, pink, brown, "
+                                         r"black, white, grey \(optionally 'light'/'dark'\)$"):
+        regions.parse_region_spec("rde: castle")
+    with pytest.raises(ValueError, match=r"^region_spec line 2: expected '#RRGGBB: phrase', got '#castle'$"):
+        regions.parse_region_spec("sky\n#castle")
+
+
+def test_spec_lines_that_read_as_phrases_keep_their_line_and_the_rest_is_parsed():
+    spec = regions.parse_region_spec("a castle: tall\nred: roof: tiled\nlight sky blue: x\nriver")
+    assert [(line.line, line.phrase, line.name) for line in spec] == [
+        (1, "a castle: tall", None), (2, "roof: tiled", ("", "red")), (3, "light sky blue: x", None),
+        (4, "river", None)]
+    assert regions.parse_region_spec("") == [] and regions.parse_region_spec(None) == []

@@ -65,50 +65,92 @@ def run(host) -> None:
     print(f"MultiDiffusion one-window canvas vs KSampler at that size: "
           f"{times['MultiDiffusion, one-window canvas'] / times['KSampler, one window']:.2f}x")
     import os
-    if os.environ.get("GS_BENCH_PANORAMA_MEMORY", "1") != "0":
-        sync_pass_memory()
+    if os.environ.get("GS_BENCH_PANORAMA_FULL_SIZE", "1") != "0":
+        full_size()
 
 
-def sync_pass_memory(latent: int = 64) -> None:
-    """Extra peak tensor memory of one window's gradient pass at a sync step at full size (SD1.5 UNet CFG pair,
-    x0, the SD VAE decoder, clamp, LPIPS VGG against a fixed anchor image, backward to the window's latent),
-    measured op by op in fp32 (tests/memory_probe.py); with the decoder checkpointed and without the UNet
-    Jacobian too. Needs about 20 GB of RAM and a few minutes of CPU."""
+REFERENCE_SETTING = {"steps": 50, "sync_steps": 10, "windows": 21}  # 512x3072, stride 128 px (16 latent)
+
+
+def full_size(latent: int = 64) -> None:
+    """Full-size SD1.5 pieces with random weights, at a 512 px window: the extra peak memory of one window's
+    gradient pass at a sync step (UNet CFG pair, x0, the SD VAE decoder, clamp, LPIPS VGG against a fixed
+    anchor, backward to the window's latent), measured op by op in fp32 (tests/memory_probe.py), and the time
+    of each piece, from which the reference's setting (512x3072, stride 128 px, sync in 10 of 50 steps) is
+    costed against MultiDiffusion for each option. Needs about 20 GB of RAM and some CPU minutes."""
     import torch
+    from common import timed
     sys.path.insert(0, str(harness.TESTS))
     import memory_probe
     tiny = harness.test_nodes_module().tiny
     gradients = harness.loaded_module(f"{harness.PACK_NAME}.nodes.gradients")
     lpips_model = harness.loaded_module(f"{harness.PACK_NAME}.nodes.lpips_model")
+    device, sync = device_and_sync()
     with torch.inference_mode(False):
-        patcher = tiny.tiny_model("sd15", 0, full_size=True)
-        unet = patcher.model
-        unet.requires_grad_(False)
+        unet = tiny.tiny_model("sd15", 0, full_size=True).model.to(device).requires_grad_(False)
         vae = tiny.tiny_kl_vae(0, full_size=True)
+        taesd = tiny.tiny_vae(0)
         import lpips
-        distance = lpips_model.LPIPSDistance(lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True,
-                                                         verbose=False).requires_grad_(False).eval())
-        context = torch.randn(2, 77, 768)
+        distance = lpips_model.LPIPSDistance(lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False)
+                                             .requires_grad_(False).eval().to(device))
+        context = torch.randn(2, 77, 768, device=device)
         pixels = latent * 8
-        anchor = torch.rand(1, 3, pixels, pixels)
-        sigma = torch.tensor([10.0, 10.0])
-        results = {}
-        for label, checkpointed, jacobian in (("full decoder", False, True), ("checkpointed decoder", True, True),
-                                              ("checkpointed decoder, unet_jacobian none", True, False)):
-            with gradients.DifferentiableDecoder(vae, torch.float32, checkpointed=checkpointed) as decoder:
-                x = torch.randn(1, 4, latent, latent, requires_grad=True)
+        anchor = torch.rand(1, 3, pixels, pixels, device=device)
+        sigma = torch.tensor([10.0, 10.0], device=device)
 
-                def step():
-                    pair = torch.cat([x, x]) if jacobian else torch.cat([x, x]).detach()
-                    out = unet.apply_model(pair, sigma, c_crossattn=context)
-                    x0 = out[:1] + 7.5 * (out[1:] - out[:1])
-                    if not jacobian:
-                        x0 = x0 + (x - x.detach())  # identity Jacobian
-                    image = decoder.decode(x0 / 0.18215, clamp=True)
-                    distance(image, anchor).sum().backward()
+        def x0_of(x, jacobian=True):
+            pair = torch.cat([x, x]) if jacobian else torch.cat([x, x]).detach()
+            out = unet.apply_model(pair, sigma, c_crossattn=context)
+            x0 = out[:1] + 7.5 * (out[1:] - out[:1])
+            return x0 if jacobian else x0 + (x - x.detach())  # identity Jacobian
 
-                with gradients.grad_enabled():
-                    results[label] = memory_probe.peak_extra_bytes(step) / 2 ** 30
-        for label, gib in results.items():
-            print(f"extra peak memory of one window's sync gradient pass, SD1.5 at {pixels}x{pixels}, fp32, {label} "
-                  f"(measured op by op): {gib:.2f} GiB; fp16/bf16 about half")
+        memory, costs = {}, {}
+        with gradients.grad_enabled():
+            for label, checkpointed, jacobian in (("full decoder", False, True), ("checkpointed decoder", True, True),
+                                                  ("checkpointed decoder, unet_jacobian none", True, False)):
+                with gradients.DifferentiableDecoder(vae, torch.float32, checkpointed=checkpointed) as decoder:
+                    x = torch.randn(1, 4, latent, latent, device=device, requires_grad=True)
+
+                    def step():
+                        image = decoder.decode(x0_of(x, jacobian) / 0.18215, clamp=True)
+                        distance(image, anchor).sum().backward()
+
+                    memory[label] = memory_probe.peak_extra_bytes(step) / 2 ** 30
+            x = torch.randn(1, 4, latent, latent, device=device, requires_grad=True)
+            z = torch.randn(1, 4, latent, latent, device=device, requires_grad=True)
+            image = torch.rand(1, 3, pixels, pixels, device=device, requires_grad=True)
+            with gradients.DifferentiableDecoder(vae, torch.float32) as decoder, \
+                    gradients.DifferentiableDecoder(taesd, torch.float32) as fast:
+                with torch.no_grad():
+                    costs["U"] = timed(lambda: x0_of(x), sync)
+                    costs["D"] = timed(lambda: decoder.decode(z), sync)
+                    costs["T"] = timed(lambda: fast.decode(z), sync)
+                    costs["L"] = timed(lambda: distance(image, anchor), sync)
+                costs["Ug"] = timed(lambda: x0_of(x).sum().backward(), sync)
+                costs["Dg"] = timed(lambda: decoder.decode(z).sum().backward(), sync)
+                costs["Tg"] = timed(lambda: fast.decode(z).sum().backward(), sync)
+                costs["Lg"] = timed(lambda: distance(image, anchor).sum().backward(), sync)
+                half = torch.rand(1, 3, pixels // 2, pixels // 2, device=device, requires_grad=True)
+                half_anchor = torch.rand(1, 3, pixels // 2, pixels // 2, device=device)
+                costs["Lg/2"] = timed(lambda: distance(half, half_anchor).sum().backward(), sync)
+    for label, gib in memory.items():
+        print(f"extra peak memory of one window's sync gradient pass, SD1.5 at {pixels}x{pixels}, fp32, {label} "
+              f"(measured op by op): {gib:.2f} GiB; fp16/bf16 about half")
+    print(f"full-size pieces on {device_name(device)} (seconds, one 512 px window): " +
+          ", ".join(f"{k} {v:.2f}" for k, v in costs.items()) +
+          "  (U: CFG pair UNet forward, D/T: SD VAE / TAESD decode, L: LPIPS VGG; g: forward + backward)")
+    steps, sync_steps, windows = (REFERENCE_SETTING[k] for k in ("steps", "sync_steps", "windows"))
+    plain = steps * windows * costs["U"]
+    options = {
+        "full VAE decoder (reference)": ("Ug", "D", "Dg", "Lg", sync_steps),
+        "TAESD in the loss": ("Ug", "T", "Tg", "Lg", sync_steps),
+        "TAESD, lpips_size 1/2": ("Ug", "T", "Tg", "Lg/2", sync_steps),
+        "TAESD, unet_jacobian none": ("U", "T", "Tg", "Lg", sync_steps),
+        "TAESD, sync_every 2": ("Ug", "T", "Tg", "Lg", sync_steps // 2),
+        "TAESD, unet_jacobian none, lpips_size 1/2": ("U", "T", "Tg", "Lg/2", sync_steps),
+    }
+    print(f"the reference's setting ({windows} windows, sync in {sync_steps} of {steps} steps) costed from these "
+          f"pieces, vs MultiDiffusion:")
+    for name, (unet_g, dec, dec_g, lp_g, count) in options.items():
+        per_step = costs["U"] + costs[dec] + costs["L"] + (windows - 1) * (costs[unet_g] + costs[dec_g] + costs[lp_g])
+        print(f"  {name:44} {1 + count * per_step / plain:5.2f}x")

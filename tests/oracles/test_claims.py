@@ -471,3 +471,27 @@ def test_decoder_fit_estimate_is_7200_bytes_per_pixel_in_fp32_half_in_16_bit(hos
     fits = re.search(r"about (\d+)x(\d+) pixels", message)
     side = int(width * math.sqrt(free / needed))
     assert fits and abs(int(fits.group(1)) - side) <= 16 and fits.group(1) == fits.group(2), message
+
+
+def test_every_test_named_in_claims_md_exists():
+    """CLAIMS.md points at tests by `t/file.py::name` (or `::name` after one in the same cell); each must exist,
+    so a renamed or deleted test cannot leave a claim pointing at nothing."""
+    import re
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "oracles" / "CLAIMS.md").read_text()
+    missing, current = [], None
+    for token in re.findall(r"`([^`]+)`", text):
+        match = re.fullmatch(r"([to])/([\w/]+\.py)(?:::(\w+))?", token)
+        if match:
+            current = root / ("oracles" if match.group(1) == "o" else "") / match.group(2)
+            name = match.group(3)
+        elif token.startswith("::") and current is not None:
+            name = token[2:].split("[")[0]
+        else:
+            continue
+        if not current.exists():
+            missing.append(str(current))
+        elif name and not re.search(rf"^(async )?def {name}\(", current.read_text(), re.M):
+            missing.append(f"{current.name}::{name}")
+    assert not missing, missing
