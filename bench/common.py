@@ -45,3 +45,34 @@ def device_name(device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"CPU ({torch.get_num_threads()} threads)"
+
+
+class FullSizeSD15:
+    """Full-size SD1.5 pieces with seeded random weights on the torch device, built outside inference mode so
+    autograd can run through them: the UNet as a CFG'd x0 function (cfg 7.5, sigma 10) of a [1, 4, h, w] latent,
+    the SD VAE (full widths) and TAESD. Costs the same as trained weights."""
+
+    def __init__(self, latent: int = 64):
+        import torch
+        tiny = harness.test_nodes_module().tiny
+        self.device, self.sync = device_and_sync()
+        with torch.inference_mode(False):
+            self.unet = tiny.tiny_model("sd15", 0, full_size=True).model.to(self.device).requires_grad_(False)
+            self.vae = tiny.tiny_kl_vae(0, full_size=True)
+            self.taesd = tiny.tiny_vae(0)
+            self.context = torch.randn(2, 77, 768, device=self.device)
+            self.sigma = torch.tensor([10.0, 10.0], device=self.device)
+        self.latent = latent
+
+    def x0(self, x, jacobian: bool = True):
+        """CFG'd x0 of ``x``; ``jacobian`` False: the identity Jacobian (the UNet runs without autograd)."""
+        import torch
+        pair = torch.cat([x, x]) if jacobian else torch.cat([x, x]).detach()
+        out = self.unet.apply_model(pair, self.sigma, c_crossattn=self.context)
+        x0 = out[:1] + 7.5 * (out[1:] - out[:1])
+        return x0 if jacobian else x0 + (x - x.detach())
+
+    def latent_like(self, requires_grad: bool = True, scale: int = 1):
+        import torch
+        side = self.latent // scale
+        return torch.randn(1, 4, side, side, device=self.device, requires_grad=requires_grad)

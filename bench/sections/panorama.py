@@ -79,54 +79,41 @@ def full_size(latent: int = 64) -> None:
     of each piece, from which the reference's setting (512x3072, stride 128 px, sync in 10 of 50 steps) is
     costed against MultiDiffusion for each option. Needs about 20 GB of RAM and some CPU minutes."""
     import torch
-    from common import timed
+    from common import FullSizeSD15, timed
     sys.path.insert(0, str(harness.TESTS))
     import memory_probe
-    tiny = harness.test_nodes_module().tiny
     gradients = harness.loaded_module(f"{harness.PACK_NAME}.nodes.gradients")
     lpips_model = harness.loaded_module(f"{harness.PACK_NAME}.nodes.lpips_model")
-    device, sync = device_and_sync()
+    sd = FullSizeSD15(latent)
+    device, sync = sd.device, sd.sync
     with torch.inference_mode(False):
-        unet = tiny.tiny_model("sd15", 0, full_size=True).model.to(device).requires_grad_(False)
-        vae = tiny.tiny_kl_vae(0, full_size=True)
-        taesd = tiny.tiny_vae(0)
         import lpips
         distance = lpips_model.LPIPSDistance(lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False)
                                              .requires_grad_(False).eval().to(device))
-        context = torch.randn(2, 77, 768, device=device)
         pixels = latent * 8
         anchor = torch.rand(1, 3, pixels, pixels, device=device)
-        sigma = torch.tensor([10.0, 10.0], device=device)
-
-        def x0_of(x, jacobian=True):
-            pair = torch.cat([x, x]) if jacobian else torch.cat([x, x]).detach()
-            out = unet.apply_model(pair, sigma, c_crossattn=context)
-            x0 = out[:1] + 7.5 * (out[1:] - out[:1])
-            return x0 if jacobian else x0 + (x - x.detach())  # identity Jacobian
-
         memory, costs = {}, {}
         with gradients.grad_enabled():
             for label, checkpointed, jacobian in (("full decoder", False, True), ("checkpointed decoder", True, True),
                                                   ("checkpointed decoder, unet_jacobian none", True, False)):
-                with gradients.DifferentiableDecoder(vae, torch.float32, checkpointed=checkpointed) as decoder:
-                    x = torch.randn(1, 4, latent, latent, device=device, requires_grad=True)
+                with gradients.DifferentiableDecoder(sd.vae, torch.float32, checkpointed=checkpointed) as decoder:
+                    x = sd.latent_like()
 
                     def step():
-                        image = decoder.decode(x0_of(x, jacobian) / 0.18215, clamp=True)
+                        image = decoder.decode(sd.x0(x, jacobian) / 0.18215, clamp=True)
                         distance(image, anchor).sum().backward()
 
                     memory[label] = memory_probe.peak_extra_bytes(step) / 2 ** 30
-            x = torch.randn(1, 4, latent, latent, device=device, requires_grad=True)
-            z = torch.randn(1, 4, latent, latent, device=device, requires_grad=True)
+            x, z = sd.latent_like(), sd.latent_like()
             image = torch.rand(1, 3, pixels, pixels, device=device, requires_grad=True)
-            with gradients.DifferentiableDecoder(vae, torch.float32) as decoder, \
-                    gradients.DifferentiableDecoder(taesd, torch.float32) as fast:
+            with gradients.DifferentiableDecoder(sd.vae, torch.float32) as decoder, \
+                    gradients.DifferentiableDecoder(sd.taesd, torch.float32) as fast:
                 with torch.no_grad():
-                    costs["U"] = timed(lambda: x0_of(x), sync)
+                    costs["U"] = timed(lambda: sd.x0(x), sync)
                     costs["D"] = timed(lambda: decoder.decode(z), sync)
                     costs["T"] = timed(lambda: fast.decode(z), sync)
                     costs["L"] = timed(lambda: distance(image, anchor), sync)
-                costs["Ug"] = timed(lambda: x0_of(x).sum().backward(), sync)
+                costs["Ug"] = timed(lambda: sd.x0(x).sum().backward(), sync)
                 costs["Dg"] = timed(lambda: decoder.decode(z).sum().backward(), sync)
                 costs["Tg"] = timed(lambda: fast.decode(z).sum().backward(), sync)
                 costs["Lg"] = timed(lambda: distance(image, anchor).sum().backward(), sync)

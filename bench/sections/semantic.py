@@ -1,6 +1,8 @@
 """CLIP semantic guidance: guided vs unguided sampling at the same steps (KSampler, tiny models)."""
 from __future__ import annotations
 
+import os
+
 from common import device_and_sync, device_name, harness, interleaved
 
 TITLE = "CLIP Semantic Guidance: guided vs unguided sampling (KSampler, same steps, tiny SD1.x + tiny open_clip)"
@@ -60,3 +62,43 @@ def run(host) -> None:
         print(f"{row['label']:66} {row['device']:20} {row['guided']:9.3f} {row['plain']:8.3f} {row['ratio']:6.2f}")
     print("tiny random models: the ratios show the relative cost of decode + CLIP + backward per guided step "
           "against a toy UNet, not what a real SD1.5 costs (docs/methods/semantic.md section 6)")
+    if os.environ.get("GS_BENCH_SEMANTIC_FULL_SIZE", "1") != "0":
+        full_size()
+
+
+def full_size(latent: int = 64, cutouts: int = 4) -> None:
+    """Full-size pieces with random weights at 512x512: the SD1.5 UNet's CFG pair (U), the SD VAE decoder, TAESD
+    and the decoder on a 2x-pooled latent forward + backward, and a ViT-B-32 open_clip image tower forward +
+    backward on ``cutouts`` 224 px views; the guided / unguided ratio of each option is costed from them
+    (guidance adds decode + CLIP with backward at each guided step; no UNet backward)."""
+    import open_clip
+    import torch
+    from common import FullSizeSD15, timed
+    gradients = harness.loaded_module(f"{harness.PACK_NAME}.nodes.gradients")
+    sd = FullSizeSD15(latent)
+    device, sync = sd.device, sd.sync
+    costs = {}
+    with torch.inference_mode(False):
+        clip = open_clip.create_model("ViT-B-32", pretrained=None).to(device).eval().requires_grad_(False)
+        views = torch.rand(cutouts, 3, 224, 224, device=device, requires_grad=True)
+        x = sd.latent_like(requires_grad=False)
+        z, pooled = sd.latent_like(), sd.latent_like(scale=2)
+        with gradients.grad_enabled(), gradients.DifferentiableDecoder(sd.vae, torch.float32) as decoder, \
+                gradients.DifferentiableDecoder(sd.taesd, torch.float32) as fast:
+            with torch.no_grad():
+                sd.x0(x)  # warm-up
+                costs["U"] = timed(lambda: sd.x0(x), sync)
+            costs["VAE"] = timed(lambda: decoder.decode(z).sum().backward(), sync)
+            costs["TAESD"] = timed(lambda: fast.decode(z).sum().backward(), sync)
+            costs["pooled"] = timed(lambda: decoder.decode(pooled).sum().backward(), sync)
+            costs["CLIP"] = timed(lambda: clip.encode_image(views).sum().backward(), sync)
+    print(f"full-size pieces on {device_name(device)} (seconds at 512x512): " +
+          ", ".join(f"{k} {v:.2f}" for k, v in costs.items()) +
+          f"  (U: CFG pair UNet forward; decoders and CLIP ViT-B-32 on {cutouts} views: forward + backward)")
+    print("guided / unguided sampling at the same steps, costed from these pieces:")
+    for name, decoder_key, share in (("full VAE decoder, every step", "VAE", 1.0),
+                                      ("full VAE decoder, every 2 steps", "VAE", 0.5),
+                                      ("downscaled latent, every step", "pooled", 1.0),
+                                      ("taesd, every step", "TAESD", 1.0),
+                                      ("taesd, every 2 steps", "TAESD", 0.5)):
+        print(f"  {name:36} {1 + share * (costs[decoder_key] + costs['CLIP']) / costs['U']:5.2f}x")
