@@ -31,6 +31,15 @@ def interleaved(fns: dict, sync, rounds: int) -> dict:
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+def forward_only(fn):
+    """``fn`` run under ``torch.no_grad()`` (a forward-pass timing)."""
+    def run():
+        import torch
+        with torch.no_grad():
+            return fn()
+    return run
+
+
 def device_and_sync():
     import torch
 

@@ -79,7 +79,7 @@ def full_size(latent: int = 64) -> None:
     of each piece, from which the reference's setting (512x3072, stride 128 px, sync in 10 of 50 steps) is
     costed against MultiDiffusion for each option. Needs about 20 GB of RAM and some CPU minutes."""
     import torch
-    from common import FullSizeSD15, timed
+    from common import FullSizeSD15, forward_only, interleaved
     sys.path.insert(0, str(harness.TESTS))
     import memory_probe
     gradients = harness.loaded_module(f"{harness.PACK_NAME}.nodes.gradients")
@@ -92,7 +92,7 @@ def full_size(latent: int = 64) -> None:
                                              .requires_grad_(False).eval().to(device))
         pixels = latent * 8
         anchor = torch.rand(1, 3, pixels, pixels, device=device)
-        memory, costs = {}, {}
+        memory, pieces = {}, {}
         with gradients.grad_enabled():
             for label, checkpointed, jacobian in (("full decoder", False, True), ("checkpointed decoder", True, True),
                                                   ("checkpointed decoder, unet_jacobian none", True, False)):
@@ -108,22 +108,22 @@ def full_size(latent: int = 64) -> None:
             image = torch.rand(1, 3, pixels, pixels, device=device, requires_grad=True)
             with gradients.DifferentiableDecoder(sd.vae, torch.float32) as decoder, \
                     gradients.DifferentiableDecoder(sd.taesd, torch.float32) as fast:
-                with torch.no_grad():
-                    costs["U"] = timed(lambda: sd.x0(x), sync)
-                    costs["D"] = timed(lambda: decoder.decode(z), sync)
-                    costs["T"] = timed(lambda: fast.decode(z), sync)
-                    costs["L"] = timed(lambda: distance(image, anchor), sync)
-                costs["Ug"] = timed(lambda: sd.x0(x).sum().backward(), sync)
-                costs["Dg"] = timed(lambda: decoder.decode(z).sum().backward(), sync)
-                costs["Tg"] = timed(lambda: fast.decode(z).sum().backward(), sync)
-                costs["Lg"] = timed(lambda: distance(image, anchor).sum().backward(), sync)
+                pieces["U"] = forward_only(lambda: sd.x0(x))
+                pieces["D"] = forward_only(lambda: decoder.decode(z))
+                pieces["T"] = forward_only(lambda: fast.decode(z))
+                pieces["L"] = forward_only(lambda: distance(image, anchor))
+                pieces["Ug"] = lambda: sd.x0(x).sum().backward()
+                pieces["Dg"] = lambda: decoder.decode(z).sum().backward()
+                pieces["Tg"] = lambda: fast.decode(z).sum().backward()
+                pieces["Lg"] = lambda: distance(image, anchor).sum().backward()
                 half = torch.rand(1, 3, pixels // 2, pixels // 2, device=device, requires_grad=True)
                 half_anchor = torch.rand(1, 3, pixels // 2, pixels // 2, device=device)
-                costs["Lg/2"] = timed(lambda: distance(half, half_anchor).sum().backward(), sync)
+                pieces["Lg/2"] = lambda: distance(half, half_anchor).sum().backward()
+                costs = interleaved(pieces, sync, 1)  # one warm-up call each, then one timed
     for label, gib in memory.items():
         print(f"extra peak memory of one window's sync gradient pass, SD1.5 at {pixels}x{pixels}, fp32, {label} "
               f"(measured op by op): {gib:.2f} GiB; fp16/bf16 about half")
-    print(f"full-size pieces on {device_name(device)} (seconds, one 512 px window): " +
+    print(f"full-size pieces on {device_name(device)} (seconds, one {pixels} px window): " +
           ", ".join(f"{k} {v:.2f}" for k, v in costs.items()) +
           "  (U: CFG pair UNet forward, D/T: SD VAE / TAESD decode, L: LPIPS VGG; g: forward + backward)")
     steps, sync_steps, windows = (REFERENCE_SETTING[k] for k in ("steps", "sync_steps", "windows"))

@@ -73,11 +73,11 @@ def full_size(latent: int = 64, cutouts: int = 4) -> None:
     (guidance adds decode + CLIP with backward at each guided step; no UNet backward)."""
     import open_clip
     import torch
-    from common import FullSizeSD15, timed
+    from common import FullSizeSD15, forward_only, interleaved
     gradients = harness.loaded_module(f"{harness.PACK_NAME}.nodes.gradients")
     sd = FullSizeSD15(latent)
     device, sync = sd.device, sd.sync
-    costs = {}
+    pieces = {}
     with torch.inference_mode(False):
         clip = open_clip.create_model("ViT-B-32", pretrained=None).to(device).eval().requires_grad_(False)
         views = torch.rand(cutouts, 3, 224, 224, device=device, requires_grad=True)
@@ -85,14 +85,13 @@ def full_size(latent: int = 64, cutouts: int = 4) -> None:
         z, pooled = sd.latent_like(), sd.latent_like(scale=2)
         with gradients.grad_enabled(), gradients.DifferentiableDecoder(sd.vae, torch.float32) as decoder, \
                 gradients.DifferentiableDecoder(sd.taesd, torch.float32) as fast:
-            with torch.no_grad():
-                sd.x0(x)  # warm-up
-                costs["U"] = timed(lambda: sd.x0(x), sync)
-            costs["VAE"] = timed(lambda: decoder.decode(z).sum().backward(), sync)
-            costs["TAESD"] = timed(lambda: fast.decode(z).sum().backward(), sync)
-            costs["pooled"] = timed(lambda: decoder.decode(pooled).sum().backward(), sync)
-            costs["CLIP"] = timed(lambda: clip.encode_image(views).sum().backward(), sync)
-    print(f"full-size pieces on {device_name(device)} (seconds at 512x512): " +
+            pieces["U"] = forward_only(lambda: sd.x0(x))
+            pieces["VAE"] = lambda: decoder.decode(z).sum().backward()
+            pieces["TAESD"] = lambda: fast.decode(z).sum().backward()
+            pieces["pooled"] = lambda: decoder.decode(pooled).sum().backward()
+            pieces["CLIP"] = lambda: clip.encode_image(views).sum().backward()
+            costs = interleaved(pieces, sync, 1)  # one warm-up call each, then one timed
+    print(f"full-size pieces on {device_name(device)} (seconds at {latent * 8}x{latent * 8}): " +
           ", ".join(f"{k} {v:.2f}" for k, v in costs.items()) +
           f"  (U: CFG pair UNet forward; decoders and CLIP ViT-B-32 on {cutouts} views: forward + backward)")
     print("guided / unguided sampling at the same steps, costed from these pieces:")
