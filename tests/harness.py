@@ -159,6 +159,25 @@ class Host:
         return errors[0]["exception_message"] if errors else ""
 
 
+def run_recording_progress(host, prompt: dict) -> list[tuple]:
+    """Run ``prompt`` with a global progress-bar hook; returns every update as (node id, value, total)."""
+    import comfy.utils
+    events = []
+    previous = comfy.utils.PROGRESS_BAR_HOOK
+
+    def hook(value, total, preview, node_id=None):
+        from comfy_execution.utils import get_executing_context
+        context = get_executing_context()
+        events.append((node_id or (context.node_id if context else None), value, total))
+
+    comfy.utils.set_progress_bar_global_hook(hook)
+    try:
+        host.run(prompt)
+    finally:
+        comfy.utils.set_progress_bar_global_hook(previous)
+    return events
+
+
 def loaded_module(suffix: str):
     """A module as the host loaded it (custom nodes are imported by file location, under mangled names)."""
     for name, module in list(sys.modules.items()):

@@ -97,6 +97,20 @@ def test_repeats_chain_sdedit_with_the_next_seed(host, captured):
     assert (captured["twice"] - captured["once"]).abs().max() > 1e-3
 
 
+def test_one_progress_bar_counts_every_repeat_and_every_strength(host, captured):
+    """One bar per node over all its runs: 2 repeats x 2 strengths of paper semantics at 6 steps (6 sampler
+    steps each) end at 24 of 24 and never go back (each run continues where the previous one stopped)."""
+    import harness
+    prompt = graphs.base()
+    latent = guide_latent(prompt)
+    graphs.capture(prompt, "30", "x", latent=graphs.sdedit(prompt, "20", latent=latent, repeats=2,
+                                                          strength_sweep="0.4, 0.8"))
+    events = [(value, total) for node, value, total in harness.run_recording_progress(host, prompt) if node == "20"]
+    assert {total for _, total in events} == {24}
+    values = [value for value, _ in events]
+    assert values[-1] == 24 and values == sorted(values), values
+
+
 def test_strength_sweep_is_a_batch_of_single_runs(host, captured):
     prompt = graphs.base()
     latent = guide_latent(prompt, batch=2)

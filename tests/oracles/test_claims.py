@@ -265,15 +265,6 @@ def test_samplers_restart_per_segment_with_a_fresh_noise_stream(host, store, sam
 
 
 def test_progress_counts_sampler_and_adam_steps(host):
-    import comfy.utils
-    events = []
-    previous = comfy.utils.PROGRESS_BAR_HOOK
-
-    def hook(value, total, preview, node_id=None):
-        from comfy_execution.utils import get_executing_context
-        context = get_executing_context()
-        events.append((node_id or (context.node_id if context else None), value, total))
-
     prompt = base_prompt()
     prompt["10"] = {"class_type": "GS_TestStrokes", "inputs": {"width": 32, "height": 32, "left": 0xCC3322,
                                                                "right": 0x2255CC, "batch": 1}}
@@ -290,11 +281,7 @@ def test_progress_counts_sampler_and_adam_steps(host):
         "model": ["1", 0], "add_noise": True, "noise_seed": 7, "cfg": 5.0, "positive": ["2", 0], "negative": ["3", 0],
         "sampler": ["30", 0], "sigmas": ["32", 0], "latent_image": ["31", 0]}}
     capture(prompt, "34", "custom", latent=["33", 0])
-    comfy.utils.set_progress_bar_global_hook(hook)
-    try:
-        host.run(prompt)
-    finally:
-        comfy.utils.set_progress_bar_global_hook(previous)
+    events = harness.run_recording_progress(host, prompt)
 
     def final(node, total):
         values = [value for n, value, t in events if n == node and t == total]
