@@ -128,13 +128,14 @@ def main() -> int:
     parser.add_argument("--per-module", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=int, default=600)
+    parser.add_argument("--only", default="", help="rerun these mutants: 'nodes/x.py:index,...' (indices as printed)")
     args = parser.parse_args()
     status = subprocess.run(["git", "status", "--porcelain", "nodes", "guidance"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
     if status:
         raise SystemExit("nodes/ and guidance/ must have no uncommitted changes (each mutant is reverted by git)")
     baseline = {}
-    for module in args.modules:
+    for module in args.modules if not args.only else []:
         killed, tail = run_tests(TESTS[module], args.timeout)
         if killed:
             raise SystemExit(f"{module}: its tests fail without any mutant ({tail})")
@@ -144,9 +145,15 @@ def main() -> int:
         path = os.path.join(ROOT, module)
         source = open(path).read()
         candidates = mutants(source)
-        sample = random.Random(f"{args.seed}:{module}").sample(candidates, min(args.per_module, len(candidates)))
+        indices = random.Random(f"{args.seed}:{module}").sample(range(len(candidates)),
+                                                                 min(args.per_module, len(candidates)))
+        if args.only:
+            indices = [int(item.split(":")[1]) for item in args.only.split(",") if item.split(":")[0] == module]
+            if not indices:
+                continue
         killed_count = 0
-        for mutated, line, description in sample:
+        for index in indices:
+            mutated, line, description = candidates[index]
             try:
                 open(path, "w").write(mutated)
                 start = time.time()
@@ -154,9 +161,9 @@ def main() -> int:
             finally:
                 subprocess.run(["git", "checkout", "--", module], cwd=ROOT, check=True)
             killed_count += killed
-            print(json.dumps({"module": module, "line": line, "mutant": description, "killed": killed,
+            print(json.dumps({"module": module, "index": index, "line": line, "mutant": description, "killed": killed,
                               "seconds": round(time.time() - start, 1), "tail": tail}), flush=True)
-        scores[module] = (killed_count, len(sample), len(candidates))
+        scores[module] = (killed_count, len(indices), len(candidates))
     for module, (killed, sampled, total) in scores.items():
         print(f"{module}: {killed}/{sampled} sampled mutants killed ({total} possible)")
     return 0
