@@ -200,3 +200,38 @@ def test_bad_inputs_give_clear_errors(host, captured):
     prompt = graphs.base()
     graphs.capture(prompt, "30", "x", latent=graphs.sdedit(prompt, "20"))
     expect_error(host, prompt, "connect a guide")
+
+
+def test_a_latent_guide_takes_one_mask_per_image_and_names_a_wrong_batch(host, captured):
+    """With a latent guide of batch 2: a mask batch of 2 masks each image on its own (image 0 fully, image 1
+    not at all); a mask batch of 3 is an error naming the mask and the latent batch."""
+    prompt = graphs.base()
+    latent = guide_latent(prompt, batch=2)
+    prompt["12"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 64, "height": 64}}
+    prompt["13"] = {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": 64, "height": 64}}
+    prompt["14"] = {"class_type": "GS_TestMaskBatch", "inputs": {"first": ["12", 0], "second": ["13", 0]}}
+    graphs.capture(prompt, "30", "edited", latent=graphs.sdedit(prompt, "20", latent=latent, mask=["14", 0],
+                                                                strength=0.9))
+    graphs.capture(prompt, "31", "guide", latent=latent)
+    host.run(prompt)
+    edited, guide = captured["edited"], captured["guide"]
+    assert float((edited[0] - guide[0]).abs().mean()) > 0.05
+    torch.testing.assert_close(edited[1], guide[1], atol=1e-5, rtol=1e-5)
+
+    prompt = graphs.base()
+    latent = guide_latent(prompt, batch=2)
+    prompt["12"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 64, "height": 64}}
+    prompt["14"] = {"class_type": "GS_TestMaskBatch", "inputs": {"first": ["12", 0], "second": ["12", 0],
+                                                                 "third": ["12", 0]}}
+    graphs.capture(prompt, "30", "x", latent=graphs.sdedit(prompt, "20", latent=latent, mask=["14", 0]))
+    expect_error(host, prompt, "mask has a batch of 3; expected 1 or 2")
+
+
+def test_a_latent_without_samples_is_refused(host):
+    """The guide check itself (no executor can deliver such a LATENT): a dict without 'samples' is refused."""
+    import harness
+    sdedit = harness.loaded_module(f"{harness.PACK_NAME}.nodes.sdedit")
+    with pytest.raises(ValueError, match="'latent' must be a LATENT"):
+        sdedit._guide_latent(None, None, {"noise_mask": torch.ones(1, 1, 8, 8)}, None)
+    with pytest.raises(ValueError, match="'latent' must be a LATENT"):
+        sdedit._guide_latent(None, None, torch.zeros(1, 4, 8, 8), None)

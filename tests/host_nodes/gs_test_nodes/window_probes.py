@@ -98,4 +98,20 @@ class RampImage(io.ComfyNode):
         return io.NodeOutput(image.unsqueeze(0), (xs / width).unsqueeze(0))
 
 
-NODES = [CondRecorder, TinyControlNet, RampImage]
+class MaskBatch(io.ComfyNode):
+    """Two or three MASKs of one size as one batch."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(node_id="GS_TestMaskBatch", display_name="Mask Batch (test)", category=CATEGORY,
+                         inputs=[io.Mask.Input("first"), io.Mask.Input("second"),
+                                 io.Mask.Input("third", optional=True)],
+                         outputs=[io.Mask.Output()])
+
+    @classmethod
+    def execute(cls, first, second, third=None) -> io.NodeOutput:
+        masks = [m.reshape(-1, *m.shape[-2:]) for m in (first, second, third) if m is not None]
+        return io.NodeOutput(torch.cat(masks))
+
+
+NODES = [CondRecorder, TinyControlNet, RampImage, MaskBatch]
