@@ -291,9 +291,102 @@ def bilinear_matrix(n_in: int, n_out: int) -> torch.Tensor:
 def test_resize_image_area_averages_when_shrinking_and_is_bilinear_otherwise():
     image = torch.rand(2, 3, 10, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
     assert gradop.resize_image(image, 10, 12) is image  # already the size: returned as is
-    for h, w in ((4, 5), (10, 6), (5, 12)):  # shrinking one or both sides
+    for h, w in ((4, 5), (10, 5), (4, 12)):  # shrinking one or both sides
         expected = torch.einsum("ij,bcjk,lk->bcil", area_matrix(10, h), image, area_matrix(12, w))
         torch.testing.assert_close(gradop.resize_image(image, h, w), expected, rtol=1e-9, atol=1e-9)
     for h, w in ((16, 20), (7, 30), (10, 13)):  # growing a side
         expected = torch.einsum("ij,bcjk,lk->bcil", bilinear_matrix(10, h), image, bilinear_matrix(12, w))
         torch.testing.assert_close(gradop.resize_image(image, h, w), expected, rtol=1e-9, atol=1e-9)
+
+
+def test_painting_loss_is_the_per_image_mean_squared_error_inside_the_mask():
+    output = torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 0.0, 0.0]]).view(2, 1, 2, 2)
+    target = torch.zeros(2, 1, 2, 2)
+    torch.testing.assert_close(gradop.painting_loss(output, target), torch.tensor([7.5, 0.0]), rtol=1e-6, atol=0)
+    mask = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0]]).view(2, 1, 2, 2)
+    # image 0: (1 + 16) / 2 pixels; image 1: nothing inside, the count is clamped to 1
+    torch.testing.assert_close(gradop.painting_loss(output, target, mask), torch.tensor([8.5, 0.0]),
+                               rtol=1e-6, atol=0)
+    three = output.expand(2, 3, 2, 2)
+    torch.testing.assert_close(gradop.painting_loss(three, target.expand(2, 3, 2, 2), mask),
+                               torch.tensor([8.5, 0.0]), rtol=1e-6, atol=0)  # a mask shared by the channels
+
+
+def test_kernel_sizes_are_odd_and_scale_with_the_image():
+    assert gradop.resolution_scale(512, 2048) == pytest.approx(2.0, rel=1e-12)
+    assert gradop.median_kernel(512, 512) == 15
+    assert gradop.median_kernel(1024, 1024) == 29  # 30 -> the odd size below
+    assert gradop.median_kernel(64, 64) == 3  # never below 3
+    assert gradop.blur_parameters(256, 256) == (17, 3.5)  # int(17.5) = 17
+    assert gradop.default_loss_scale(False, 1000) == 1.0 and gradop.default_loss_scale(True, 1000) == 1000.0
+
+
+def test_gaussian_kernel_is_a_normalised_sampled_gaussian():
+    weights = gradop.gaussian_kernel1d(5, 1.5, dtype=torch.float64)
+    raw = torch.tensor([math.exp(-0.5 * (k / 1.5) ** 2) for k in (-2, -1, 0, 1, 2)], dtype=torch.float64)
+    torch.testing.assert_close(weights, raw / raw.sum(), rtol=1e-12, atol=1e-12)
+    assert gradop.gaussian_kernel1d(3, 1.0).dtype == torch.float32
+
+
+def test_median_palette_needs_the_strokes():
+    with pytest.raises(ValueError, match="^the 'median \\+ palette' painting function needs the stroke image$"):
+        gradop.painting_function("median + palette", 24, 24)
+    with pytest.raises(ValueError, match=r"^painting function must be one of \('gaussian blur', 'median', "
+                                         r"'median \+ palette'\), got 'sharpen'$"):
+        gradop.painting_function("sharpen", 24, 24)
+
+
+def test_median_painting_function_is_the_median_filter_at_the_scaled_kernel():
+    image = torch.rand(1, 3, 40, 40, generator=torch.Generator().manual_seed(3))
+    padded = F.pad(image, (1, 1, 1, 1), mode="reflect")  # kernel 3 at 40 px
+    brute = padded.unfold(2, 3, 1).unfold(3, 3, 1).reshape(1, 3, 40, 40, 9).median(dim=-1).values
+    torch.testing.assert_close(gradop.painting_function("median", 40, 40)(image), brute, rtol=0, atol=0)  # a selection
+
+
+def test_soft_quantise_is_a_softmax_over_squared_palette_distances():
+    palette = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    pixel = torch.tensor([0.6, 0.0, 0.3])
+    d = torch.tensor([((pixel - c) ** 2).sum() for c in palette])
+    w = torch.softmax(-d / 0.05, dim=0)
+    expected = (w[:, None] * palette).sum(0)
+    out = gradop.soft_quantise(pixel.view(1, 3, 1, 1), [palette], temperature=0.05)
+    torch.testing.assert_close(out.view(3), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_optimise_strokes_reports_each_step_and_needs_autograd():
+    z0 = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(10))
+    seen = []
+    result = gradop.optimise_strokes(z0, strokes(), toy_decoder(), lambda x: x, 3,
+                                     on_step=lambda step, loss: seen.append((step, loss)))
+    assert [step for step, _ in seen] == [1, 2, 3]
+    assert [loss for _, loss in seen] == pytest.approx(result.losses[:3], rel=1e-12)
+    with torch.no_grad(), pytest.raises(RuntimeError, match="^optimise_strokes needs autograd"):
+        gradop.optimise_strokes(z0, strokes(), toy_decoder(), lambda x: x, 1)
+
+
+def test_a_non_finite_gradient_lowers_the_loss_scale_then_fails_at_one():
+    z0 = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(11))
+    calls = []
+
+    def overflowing(image):
+        calls.append(1)
+        return image * float("inf") if len(calls) == 1 else image  # the first backward overflows
+
+    result = gradop.optimise_strokes(z0, strokes(), toy_decoder(), overflowing, 1, loss_scale=256.0)
+    assert result.loss_scale == 16.0  # 256 / 16, then the retried step is finite
+    assert len(result.losses) == 2
+    with pytest.raises(FloatingPointError, match="^GradOP: the painting-loss gradient is not finite$"):
+        gradop.optimise_strokes(z0, strokes(), toy_decoder(), lambda x: x * float("nan"), 1, loss_scale=1.0)
+
+
+def test_median_filter_with_a_five_pixel_window():
+    image = torch.rand(1, 2, 9, 7, generator=torch.Generator().manual_seed(12))
+    padded = F.pad(image, (2, 2, 2, 2), mode="reflect")
+    brute = padded.unfold(2, 5, 1).unfold(3, 5, 1).reshape(1, 2, 9, 7, 25).median(dim=-1).values
+    torch.testing.assert_close(gradop.median_filter(image, 5), brute, rtol=0, atol=0)  # a selection: exact
+
+
+def test_soft_quantise_keeps_the_images_dtype():
+    palette = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    out = gradop.soft_quantise(torch.rand(1, 3, 4, 4).half(), [palette])
+    assert out.dtype == torch.float16

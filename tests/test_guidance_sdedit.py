@@ -271,3 +271,46 @@ def test_diffusers_semantics_runs_a_single_step_when_that_is_all_strength_leaves
     torch.testing.assert_close(sdedit.diffusers_sigmas(full, 0.1), full[9:], rtol=0, atol=0)
     with pytest.raises(ValueError, match=r"^strength 0.05 with 10 steps runs no step"):
         sdedit.diffusers_sigmas(full, 0.05)
+
+
+def test_check_strength_returns_a_float_and_its_error_shows_the_value():
+    value = checks.check_strength(1)
+    assert value == 1.0 and isinstance(value, float)
+    assert checks.check_strength(1e-9) == pytest.approx(1e-9, rel=1e-12)
+    with pytest.raises(ValueError, match=r"^denoise must be in \(0, 1\], got 1.5$"):
+        checks.check_strength(1.5, "denoise")
+    with pytest.raises(ValueError, match=r"^strength must be in \(0, 1\], got inf$"):
+        checks.check_strength(float("inf"))
+
+
+def test_parse_strengths_accepts_semicolons_and_names_the_input_in_errors():
+    assert sdedit.parse_strengths(" 0.25;0.5 ;\t0.75 ") == [0.25, 0.5, 0.75]
+    with pytest.raises(ValueError, match=r"^sweep has no strengths: give a comma-separated list such as "
+                                         r"'0.3, 0.5, 0.7'$"):
+        sdedit.parse_strengths("  ", "sweep")
+    with pytest.raises(ValueError, match=r"^sweep: 'x' is not a number \(expected a list such as '0.3, 0.5, 0.7'\)$"):
+        sdedit.parse_strengths("0.2, x", "sweep")
+    with pytest.raises(ValueError, match=r"^sweep entry '0' must be in \(0, 1\], got 0.0$"):
+        sdedit.parse_strengths("0.2, 0", "sweep")
+
+
+def test_paper_sigmas_keep_a_schedule_without_a_final_zero_and_its_dtype():
+    full = torch.tensor([10.0, 5.0, 1.0], dtype=torch.float64)
+    out = sdedit.paper_sigmas(full, 0.5, linear_time_to_sigma, linear_sigma_to_time)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, torch.tensor([5.0, 2.5, 0.5], dtype=torch.float64), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="^the schedule's first sigma maps to t = 0; cannot place t0 on it$"):
+        sdedit.paper_sigmas(full, 0.5, linear_time_to_sigma, lambda s: torch.zeros_like(s))
+    with pytest.raises(ValueError, match=r"^strength must be in \(0, 1\]"):
+        sdedit.paper_sigmas(full, 0.0, linear_time_to_sigma, linear_sigma_to_time)
+
+
+def test_diffusers_start_index_checks_the_strength():
+    with pytest.raises(ValueError, match=r"^strength must be in \(0, 1\], got 1.2$"):
+        sdedit.diffusers_start_index(10, 1.2)
+
+
+def test_bisection_stays_inside_the_unit_interval_by_default():
+    # a target above fn(1) ends at the top of [0, 1]
+    assert schedules.invert_increasing(lambda u: u, 5.0) == pytest.approx(1.0, abs=1e-12)
+    assert schedules.invert_increasing(lambda u: u * u, 0.25) == pytest.approx(0.5, abs=1e-12)

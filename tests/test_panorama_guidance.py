@@ -217,3 +217,183 @@ def test_blend_weight_ramps_are_capped_at_half_a_short_tile_and_vanish_without_o
     torch.testing.assert_close(panorama.blend_weights(100, (24, 56), 1),
                                torch.tensor([0.5] + [1.0] * 30 + [0.5]), rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(panorama.blend_weights(100, (24, 56), 0), torch.ones(32), rtol=0, atol=0)
+
+
+# --- layouts: exact positions and the errors -----------------------------------------------------
+
+def test_window_positions_step_by_the_stride_and_end_flush_with_the_edge():
+    windows = panorama.plan_windows(40, 100, 32, 64, 16, 16)
+    # integer layouts: exact
+    assert [(w.top, w.left) for w in windows] == [(t, l) for t in (0, 8) for l in (0, 16, 32, 36)]
+    assert {(w.height, w.width) for w in windows} == {(32, 64)}
+    looped = panorama.plan_windows(32, 100, 32, 64, 16, 30, loop=True)
+    assert [w.left for w in looped] == [0, 30, 60, 90]  # wrapping past the right edge
+    assert [w.wraps(100) for w in looped] == [False, False, True, True]
+    assert looped[3].columns(100).tolist() == [*range(90, 100), *range(0, 54)]
+    assert not panorama.Window(0, 36, 32, 64).wraps(100)  # ends exactly at the edge
+
+
+@pytest.mark.parametrize("sizes,message", [
+    ((0, 64, 8, 8), "window height must be at least 1 latent pixel, got 0"),
+    ((64, 0, 8, 8), "window width must be at least 1 latent pixel, got 0"),
+    ((64, 64, 0, 8), "stride height must be at least 1 latent pixel, got 0"),
+    ((64, 64, 8, -1), "stride width must be at least 1 latent pixel, got -1"),
+    ((32, 64, 40, 8), r"the stride \(8x40\) must not be larger than the window \(64x32\): pixels between"),
+    ((32, 64, 8, 72), r"the stride \(72x8\) must not be larger than the window \(64x32\)"),
+])
+def test_layout_errors_name_the_input_and_its_value(sizes, message):
+    with pytest.raises(ValueError, match="^" + message):
+        panorama.plan_windows(64, 200, *sizes)
+
+
+def test_a_canvas_smaller_than_a_window_in_either_direction_is_an_error():
+    with pytest.raises(ValueError, match=r"^the canvas \(50x64 latent pixels\) is smaller than one window "
+                                         r"\(64x32\); make the canvas larger"):
+        panorama.plan_windows(64, 50, 32, 64, 8, 8)
+    with pytest.raises(ValueError, match=r"^the canvas \(200x31 latent pixels\)"):
+        panorama.plan_windows(31, 200, 32, 64, 8, 8)
+    assert len(panorama.plan_windows(32, 64, 32, 64, 8, 8)) == 1  # exactly one window fits
+
+
+def test_anchor_is_the_middle_window_or_a_valid_index():
+    assert panorama.anchor_index(4) == 2 and panorama.anchor_index(1) == 0
+    assert panorama.anchor_index(13, 0) == 0 and panorama.anchor_index(13, 12) == 12
+    for bad in (13, -2):
+        with pytest.raises(ValueError, match=rf"^anchor must be -1 \(the middle window\) or a window index in "
+                                             rf"0..12, got {bad}$"):
+            panorama.anchor_index(13, bad)
+
+
+def test_chunks_are_consecutive_groups_of_at_most_the_batch():
+    assert panorama.chunks([3, 4, 5, 6, 7], 2) == [[3, 4], [5, 6], [7]]
+    assert panorama.chunks(range(3), 0) == [[0], [1], [2]]  # a batch below 1 counts as 1
+    assert panorama.chunks(range(3), 2.7) == [[0, 1], [2]]
+
+
+def test_merge_reports_uncovered_pixels():
+    windows = [panorama.Window(0, 0, 4, 4)]
+    with pytest.raises(ValueError, match="^the windows leave some latent pixels uncovered$"):
+        panorama.merge([torch.ones(1, 1, 4, 4)], windows, (1, 1, 4, 8))
+
+
+def test_coverage_counts_windows_per_pixel():
+    windows = [panorama.Window(0, 0, 2, 3), panorama.Window(1, 2, 2, 3)]
+    expected = torch.tensor([[1.0, 1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 2.0, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0, 1.0]])
+    torch.testing.assert_close(panorama.coverage(windows, 3, 5), expected, rtol=0, atol=0)  # counts: exact
+
+
+def test_the_first_order_x0_reproduces_the_average_step():
+    x, x0_mean, x_mean = torch.tensor([1.0]), torch.tensor([0.5]), torch.tensor([1.4])
+    # D = x0 + r / (1 - r) (x_mean - x), r = 2 / 3 -> 0.5 + 2 * 0.4
+    torch.testing.assert_close(panorama.first_order_x0(x, x0_mean, x_mean, 3.0, 2.0), torch.tensor([1.3]),
+                               rtol=1e-6, atol=1e-6)
+    for sigma_next in (0.0, 3.0, 4.0):  # the last step, or no step down: the plain average
+        torch.testing.assert_close(panorama.first_order_x0(x, x0_mean, x_mean, 3.0, sigma_next), x0_mean,
+                                   rtol=0, atol=0)
+
+
+def test_vp_scale_and_flow_nudge():
+    assert panorama.vp_scale(2.0) == pytest.approx(5.0, rel=1e-12)
+    x, grad = torch.ones(3), torch.tensor([1.0, 2.0, -1.0])
+    # flow: (1 - 0.25)^2 + 0.25^2 = 0.625
+    torch.testing.assert_close(panorama.nudge(x, grad, 2.0, 0.25, flow=True), 1.0 - 2.0 * 0.625 * grad,
+                               rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(panorama.nudge(x, grad, 2.0, 0.25), 1.0 - 2.0 * 1.0625 * grad, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("flow", [False, True])
+def test_sync_step_on_a_quadratic_distance_has_the_closed_form(flow):
+    """denoise and decode the identity, L = |x_v - x_anchor|^2: dL/dx_v = 2 (x_v - x_anchor), so each window
+    moves to x_v - w s 2 (x_v - x_anchor) with s = vp_scale(sigma) (the VP step in sampler space)."""
+    x = torch.randn(2, 3, 4, 20, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    windows = panorama.plan_windows(4, 20, 4, 8, 4, 4)  # lefts 0, 4, 8, 12
+    identity = lambda xs, sigma, group: xs  # noqa: E731
+
+    def distance(images, anchor):
+        repeats = images.shape[0] // anchor.shape[0]
+        return ((images - anchor.repeat(repeats, 1, 1, 1)) ** 2).flatten(1).sum(1)
+
+    counts = []
+    sigma, weight = 0.4, 0.05
+    crops = panorama.synced_crops(x, windows, sigma, weight, 1, identity, identity, lambda v: v, distance,
+                                  batch=2, flow=flow, loss_scale=8.0, on_batch=counts.append)
+    scale = (1 - sigma) ** 2 + sigma ** 2 if flow else 1 + sigma ** 2
+    anchor = x[..., 4:12]
+    for index, window in enumerate(windows):
+        own = x[..., window.left:window.left + 8]
+        expected = own if index == 1 else own - weight * scale * 2 * (own - anchor)
+        torch.testing.assert_close(crops[index], expected, rtol=1e-12, atol=1e-12)
+    assert counts == [2, 1]  # the three other windows in groups of 2
+
+    merged_counts = []
+    x0 = panorama.merged_x0(crops, windows, x.shape, sigma, identity, batch=3, on_batch=merged_counts.append)
+    assert merged_counts == [3, 1]
+    torch.testing.assert_close(x0, panorama.merge(crops, windows, x.shape), rtol=1e-6, atol=1e-6)
+
+
+def test_a_single_window_or_weight_zero_returns_the_plain_crops():
+    x = torch.randn(1, 4, 4, 8)
+    windows = panorama.plan_windows(4, 8, 4, 8, 4, 4)
+    crops = panorama.synced_crops(x, windows, 1.0, 5.0, 0, None, None, None, None)
+    torch.testing.assert_close(crops[0], x, rtol=0, atol=0)  # a slice: exact
+
+
+def test_first_order_x0_below_sigma_one_and_in_x0s_dtype():
+    x, x0_mean, x_mean = torch.tensor([1.0]), torch.tensor([0.5]), torch.tensor([1.4])
+    # r = 0.5 / 1.0: r / (1 - r) = 1 -> 0.5 + 0.4
+    torch.testing.assert_close(panorama.first_order_x0(x, x0_mean, x_mean, 1.0, 0.5), torch.tensor([0.9]),
+                               rtol=1e-6, atol=1e-6)
+    out = panorama.first_order_x0(x.double(), x0_mean, x_mean.double(), 3.0, 2.0)
+    assert out.dtype == torch.float32
+
+
+def test_merge_returns_the_values_dtype():
+    windows = panorama.plan_windows(4, 8, 4, 4, 4, 4)
+    values = [torch.full((1, 1, 4, 4), 0.25, dtype=torch.float16), torch.full((1, 1, 4, 4), 0.5, dtype=torch.float16)]
+    out = panorama.merge(values, windows, (1, 1, 4, 8))
+    assert out.dtype == torch.float16
+    expected = torch.cat([torch.full((1, 1, 4, 4), 0.25), torch.full((1, 1, 4, 4), 0.5)], dim=-1)
+    torch.testing.assert_close(out.float(), expected, rtol=1e-3, atol=1e-3)
+
+
+def test_merged_x0_denoises_one_window_at_a_time_by_default_and_passes_the_groups():
+    x = torch.randn(2, 1, 4, 12, generator=torch.Generator().manual_seed(6))
+    windows = panorama.plan_windows(4, 12, 4, 4, 4, 4)  # three windows
+    crops = [panorama.crop(x, w) for w in windows]
+    groups = []
+
+    def denoise(xs, sigma, group):
+        groups.append(list(group))
+        return xs * 0.5
+
+    out = panorama.merged_x0(crops, windows, x.shape, 1.0, denoise)
+    assert groups == [[0], [1], [2]]
+    torch.testing.assert_close(out, x * 0.5, rtol=1e-6, atol=1e-6)
+
+
+def test_one_pixel_windows_and_strides_are_valid():
+    windows = panorama.plan_windows(2, 3, 1, 1, 1, 1)
+    assert [(w.top, w.left) for w in windows] == [(t, l) for t in range(2) for l in range(3)]  # integers
+
+
+def test_two_windows_sync_one_window_at_a_time_by_default_with_their_groups():
+    x = torch.randn(1, 4, 4, 12, generator=torch.Generator().manual_seed(7))
+    windows = panorama.plan_windows(4, 12, 4, 6, 4, 6)  # lefts 0 and 6: two windows
+    groups, counts = [], []
+
+    def denoise(xs, sigma, group):
+        groups.append(list(group))
+        return xs
+
+    def distance(images, anchor):
+        return ((images - anchor.repeat(images.shape[0] // anchor.shape[0], 1, 1, 1)) ** 2).flatten(1).sum(1)
+
+    crops = panorama.synced_crops(x, windows, 0.5, 0.1, 0, denoise, denoise, lambda v: v, distance,
+                                  on_batch=counts.append)
+    assert groups == [[0], [1]] and counts == [1]  # the anchor's own image, then the other window
+    own, anchor = x[..., 6:12], x[..., 0:6]
+    torch.testing.assert_close(crops[1], own - 0.1 * 1.25 * 2 * (own - anchor), rtol=1e-6, atol=1e-6)
+    three = panorama.plan_windows(4, 12, 4, 4, 4, 4)
+    counts.clear()
+    panorama.synced_crops(x, three, 0.5, 0.1, 1, denoise, denoise, lambda v: v, distance, on_batch=counts.append)
+    assert counts == [1, 1]  # default batch: one window per group

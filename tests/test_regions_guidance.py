@@ -382,7 +382,8 @@ def test_hue_families_are_half_open_intervals(rgb, family):
     ((200, 0, 0), "red"),         # lightness 0.39 but value 0.78
     ((150, 90, 90), "red"),       # value 0.59 but lightness 0.47
     ((255, 102, 102), "red"),     # lightness exactly 0.7: not pink
-    ((255, 180, 200), "pink"),    # red hue (344), lightness 0.85
+    ((255, 160, 160), "pink"),    # red hue (0), lightness 0.81
+    ((255, 180, 200), "pink"),    # magenta hue (344), lightness 0.85
     ((255, 180, 255), "pink"),    # magenta hue, lightness 0.85
     ((180, 200, 255), "blue"),    # light blue stays blue
 ])
@@ -405,3 +406,152 @@ def test_spec_lines_that_read_as_phrases_keep_their_line_and_the_rest_is_parsed(
         (1, "a castle: tall", None), (2, "roof: tiled", ("", "red")), (3, "light sky blue: x", None),
         (4, "river", None)]
     assert regions.parse_region_spec("") == [] and regions.parse_region_spec(None) == []
+
+
+# --- RegionAttention construction, weights and per-layer biases --------------------------------------
+
+def test_region_attention_checks_its_inputs():
+    with pytest.raises(ValueError, match=r"^mode must be one of \('paint_with_words', 'dense'\), got 'nope'$"):
+        make_region(mode="nope")
+    with pytest.raises(ValueError, match="^masks and token_masks must have one row per region$"):
+        regions.RegionAttention(torch.zeros(2, 8, 8), torch.zeros(1, 77))
+    region = regions.RegionAttention(torch.zeros(1, 8, 8), torch.zeros(1, 77), mode="dense")
+    with pytest.raises(ValueError, match="^dense mode needs sigma_to_t$"):
+        region.weight(torch.tensor([1.0]))
+
+
+def test_noop_when_the_strength_is_zero_or_no_token_is_named():
+    assert make_region(strength=0.0).is_noop
+    assert not make_region(strength=0.1).is_noop
+    assert regions.RegionAttention(torch.ones(1, 8, 8), torch.zeros(1, 77), strength=1.0).is_noop
+    assert make_region(n_tokens=154).n_tokens == 154
+
+
+def test_weights_follow_log_one_plus_sigma_and_densediffusions_t_to_the_fifth():
+    region = make_region(strength=0.5)
+    torch.testing.assert_close(region.weight(torch.tensor([0.0, 1.0, 14.6, -1.0])),
+                               torch.tensor([0.0, 0.5 * math.log(2.0), 0.5 * math.log(15.6), 0.0]),
+                               rtol=1e-6, atol=1e-7)
+    times = {10.0: 0.8, 7.0: 0.7, 6.5: 0.69}
+    dense = regions.RegionAttention(torch.zeros(1, 8, 8), torch.zeros(1, 77), strength=2.0, mode="dense",
+                                    sigma_to_t=times.get)
+    torch.testing.assert_close(dense.weight(torch.tensor([10.0, 7.0, 6.5])),
+                               torch.tensor([2.0 * 0.8 ** 5, 2.0 * 0.7 ** 5, 0.0]), rtol=1e-6, atol=1e-7)
+
+
+def test_layer_bias_marks_region_tokens_where_the_region_is_and_its_size_factor():
+    masks = torch.zeros(2, 4, 4)
+    masks[0, :, :2] = 1  # left half: area 0.5
+    masks[1, :1, 2:] = 1  # top right eighth: area 0.125
+    token_masks = torch.zeros(2, 5)
+    token_masks[0, 1] = 1
+    token_masks[1, 3] = 1
+    region = regions.RegionAttention(masks, token_masks)
+    bias, size = region.layer_bias(2, 2, 10, "cpu", torch.float32)
+    # 2x2 layer: area-averaged masks; token rows repeated for a prompt of two chunks (10 keys)
+    coverage = torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.0, 0.5, 0.0, 0.0]])  # [region, pixel]
+    expected = torch.zeros(4, 5)
+    expected[:, 1] = coverage[0]
+    expected[:, 3] = coverage[1]
+    torch.testing.assert_close(bias, expected.repeat(1, 2), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(size, (coverage.T @ torch.tensor([0.5, 0.875])).unsqueeze(1), rtol=1e-6, atol=1e-7)
+    assert region.layer_bias(2, 2, 7, "cpu", torch.float32) is None  # not whole prompts
+
+
+def test_masks_are_area_averaged_to_each_layer():
+    masks = torch.rand(3, 8, 12, generator=torch.Generator().manual_seed(0))
+    expected = masks.reshape(3, 4, 2, 4, 3).mean(dim=(2, 4))
+    torch.testing.assert_close(regions.resize_masks(masks, 4, 4), expected, rtol=1e-6, atol=1e-7)
+
+
+def stripes(widths, colours, height=16):
+    """[height, sum(widths), 3] image of vertical stripes (exact 8-bit colours)."""
+    image = torch.cat([torch.tensor(c, dtype=torch.float32).expand(height, w, 3) for w, c in zip(widths, colours)],
+                      dim=1)
+    return image / 255
+
+
+def test_palette_keeps_the_largest_regions_up_to_max_regions():
+    colours = [RED, BLUE, YELLOW, GREEN]
+    image = stripes([10, 30, 8, 16], colours)
+    palette = regions.extract_palette(image, max_regions=2)
+    # the two widest stripes (blue 30, green 16 columns); red and yellow are nearer green, so green's region
+    # starts at column 0 and comes first in reading order (integer colours)
+    assert palette.colours == [GREEN, BLUE]
+    assert palette.masks.shape == (2, 16, 64)
+    torch.testing.assert_close(palette.masks.sum(0), torch.ones(16, 64), rtol=0, atol=0)  # 0/1 partition
+    assert palette.areas == pytest.approx([34 / 64, 30 / 64], rel=1e-6)
+
+
+def test_palette_merges_colours_within_the_tolerance_and_drops_small_regions():
+    near_red = (RED[0] - 10, RED[1] + 5, RED[2])  # 11.2 from red
+    palette = regions.extract_palette(stripes([20, 12, 32], [RED, near_red, BLUE]), tolerance=24)
+    assert palette.colours == [RED, BLUE]  # the most frequent exact shade names the merged region
+    assert palette.areas == pytest.approx([0.5, 0.5], rel=1e-6)
+    apart = regions.extract_palette(stripes([20, 12, 32], [RED, near_red, BLUE]), tolerance=8)
+    assert apart.colours == [RED, near_red, BLUE]
+    # a 1-pixel-wide line (1/64 of the image, but no interior) is not a region
+    thin = regions.extract_palette(stripes([31, 1, 32], [RED, YELLOW, BLUE]))
+    assert thin.colours == [RED, BLUE]
+    big_minimum = regions.extract_palette(stripes([8, 56], [RED, BLUE]), min_area=0.2)  # red is 1/8
+    assert big_minimum.colours == [BLUE]
+
+
+def test_palette_shape_error_shows_the_shape():
+    with pytest.raises(ValueError, match=r"^stroke image must be \[height, width, 3\], got shape \(16, 16, 4\)$"):
+        regions.extract_palette(torch.zeros(16, 16, 4))
+
+
+def test_layer_bias_is_cached_per_layer_size_in_the_asked_dtype_and_device():
+    region = make_region()
+    small, _ = region.layer_bias(2, 2, 77, "cpu", torch.float64)
+    large, size = region.layer_bias(4, 4, 77, "cpu", torch.float64)
+    assert small.shape == (4, 77) and large.shape == (16, 77)
+    assert large.dtype == torch.float64 and size.dtype == torch.float64
+    # meta (shapes only) stands in for an accelerator
+    bias, size = region.layer_bias(8, 8, 77, torch.device("meta"), torch.float32)
+    assert bias.device.type == "meta" and size.device.type == "meta"
+
+
+def test_paint_with_words_on_a_non_square_layer_with_small_scores():
+    masks = torch.zeros(1, 4, 2)
+    masks[0, :2] = 1  # top half of a 4 x 2 layer
+    token_masks = torch.zeros(1, 77)
+    token_masks[0, 3] = 1
+    region = regions.RegionAttention(masks, token_masks, strength=0.5)
+    q, k, v = (t * 0.1 for t in qkv(batch=1, n_query=8))  # every score below 1
+    sigma = torch.tensor([3.0])
+    out = region.attention(q, k, v, 2, (4, 2), sigma)
+    scores = q.reshape(1, 8, 2, 8).transpose(1, 2) @ k.reshape(1, 77, 2, 8).transpose(1, 2).transpose(-1, -2)
+    peak = scores.amax().clamp_min(0)
+    assert 0 < float(peak) < 1
+    bias = torch.zeros(8, 77)
+    bias[:4, 3] = 1  # pixels 0..3 are the top two rows
+    expected = reference_attention(q, k, v, 2, 0.5 * math.log1p(3.0) * peak * bias)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_attention_returns_the_queries_dtype():
+    region = make_region()
+    q, k, v = (t.half() for t in qkv(batch=1))
+    out, plain = region.attention(q, k, v, 2, (8, 8), torch.tensor([2.0]), with_plain=True)
+    assert out.dtype == torch.float16 and plain.dtype == torch.float16
+
+
+def test_erosion_is_a_3x3_minimum_with_the_border_counted_as_inside():
+    masks = (torch.rand(2, 5, 6, generator=torch.Generator().manual_seed(0)) > 0.3).float()
+    expected = torch.empty_like(masks)
+    for r in range(2):
+        for i in range(5):
+            for j in range(6):
+                rows = range(max(i - 1, 0), min(i + 2, 5))  # outside the image: the nearest pixel (inside)
+                cols = range(max(j - 1, 0), min(j + 2, 6))
+                expected[r, i, j] = min(float(masks[r, a, b]) for a in rows for b in cols)
+    torch.testing.assert_close(regions._erode(masks), expected, rtol=0, atol=0)  # a minimum of 0/1 values
+
+
+def test_palette_clamps_overshooting_images_to_the_8_bit_range():
+    image = stripes([16, 16], [(255, 0, 0), (0, 0, 255)])
+    image[:, :16, 0] = 1.3  # out of range values from a decoder
+    image[:, 16:, 1] = -0.2
+    assert regions.extract_palette(image).colours == [(255, 0, 0), (0, 0, 255)]

@@ -315,6 +315,8 @@ def test_full_size_cutouts_are_area_averaged_and_small_ones_bilinear_upsampled()
     # min_fraction 1: every cutout is the whole (square) image
     shrunk = semantic.make_views(image, 4, 3, torch.Generator().manual_seed(0), min_fraction=1.0)
     torch.testing.assert_close(shrunk, block_mean(image, 3).repeat(3, 1, 1, 1), rtol=1e-9, atol=1e-9)
+    one = semantic.make_views(image, 4, 1, torch.Generator().manual_seed(0), min_fraction=1.0)
+    torch.testing.assert_close(one, block_mean(image, 3), rtol=1e-9, atol=1e-9)  # one cutout, not the resize
     grown = semantic.make_views(image, 12, 2, torch.Generator().manual_seed(0), min_fraction=1.0)
     torch.testing.assert_close(grown, image.repeat(2, 1, 1, 1), rtol=1e-9, atol=1e-9)  # side == size
     small = image[..., :6, :6]
@@ -347,3 +349,65 @@ def test_views_come_from_the_generator_alone():
     torch.testing.assert_close(first, second, rtol=1e-6, atol=1e-6)
     sizes = semantic.cutout_sizes(50, 32, 40, 0.5, 1.0, torch.Generator().manual_seed(5))
     assert min(sizes) >= 16 and max(sizes) <= 32  # [min_fraction * 32, 32], integers
+
+
+def test_cutout_sides_span_min_fraction_to_the_full_side():
+    sizes = semantic.cutout_sizes(200, 32, 40, 0.5, 1.0, torch.Generator().manual_seed(5))
+    assert min(sizes) == 16 and max(sizes) == 31  # int(u * 16 + 16) for u in [0, 1): integers
+    squared = semantic.cutout_sizes(200, 32, 40, 0.5, 2.0, torch.Generator().manual_seed(5))
+    assert min(squared) == 16 and max(squared) <= 31
+    assert sorted(squared)[100] < sorted(sizes)[100]  # u^2 favours small cutouts
+    tiny = semantic.cutout_sizes(200, 3, 3, 0.0, 1.0, torch.Generator().manual_seed(5))
+    assert set(tiny) == {1, 2}  # min_fraction 0: down to a single pixel
+
+
+def test_make_views_defaults_are_half_size_cutouts_with_a_linear_size_law():
+    image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(13))
+    default = semantic.make_views(image, 8, 6, torch.Generator().manual_seed(2))
+    explicit = semantic.make_views(image, 8, 6, torch.Generator().manual_seed(2), min_fraction=0.5, cut_power=1.0)
+    torch.testing.assert_close(default, explicit, rtol=1e-6, atol=1e-6)
+    other = semantic.make_views(image, 8, 6, torch.Generator().manual_seed(2), min_fraction=1.0, cut_power=2.0)
+    assert (default - other).abs().max() > 1e-3  # the defaults matter: this seed draws smaller cutouts
+
+
+def test_gram_rejects_other_shapes_by_name():
+    with pytest.raises(ValueError, match=r"^features must be \[B, C, H, W\] or \[B, N, C\], got shape \(2, 3\)$"):
+        semantic.gram(torch.zeros(2, 3))
+
+
+def test_style_loss_is_the_mean_squared_gram_error_with_per_sample_targets():
+    gen = torch.Generator().manual_seed(14)
+    features = [torch.randn(2, 3, 4, 4, generator=gen), torch.randn(2, 5, 7, generator=gen)]  # conv, tokens
+    targets = [torch.randn(2, 3, 3, generator=gen), torch.randn(1, 7, 7, generator=gen)]
+    flats = [features[0].double().flatten(2), features[1].double().transpose(1, 2)]
+    grams = [f @ f.transpose(1, 2) / (f.shape[1] * f.shape[2]) for f in flats]
+    errors = [((g - t.double()) ** 2).mean(dim=(1, 2)) for g, t in zip(grams, targets)]
+    torch.testing.assert_close(semantic.style_loss(features, targets).double(), (errors[0] + errors[1]) / 2,
+                               rtol=1e-5, atol=1e-7)
+    scales = [(t.double() ** 2).mean(dim=(1, 2)) for t in targets]  # per target: [2] and [1]
+    relative = (errors[0] / scales[0] + errors[1] / scales[1]) / 2
+    torch.testing.assert_close(semantic.style_loss(features, targets, relative=True).double(), relative,
+                               rtol=1e-5, atol=1e-7)
+
+
+def test_style_targets_are_moved_to_the_features_device():
+    # meta (shapes only) stands in for an accelerator; the target Grams were computed on the CPU
+    out = semantic.style_loss([torch.empty(2, 3, 4, 4, device="meta")], [torch.zeros(1, 3, 3)])
+    assert out.device.type == "meta" and out.shape == (2,)
+
+
+def test_repeat_views_lays_per_image_targets_out_view_major():
+    target = torch.arange(8.0).view(2, 4)
+    # a gather, no arithmetic: exact
+    torch.testing.assert_close(semantic.repeat_views(target, 3, 2), torch.cat([target] * 3), rtol=0, atol=0)
+    shared = torch.ones(1, 4)
+    assert semantic.repeat_views(shared, 3, 2) is shared  # a shared target broadcasts as it is
+    with pytest.raises(ValueError, match="^a target batch of 3 does not match the image batch 2$"):
+        semantic.repeat_views(torch.zeros(3, 5), 2, 2)
+
+
+def test_style_layers_of_a_single_block_tower_and_the_error():
+    assert semantic.style_layer_indices(1) == [0]
+    assert semantic.style_layer_indices(24) == [4, 8, 12]
+    with pytest.raises(ValueError, match="^depth must be at least 1, got 0$"):
+        semantic.style_layer_indices(0)
