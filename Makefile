@@ -28,7 +28,9 @@ bench: setup-test
 # Mutation testing of guidance/ (mutmut, [tool.mutmut] in pyproject.toml); slow, not part of `make test`.
 mutate: setup-test
 	$(PY) -m pip install --disable-pip-version-check -q "mutmut==3.8.1"
-	$(PY) -m mutmut run --max-children 2 || true
+	# one torch thread per mutant process: forked workers whose torch threads spin on a busy 2-core machine
+	# use up mutmut's CPU-time limit and are recorded as timeouts though the tests fail at once
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m mutmut run --max-children 2 || true
 	$(PY) scripts/mutation_score.py
 
 # Sampled mutation testing of the method modules of nodes/ against their graph tests (slow: about a minute per
