@@ -261,3 +261,17 @@ def test_other_samplers_run_with_sync(host, lpips_models, sampler):
     add_panorama(prompt, "10", "x", sampler_name=sampler, steps=3, sync_steps=1, scheduler="normal")
     host.run(prompt)
     assert torch.isfinite(captured()["x"]).all()
+
+
+def test_config_checks_each_batch_size_and_accepts_the_smallest_stride(host):
+    """PanoramaConfig.validate (what both forms run first): window_batch 0 or sync_batch 0 alone is an error;
+    stride 8 px, the smallest the UI allows, is valid (one latent cell), as is the largest window stride."""
+    nodes_panorama = harness.loaded_module(f"{harness.PACK_NAME}.nodes.panorama")
+    vae = harness.test_nodes_module().tiny.tiny_vae(0)
+    for overrides in ({"window_batch": 0}, {"sync_batch": 0}):
+        with pytest.raises(ValueError, match="window_batch and sync_batch must be at least 1"):
+            nodes_panorama.PanoramaConfig(vae=vae, **overrides).validate()
+    nodes_panorama.PanoramaConfig(vae=vae, stride=8, window_size=64).validate()
+    nodes_panorama.PanoramaConfig(vae=vae, stride=64, window_size=64).validate()
+    with pytest.raises(ValueError, match="stride must be a positive multiple of 8"):
+        nodes_panorama.PanoramaConfig(vae=vae, stride=4, window_size=64).validate()

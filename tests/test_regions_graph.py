@@ -246,3 +246,42 @@ def test_token_spans_agree_for_both_sdxl_text_encoders(host):
     assert set(clip.tokenize("x")) == {"l", "g"}
     _, _, positions, length = spans(clip, "a castle! " * 40 + "by a river", ["river", "castle !"])
     assert length == 154 and positions[0] and len(positions[1]) == 80
+
+
+def test_an_unbiased_layer_is_reported_once_per_layer_not_per_call(host, captured, caplog):
+    """A 154-token regions prompt, sampled with a 77-token positive (not a whole multiple): each cross-attention
+    layer stays unbiased and says so once, not at every one of its 6 steps x CFG calls."""
+    long_prompt = ", ".join(["a green field"] * 25) + ", a castle by the river"
+    prompt = regions_graph(prompt=long_prompt, spec="red: castle\nblue: river")
+    graphs.capture(prompt, "30", "x", latent=ksampler(prompt, "20", ("6", 0), positive=("2", 0), steps=6))
+    host.run(prompt)
+    tiny = harness.test_nodes_module().tiny.tiny_model("sd15", 0)
+    layers = sum(1 for name, _ in tiny.model.diffusion_model.named_modules() if name.endswith("attn2"))
+    warnings = [r for r in caplog.records if "this layer is left unbiased" in r.getMessage()]
+    assert 0 < len(warnings) <= layers, (len(warnings), layers)
+
+
+def test_the_preview_labels_a_region_thinner_than_its_pooling(host, captured):
+    """A 512 px painting (the label finder pools it 4x4) with a 3 px wide red line at x = 202..204, so no pooled
+    cell is more than half red, kept as a region (min_region_percent 0): the preview still labels it, from the
+    line's own pixels."""
+    prompt = graphs.base()
+    prompt["5"] = {"class_type": "GS_TestStrokes", "inputs": {"width": 512, "height": 512, "left": 0x2255CC,
+                                                              "right": 0x2255CC, "batch": 1}}
+    prompt["7"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 3, "height": 300}}
+    prompt["8"] = {"class_type": "EmptyImage", "inputs": {"width": 3, "height": 300, "batch_size": 1,
+                                                         "color": 0xD91A1A}}
+    prompt["9"] = {"class_type": "ImageCompositeMasked", "inputs": {
+        "destination": ["5", 0], "source": ["8", 0], "x": 202, "y": 100, "resize_source": False, "mask": ["7", 0]}}
+    prompt["6"] = {"class_type": "GS_StrokeRegions", "inputs": {
+        "model": ["1", 0], "clip": ["1", 1], "stroke": ["9", 0], "prompt": PROMPT, "region_spec": "red: castle",
+        "strength": 0.5, "mode": "paint_with_words", "start_percent": 0.0, "end_percent": 1.0,
+        "missing_phrases": "append", "colour_tolerance": 24, "min_region_percent": 0.0}}
+    graphs.capture(prompt, "30", "preview", image=["6", 2])
+    result, _ = host.run(prompt)
+    preview = captured["preview"][0]
+    assert preview.shape == (512, 512, 3)
+    assert result["outputs"]["6"]["gs_palette"][0]["phrases"] == ["", "castle"]  # blue unnamed, red
+    label = (preview - torch.tensor([1.0, 1.0, 1.0])).abs().amax(-1) < 0.05  # white label text (each region's)
+    ys, xs = torch.nonzero(label, as_tuple=True)
+    assert bool((((xs - 203).abs() < 24) & ((ys - 250).abs() < 24)).any())  # one label on the line's middle
