@@ -240,6 +240,9 @@ def test_the_clip_model_is_loaded_by_comfyui_model_management(host, clip_guidanc
     loaded = [m.model.model for m in comfy.model_management.current_loaded_models if m.model is not None]
     assert any(isinstance(model, open_clip.CLIP) for model in loaded), [type(m).__name__ for m in loaded]
     assert len(guided_steps(records, "text")) == 2
+    # the run's own state (decoder copy, targets) is released when sampling ends
+    guidance = [f for f in records["text:after"][0]["post_cfg_functions"] if hasattr(f, "outer_sample")]
+    assert len(guidance) == 1 and guidance[0].run is None
 
 
 @pytest.mark.parametrize("every,expected", [(1, 4), (2, 2)])

@@ -86,6 +86,7 @@ class _Recorder:
         for name in ("denoised", "cond_denoised", "uncond_denoised", "input", "sigma"):
             value = args.get(name)
             keep[name] = None if value is None else value.detach().clone().cpu()
+        keep["post_cfg_functions"] = list(args["model_options"].get("sampler_post_cfg_function", []))
         RECORDS.setdefault(self.key, []).append(keep)
         return args["denoised"]
 
