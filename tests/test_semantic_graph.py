@@ -66,12 +66,17 @@ def tiny_clip(kind="vit"):
     return harness.test_nodes_module().semantic_probes.tiny_open_clip(kind, 0)
 
 
-def clip_embedding(model, image_bhwc: torch.Tensor) -> torch.Tensor:
+def clip_pixels(image_bhwc: torch.Tensor) -> torch.Tensor:
+    """An IMAGE as the tiny CLIP's normalised 64 px input, written here from open_clip's OpenAI constants."""
     pixels = F.interpolate(image_bhwc.movedim(-1, 1).float(), size=(64, 64), mode="bilinear", antialias=True,
                            align_corners=False)
     mean, std = torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1), torch.tensor(OPENAI_STD).view(1, 3, 1, 1)
+    return (pixels - mean) / std
+
+
+def clip_embedding(model, image_bhwc: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
-        return model.encode_image((pixels - mean) / std).float()
+        return model.encode_image(clip_pixels(image_bhwc)).float()
 
 
 def text_embedding(model, text: str) -> torch.Tensor:
@@ -147,11 +152,9 @@ def test_content_guidance_raises_similarity_to_the_reference(host, clip_guidance
 
 
 def _style_features(model, image_bhwc):
-    pixels = F.interpolate(image_bhwc.movedim(-1, 1).float(), size=(64, 64), mode="bilinear", antialias=True,
-                           align_corners=False)
-    mean, std = torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1), torch.tensor(OPENAI_STD).view(1, 3, 1, 1)
     with torch.no_grad():
-        return model.visual.forward_intermediates((pixels - mean) / std, indices=[0, 1, 2, 3, 4])["image_intermediates"]
+        return model.visual.forward_intermediates(clip_pixels(image_bhwc), indices=[0, 1, 2, 3, 4])[
+            "image_intermediates"]
 
 
 def test_style_guidance_lowers_the_style_loss_on_a_resnet_tower(host, clip_guidance, captured, records):

@@ -18,13 +18,11 @@ WIDTH, HEIGHT, WINDOW, STRIDE, STEPS, SYNC_STEPS = 96, 32, 32, 16, 10, 2
 def _model_folders(tiny) -> None:
     import folder_paths
     from safetensors.torch import save_file
-    sys.path.insert(0, str(harness.TESTS))
-    import conftest
     approx = Path(tempfile.mkdtemp(prefix="gs-bench-vae-approx-"))
     save_file(tiny.taesd_decoder_state_dict(0), str(approx / "taesd_decoder.safetensors"))
     folder_paths.add_model_folder_path("vae_approx", str(approx), is_default=True)
     lpips_dir = Path(tempfile.mkdtemp(prefix="gs-bench-lpips-"))
-    conftest.write_lpips_trunks(lpips_dir, ("vgg",))
+    harness.write_lpips_trunks(lpips_dir, ("vgg",))
     folder_paths.add_model_folder_path("lpips", str(lpips_dir), is_default=True)
 
 
