@@ -126,8 +126,8 @@ class TiledModel:
     """
 
     def __init__(self, model, sigmas, windows, anchor, config: PanoramaConfig, flow: bool, on_batch,
-                 denoiser=None, decoder=None, distance=None, latent_format=None, loss_scale: float = 1.0,
-                 conds: window_conds.WindowConditioning | None = None):
+                 conds: window_conds.WindowConditioning, denoiser=None, decoder=None, distance=None,
+                 latent_format=None, loss_scale: float = 1.0):
         self._model = model
         self._sigmas = [float(s) for s in sigmas]
         self._windows, self._anchor, self._config, self._flow = windows, anchor, config, flow
@@ -156,23 +156,17 @@ class TiledModel:
     def _window_args(self, group, args: dict):
         """The call's extra args for the windows of ``group``: the conditioning cropped per window
         (nodes/window_conds.py) and the sampler's noise mask, latent and noise cropped likewise."""
-        if self._conds is not None:
-            args = dict(args, model_options=self._conds.options(args.get("model_options") or {}, group))
+        args = dict(args, model_options=self._conds.options(args.get("model_options") or {}, group))
         mask = args.get("denoise_mask")
         if mask is None:
             yield args
             return
         model = self._model
         saved = model.latent_image, model.noise
-
-        def crops(tensor, items):
-            tensor = tensor.expand(items, *tensor.shape[1:]) if tensor.shape[0] == 1 else tensor
-            return torch.cat([panorama.crop(tensor, self._windows[index]) for index in group])
-
-        items = self._items
-        model.latent_image, model.noise = crops(saved[0], items), crops(saved[1], items)
+        crops = self._conds.crops
+        model.latent_image, model.noise = crops(saved[0], group), crops(saved[1], group)
         try:
-            yield dict(args, denoise_mask=crops(mask, items))
+            yield dict(args, denoise_mask=crops(mask, group))
         finally:
             model.latent_image, model.noise = saved
 
@@ -285,8 +279,8 @@ def panorama_sampler(config: PanoramaConfig) -> comfy.samplers.KSAMPLER:
                 denoiser = gradients.DifferentiableDenoiser(model, extra_args, METHOD)
                 if config.unet_jacobian != UNET_JACOBIAN[0]:
                     denoiser.mode = denoiser.IDENTITY  # approximate: d x0 / d x = I, no UNet backward
-            tiled = TiledModel(model, sigmas, windows, anchor, config, flow, on_batch, denoiser, decoder, distance,
-                               latent_format, loss_scale, conds)
+            tiled = TiledModel(model, sigmas, windows, anchor, config, flow, on_batch, conds, denoiser, decoder,
+                               distance, latent_format, loss_scale)
             sampler = comfy.samplers.sampler_object(config.sampler_name)
             host.check_interrupt()
             x = sampler.sampler_function(tiled, x, sigmas, extra_args=extra_args, callback=step_callback,

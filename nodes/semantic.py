@@ -102,7 +102,6 @@ class OpenCLIP:
             self.style_indices = [0, 1, 2, 3, 4]  # stem and layer1-4, as SDG
         else:
             self.style_indices = 3  # other towers (timm): the last three blocks
-        self.model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
 
     def __deepcopy__(self, memo):
         return self
