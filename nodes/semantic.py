@@ -10,9 +10,14 @@ itself.
 """
 from __future__ import annotations
 
+import importlib.util
+import json
 import logging
 import os
 import pickle
+import re
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -44,8 +49,25 @@ def _open_clip():
 
 
 def architectures() -> list[str]:
+    """open_clip.list_models(), the loader's architecture list. The schema is built when the pack loads, and
+    importing open_clip costs seconds, so until something imports it the names are read the way open_clip
+    reads them: the stems of its model_configs/*.json that hold embed_dim, vision_cfg and text_cfg, in its
+    natural sort order."""
     try:
-        return list(_open_clip().list_models())
+        if "open_clip" in sys.modules:
+            return list(sys.modules["open_clip"].list_models())
+        spec = importlib.util.find_spec("open_clip")  # locates the package without running it
+        if spec is None or not spec.submodule_search_locations:
+            raise ImportError("No module named 'open_clip'")
+        names = []
+        for location in spec.submodule_search_locations:
+            for path in Path(location, "model_configs").glob("*.json"):
+                config = json.loads(path.read_text())
+                if all(key in config for key in ("embed_dim", "vision_cfg", "text_cfg")):
+                    names.append(path.stem)
+        if not names:
+            raise ImportError("open_clip has no model_configs")
+        return sorted(set(names), key=lambda n: [int(s) if s.isdigit() else s for s in re.split(r"(\d+)", n.lower())])
     except Exception as error:  # open_clip missing or broken: the loader says so when it runs
         LOG.warning("open_clip is not usable (%s); CLIP semantic guidance is unavailable", error)
         return [DEFAULT_ARCHITECTURE]

@@ -1,9 +1,10 @@
 """Writes example_workflows/*.json (UI format) and their inputs and thumbnails.
 
 Each module in scripts/workflows/ is one capability's examples: it defines WORKFLOWS
-(name -> build(node_classes) -> workflow dict), INPUTS (file name -> make() -> PIL image,
-written to example_workflows/inputs/) and THUMBNAILS (workflow name -> input file name or
-a make() callable giving the thumbnail image).
+(template name -> build(node_classes) -> workflow dict) and INPUTS (file name -> make() -> PIL image,
+written to example_workflows/inputs/). The template name is the file name, which is the title the
+frontend's template browser shows. THUMBNAILS below gives each template its diagram (scripts/thumbnails.py),
+drawn from the input painting it reads; the registry icon is written to docs/images/icon.png.
 Run: .venv/bin/python scripts/build_workflows.py
 """
 from __future__ import annotations
@@ -15,15 +16,31 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+import thumbnails  # noqa: E402
 import workflow_builder  # noqa: E402
+from workflows import canvas, gradop, panorama, regions, sdedit, semantic  # noqa: E402
 
 OUT = workflow_builder.ROOT / "example_workflows"
+ICON = workflow_builder.ROOT / "docs" / "images" / "icon.png"
+
+# template -> (its input painting, or None; the diagram drawn from it)
+THUMBNAILS = {
+    sdedit.SWEEP: (workflow_builder.STROKES_FILE, thumbnails.sdedit_sweep),
+    sdedit.SIGMAS: (workflow_builder.STROKES_FILE, thumbnails.sdedit_sigmas),
+    gradop.STROKES: (workflow_builder.STROKES_FILE, thumbnails.gradop_strokes),
+    gradop.SAMPLER: (workflow_builder.STROKES_FILE, thumbnails.gradop_sampler_regions),
+    regions.TITLE: (workflow_builder.STROKES_FILE, thumbnails.regions_words),
+    canvas.TITLE: (canvas.CANVAS_FILE, thumbnails.stroke_canvas),
+    semantic.TEXT: (workflow_builder.STROKES_FILE, thumbnails.semantic("text")),
+    semantic.CONTENT: (workflow_builder.STROKES_FILE, thumbnails.semantic("content")),
+    semantic.STYLE: (workflow_builder.STROKES_FILE, thumbnails.semantic("style")),
+    panorama.WIDE: (None, thumbnails.panorama_wide),
+    panorama.LOOP: (None, thumbnails.panorama_360),
+}
 
 
 def write_thumbnail(name: str, image) -> None:
-    thumb = image.copy().convert("RGB")
-    thumb.thumbnail((256, 256))
-    thumb.save(OUT / f"{name}.jpg", quality=85)
+    image.convert("RGB").save(OUT / f"{name}.jpg", quality=88)
 
 
 
@@ -42,9 +59,10 @@ def main() -> None:
         for name, build in module.WORKFLOWS.items():
             workflow = build(host.nodes.NODE_CLASS_MAPPINGS)
             (OUT / f"{name}.json").write_text(json.dumps(workflow, indent=2) + "\n")
-            thumb = module.THUMBNAILS[name]
-            write_thumbnail(name, images[thumb] if isinstance(thumb, str) else thumb())
+            painting, draw = THUMBNAILS[name]
+            write_thumbnail(name, draw(images[painting] if painting else None))
             print("wrote", name)
+    thumbnails.icon().save(ICON)
 
 
 if __name__ == "__main__":

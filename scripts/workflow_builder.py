@@ -15,6 +15,26 @@ import harness  # noqa: E402
 
 STROKES_FILE = "guided_synthesis_strokes.png"
 
+# The model files the templates load, declared in the form the frontend's missing-models dialog reads: on the
+# loader node (properties.models, matched against its widget values) and in the workflow's top-level "models"
+# list. Sizes are for the README's table.
+SD15_CHECKPOINT = {"name": "v1-5-pruned-emaonly-fp16.safetensors", "directory": "checkpoints",
+                   "url": "https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/"
+                          "v1-5-pruned-emaonly-fp16.safetensors?download=true"}
+OPEN_CLIP_VIT_B_32 = {"name": "open_clip_model.safetensors", "directory": "clip_guidance",
+                      "url": "https://huggingface.co/laion/CLIP-ViT-B-32-laion2B-s34B-b79K/resolve/main/"
+                             "open_clip_model.safetensors?download=true"}
+LPIPS_VGG16 = {"name": "vgg16-397923af.pth", "directory": "lpips",
+               "url": "https://download.pytorch.org/models/vgg16-397923af.pth"}
+
+# The window a new user opens a template in, and the frontend's fit: LiteGraph's DragAndScale.fitToBounds
+# (zoom 0.75, the node boxes padded by 10 px), which the frontend applies to a template it opens; a saved
+# extra.ds with that view opens the same way where the saved view is restored instead.
+VIEW = (1600, 1000)
+FIT_ZOOM = 0.75
+FIT_PADDING = 10
+TITLE_HEIGHT = 30  # LiteGraph's NODE_TITLE_HEIGHT: a node's box starts this far above its pos
+
 
 def stroke_painting(size: int = 512):
     """A coarse colour painting: sky, sun, mountains, lake, meadow (the SDEdit/GradOP+ guide)."""
@@ -37,7 +57,9 @@ class Builder:
         self.nodes, self.links = [], []
         self.next_link = 1
 
-    def add(self, node_id: int, node_type: str, pos, widgets: dict, inputs: dict | None = None, size=(315, 200)):
+    def add(self, node_id: int, node_type: str, pos, widgets: dict, inputs: dict | None = None, size=(315, 200),
+            models: list[dict] | None = None):
+        """``models``: the model files this node loads (see SD15_CHECKPOINT), declared on the node."""
         node_class = self.node_classes[node_type]
         spec = node_class.INPUT_TYPES()
         flat_spec = {**spec.get("required", {}), **spec.get("optional", {})}
@@ -65,7 +87,8 @@ class Builder:
                             for i, (kind, name) in enumerate(zip(node_class.RETURN_TYPES, node_class.RETURN_NAMES
                                                                  if hasattr(node_class, "RETURN_NAMES") and node_class.RETURN_NAMES
                                                                  else node_class.RETURN_TYPES))],
-                "properties": {"Node name for S&R": node_type}, "widgets_values": values}
+                "properties": {"Node name for S&R": node_type, **({"models": [dict(m) for m in models]} if models else {})},
+                "widgets_values": values}
         self.nodes.append(node)
         for name, (source_id, slot) in (inputs or {}).items():
             self.connect(source_id, slot, node_id, name)
@@ -83,15 +106,53 @@ class Builder:
         source["outputs"][slot]["links"].append(link_id)
 
     def workflow(self) -> dict:
-        return {"last_node_id": max(n["id"] for n in self.nodes), "last_link_id": self.next_link - 1,
-                "nodes": self.nodes, "links": self.links, "groups": [], "config": {}, "extra": {}, "version": 0.4}
+        models = []
+        for node in self.nodes:
+            for model in node["properties"].get("models", []):
+                if model not in models:
+                    models.append(dict(model))
+        workflow = {"last_node_id": max(n["id"] for n in self.nodes), "last_link_id": self.next_link - 1,
+                    "nodes": self.nodes, "links": self.links, "groups": [], "config": {},
+                    "extra": {"ds": fitted_view(self.nodes)}, "version": 0.4}
+        if models:
+            workflow["models"] = models
+        return workflow
+
+
+def node_bounds(nodes: list[dict]) -> tuple[float, float, float, float]:
+    """(left, top, width, height) of the nodes' boxes (title bar included), padded as the frontend's fit pads them."""
+    left = min(n["pos"][0] for n in nodes) - FIT_PADDING
+    top = min(n["pos"][1] - TITLE_HEIGHT for n in nodes) - FIT_PADDING
+    right = max(n["pos"][0] + n["size"][0] for n in nodes) + FIT_PADDING
+    bottom = max(n["pos"][1] + n["size"][1] for n in nodes) + FIT_PADDING
+    return left, top, right - left, bottom - top
+
+
+def fitted_view(nodes: list[dict], view=VIEW) -> dict:
+    """extra.ds that shows all nodes as the frontend's fit would in a ``view`` window: screen = (graph + offset) * scale."""
+    left, top, width, height = node_bounds(nodes)
+    scale = FIT_ZOOM * min(view[0] / width, view[1] / height)
+    scale = min(scale, 1.0)
+    offset = [view[0] * 0.5 / scale - left - width * 0.5, view[1] * 0.5 / scale - top - height * 0.5]
+    return {"scale": round(scale, 4), "offset": [round(offset[0], 1), round(offset[1], 1)]}
+
+
+def checkpoint(builder: Builder, pos=(20, 60), size=(400, 98)) -> dict:
+    """Load Checkpoint (node 1) with the SD1.5 checkpoint the templates name, declared for download."""
+    return builder.add(1, "CheckpointLoaderSimple", pos, {"ckpt_name": SD15_CHECKPOINT["name"]}, size=size,
+                       models=[SD15_CHECKPOINT])
+
+
+def prompts(builder: Builder, positive: str, negative: str, x: int = 20, width: int = 400) -> None:
+    """The positive (node 2) and negative (node 3) prompts, stacked under the checkpoint in the first column."""
+    builder.add(2, "CLIPTextEncode", (x, 200), {"text": positive}, {"clip": (1, 1)}, size=(width, 130))
+    builder.add(3, "CLIPTextEncode", (x, 370), {"text": negative}, {"clip": (1, 1)}, size=(width, 110))
 
 
 def common(builder: Builder, positive: str, negative: str, image_file: str):
-    builder.add(1, "CheckpointLoaderSimple", (20, 60), {"ckpt_name": "v1-5-pruned-emaonly.safetensors"},
-                size=(315, 98))
-    builder.add(2, "CLIPTextEncode", (380, 40), {"text": positive}, {"clip": (1, 1)}, size=(400, 160))
-    builder.add(3, "CLIPTextEncode", (380, 240), {"text": negative}, {"clip": (1, 1)}, size=(400, 160))
-    builder.add(4, "LoadImage", (20, 260), {"image": image_file}, size=(315, 320))
+    """First column: checkpoint, prompts and the painting (Load Image, node 4); the graph goes on at x = 460."""
+    checkpoint(builder)
+    prompts(builder, positive, negative)
+    builder.add(4, "LoadImage", (20, 530), {"image": image_file}, size=(400, 340))
 
 

@@ -69,7 +69,7 @@ def test_every_template_runs_as_downloaded(server):
     assert names
     queued = {}
     for name in names:
-        base = f"{server['url']}/api/workflow_templates/{harness.PACK_NAME}/{name}"
+        base = f"{server['url']}/api/workflow_templates/{harness.PACK_NAME}/{urllib.parse.quote(name)}"
         workflow = json.loads(fetch(base + ".json"))
         assert fetch(base + ".jpg")[:2] == b"\xff\xd8"  # the thumbnail the browser shows
         prompt = harness.fewer_steps(harness.workflow_to_prompt(workflow, specs))
@@ -90,7 +90,7 @@ def test_every_template_runs_as_downloaded(server):
         for image in images:  # read back as the browser shows them
             query = urllib.parse.urlencode({key: image[key] for key in ("filename", "subfolder", "type")})
             assert fetch(f"{server['url']}/view?{query}")[:8] == b"\x89PNG\r\n\x1a\n", (name, image)
-        if name == "sdedit_strokes":
+        if name == "SDEdit strength sweep":
             assert len(images) == 3  # one per strength of the sweep
 
 

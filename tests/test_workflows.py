@@ -18,7 +18,7 @@ def load(path: Path) -> dict:
 
 def test_every_capability_has_an_example_workflow():
     names = {p.stem for p in WORKFLOWS}
-    assert {"sdedit_strokes", "gradop_strokes"} <= names
+    assert {"SDEdit strength sweep", "GradOP+ strokes to photo beside SDEdit"} <= names
     for path in WORKFLOWS:
         assert path.with_suffix(".jpg").exists(), f"{path.name} has no thumbnail"
 
@@ -123,11 +123,11 @@ def test_example_workflow_runs(host, vae_approx, lpips_models, path):  # vae_app
         file = Path(folder_paths.get_directory_by_type(image.get("type", "output"))) / image["subfolder"] / image["filename"]
         assert file.exists() and file.stat().st_size > 0
     saved = [image for image in images if image.get("type", "output") == "output"]
-    if path.stem == "sdedit_strokes":
+    if path.stem == "SDEdit strength sweep":
         assert len(saved) == 3  # one per strength of the sweep
-    if path.stem == "gradop_strokes":
+    if path.stem == "GradOP+ strokes to photo beside SDEdit":
         assert sorted(image["filename"].split("_0")[0] for image in saved) == ["gradop_plus", "sdedit_compare"]
-    if path.stem == "sdedit_sigmas_samplercustom":
+    if path.stem == "SDEdit Sigmas in SamplerCustom":
         assert [image["filename"].split("_0")[0] for image in saved] == ["sdedit_sigmas"]
-    if path.stem == "gradop_sampler_regions":
+    if path.stem == "GradOP+ Sampler with region words":
         assert [image["filename"].split("_0")[0] for image in saved] == ["gradop_sampler_regions"]

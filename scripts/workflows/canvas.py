@@ -1,7 +1,9 @@
 """Stroke Canvas example: strokes painted in the node, turned into a realistic image with SDEdit."""
 from __future__ import annotations
 
-from workflow_builder import Builder
+from workflow_builder import Builder, checkpoint, prompts
+
+TITLE = "Stroke Canvas into SDEdit"
 
 CANVAS_FILE = "guided_synthesis_canvas.png"  # example_workflows/inputs/, copied to input/ by the pack
 CANVAS_SIZE = 512
@@ -29,21 +31,11 @@ def canvas_painting(size: int = CANVAS_SIZE):
     return image
 
 
-def canvas_thumbnail():
-    from PIL import Image
-
-    painting = canvas_painting()
-    background = Image.new("RGBA", painting.size, (255, 255, 255, 255))
-    return Image.alpha_composite(background, painting).convert("RGB")
-
-
 def canvas_sdedit_workflow(node_classes) -> dict:
     b = Builder(node_classes)
-    b.add(1, "CheckpointLoaderSimple", (20, 60), {"ckpt_name": "v1-5-pruned-emaonly.safetensors"}, size=(315, 98))
-    b.add(2, "CLIPTextEncode", (20, 200), {"text": "a photograph of a red house on a green hill, blue sky, sunny day, "
-                                                   "detailed, realistic"}, {"clip": (1, 1)}, size=(400, 160))
-    b.add(3, "CLIPTextEncode", (20, 400), {"text": "painting, flat colours, cartoon, blurry, low quality"},
-          {"clip": (1, 1)}, size=(400, 160))
+    checkpoint(b)
+    prompts(b, "a photograph of a red house on a green hill, blue sky, sunny day, detailed, realistic",
+            "painting, flat colours, cartoon, blurry, low quality")
     b.add(4, "GS_StrokeCanvas", (460, 60), {"painting": f"{CANVAS_FILE} [input]", "width": CANVAS_SIZE,
                                             "height": CANVAS_SIZE, "background_color": "#ffffff"},
           size=(420, 720))
@@ -52,12 +44,11 @@ def canvas_sdedit_workflow(node_classes) -> dict:
                                       "strength_sweep": ""},
           {"model": (1, 0), "positive": (2, 0), "negative": (3, 0), "image": (4, 0), "vae": (1, 2)},
           size=(340, 420))
-    b.add(6, "VAEDecode", (1300, 60), {}, {"samples": (5, 0), "vae": (1, 2)}, size=(210, 46))
-    b.add(7, "SaveImage", (1550, 60), {"filename_prefix": "guided_synthesis/stroke_canvas"}, {"images": (6, 0)},
+    b.add(6, "VAEDecode", (920, 540), {}, {"samples": (5, 0), "vae": (1, 2)}, size=(210, 46))
+    b.add(7, "SaveImage", (1300, 60), {"filename_prefix": "guided_synthesis/stroke_canvas"}, {"images": (6, 0)},
           size=(400, 420))
     return b.workflow()
 
 
-WORKFLOWS = {"stroke_canvas_sdedit": canvas_sdedit_workflow}
+WORKFLOWS = {TITLE: canvas_sdedit_workflow}
 INPUTS = {CANVAS_FILE: canvas_painting}
-THUMBNAILS = {"stroke_canvas_sdedit": canvas_thumbnail}

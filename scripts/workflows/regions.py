@@ -2,7 +2,9 @@
 GradOP paper uses them), into KSampler (text-to-image at the painting's size) and into SDEdit."""
 from __future__ import annotations
 
-from workflow_builder import STROKES_FILE, Builder, stroke_painting
+from workflow_builder import STROKES_FILE, Builder, checkpoint, stroke_painting
+
+TITLE = "Region words on a painting"
 
 PROMPT = ("a photograph of snowy mountains above a calm lake at sunset, a setting sun in the evening sky, "
           "a green meadow in front, detailed, realistic")
@@ -33,46 +35,42 @@ def stroke_regions(b: Builder, node_id: int, stroke) -> dict:
 
 
 def negative_prompt(b: Builder, node_id: int) -> dict:
-    """The negative CLIPTextEncode, under Load Image (node 4 at (20, 260), 320 high) in the first column."""
-    return b.add(node_id, "CLIPTextEncode", (20, 640), {"text": NEGATIVE}, {"clip": (1, 1)}, size=(340, 130))
+    """The negative CLIPTextEncode, under Load Image (node 4 at (20, 200), 320 high) in the first column."""
+    return b.add(node_id, "CLIPTextEncode", (20, 570), {"text": NEGATIVE}, {"clip": (1, 1)}, size=(340, 130))
 
 
 def regions_workflow(node_classes) -> dict:
     b = Builder(node_classes)
-    b.add(1, "CheckpointLoaderSimple", (20, 60), {"ckpt_name": "v1-5-pruned-emaonly.safetensors"}, size=(315, 98))
+    checkpoint(b, size=(315, 98))
     negative_prompt(b, 3)
-    b.add(4, "LoadImage", (20, 260), {"image": STROKES_FILE}, size=(315, 320))
+    b.add(4, "LoadImage", (20, 200), {"image": STROKES_FILE}, size=(315, 320))
     stroke_regions(b, 5, stroke=(4, 0))
+    b.add(13, "PreviewImage", (20, 750), {}, {"images": (5, 2)}, size=(340, 300))
     # A latent of the painting's size; with denoise 1.0 KSampler starts from pure noise (text-to-image).
-    b.add(6, "VAEEncode", (820, 420), {}, {"pixels": (4, 0), "vae": (1, 2)}, size=(210, 46))
-    b.add(7, "KSampler", (1180, 40), {"seed": 42, "steps": 20, "cfg": 7.5, "sampler_name": "euler",
+    b.add(6, "VAEEncode", (820, 40), {}, {"pixels": (4, 0), "vae": (1, 2)}, size=(210, 46))
+    b.add(7, "KSampler", (820, 140), {"seed": 42, "steps": 20, "cfg": 7.5, "sampler_name": "euler",
                                       "scheduler": "normal", "denoise": 1.0},
           {"model": (5, 0), "positive": (5, 1), "negative": (3, 0), "latent_image": (6, 0)}, size=(315, 262))
-    b.add(8, "VAEDecode", (1540, 40), {}, {"samples": (7, 0), "vae": (1, 2)}, size=(210, 46))
-    b.add(9, "SaveImage", (1780, 40), {"filename_prefix": "guided_synthesis/regions_txt2img"}, {"images": (8, 0)},
-          size=(360, 400))
-    b.add(10, "GS_SDEdit", (1180, 360), {"seed": 42, "steps": 20, "cfg": 7.5, "sampler_name": "euler",
-                                         "scheduler": "normal", "strength": 0.6, "semantics": "paper", "repeats": 1,
-                                         "strength_sweep": ""},
+    b.add(10, "GS_SDEdit", (820, 460), {"seed": 42, "steps": 20, "cfg": 7.5, "sampler_name": "euler",
+                                        "scheduler": "normal", "strength": 0.6, "semantics": "paper", "repeats": 1,
+                                        "strength_sweep": ""},
           {"model": (5, 0), "positive": (5, 1), "negative": (3, 0), "image": (4, 0), "vae": (1, 2)},
           size=(340, 420))
-    b.add(11, "VAEDecode", (1540, 480), {}, {"samples": (10, 0), "vae": (1, 2)}, size=(210, 46))
-    b.add(12, "SaveImage", (1780, 480), {"filename_prefix": "guided_synthesis/regions_sdedit"}, {"images": (11, 0)},
-          size=(360, 400))
-    b.add(13, "PreviewImage", (820, 40), {}, {"images": (5, 2)}, size=(320, 340))
-    b.add(14, "GS_GradOPPlus", (1180, 860),
+    b.add(14, "GS_GradOPPlus", (1200, 40),
           {"seed": 42, "steps": 30, "cfg": 7.5, "sampler_name": "euler", "scheduler": "ddim_uniform",
            "strength": 0.8, "iterative_steps": 3, "grad_steps": 12, "learning_rate": 0.1,
            "painting_function": "gaussian blur", "decoder": "auto", "loss_resolution": "full", "mode": "GradOP+",
            "gamma": 0.001, "width": 0, "height": 0, "batch_size": 1},
           {"model": (5, 0), "positive": (5, 1), "negative": (3, 0), "vae": (1, 2), "strokes": (4, 0)},
           size=(340, 590))
-    b.add(15, "VAEDecode", (1540, 920), {}, {"samples": (14, 0), "vae": (1, 2)}, size=(210, 46))
-    b.add(16, "SaveImage", (1780, 920), {"filename_prefix": "guided_synthesis/regions_gradop"}, {"images": (15, 0)},
-          size=(360, 400))
+    # one column of results, top to bottom: text-to-image, SDEdit, GradOP+
+    for decode_id, save_id, source, y, prefix in ((8, 9, 7, 40, "regions_txt2img"), (11, 12, 10, 410, "regions_sdedit"),
+                                                  (15, 16, 14, 780, "regions_gradop")):
+        b.add(decode_id, "VAEDecode", (1580, y), {}, {"samples": (source, 0), "vae": (1, 2)}, size=(210, 46))
+        b.add(save_id, "SaveImage", (1580, y + 90), {"filename_prefix": f"guided_synthesis/{prefix}"},
+              {"images": (decode_id, 0)}, size=(300, 240))
     return b.workflow()
 
 
-WORKFLOWS = {"regions_words": regions_workflow}
+WORKFLOWS = {TITLE: regions_workflow}
 INPUTS = {STROKES_FILE: stroke_painting}
-THUMBNAILS = {"regions_words": STROKES_FILE}

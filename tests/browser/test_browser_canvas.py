@@ -91,7 +91,7 @@ def wait_saved(page):
 
 
 def test_paint_queue_save_reload(page, baseline, server):
-    workflow = json.loads((harness.WORKFLOWS / "stroke_canvas_sdedit.json").read_text())
+    workflow = json.loads((harness.WORKFLOWS / "Stroke Canvas into SDEdit.json").read_text())
     page.page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", workflow)
     page.wait("() => (%s)().gsStrokeCanvas.status.textContent.startsWith('loaded')" % CANVAS)
 

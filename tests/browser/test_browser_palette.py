@@ -265,7 +265,7 @@ def test_a_missing_painting_is_reported_once(page, baseline, server):
     """A workflow whose Load Image names a file that is not in the input folder (a template opened before its
     painting is there): the editor's failed read is reported once, not retried on every connection change or
     redraw; choosing another file reads that one, and a file that is there gives the swatches."""
-    workflow = json.loads((harness.WORKFLOWS / "regions_words.json").read_text())
+    workflow = json.loads((harness.WORKFLOWS / "Region words on a painting.json").read_text())
     load = next(n for n in workflow["nodes"] if n["type"] == "LoadImage")
     load["widgets_values"][0] = "gs_missing_painting.png"
     assert not (server.input_dir / "gs_missing_painting.png").exists()

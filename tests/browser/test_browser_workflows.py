@@ -128,6 +128,6 @@ def test_example_workflow_loads_and_runs_in_the_browser(shared_page, baseline, s
             query = urllib.parse.urlencode({k: image[k] for k in ("filename", "subfolder", "type")})
             with urllib.request.urlopen(f"{server.url}/view?{query}", timeout=10) as response:
                 assert response.status == 200 and response.read(8) == b"\x89PNG\r\n\x1a\n"
-    if path.stem == "sdedit_strokes":
+    if path.stem == "SDEdit strength sweep":
         assert len(result["outputs"][0]["images"]) == 3  # one per strength of the sweep
     assert page.new_errors(baseline, since) == []
