@@ -29,8 +29,9 @@ def test_loading_the_pack_does_not_import_open_clip():
         "import sys; sys.path.insert(0, sys.argv[1]); import harness\n"
         "host = harness.Host(harness.temp_workdir())\n"
         "spec = host.nodes.NODE_CLASS_MAPPINGS['GS_OpenCLIPLoader'].INPUT_TYPES()['required']['architecture']\n"
+        "options = spec[0] if isinstance(spec[0], list) else spec[1]['options']\n"
         "print('open_clip imported:', 'open_clip' in sys.modules)\n"
-        "print('architectures:', len(spec[0]), 'ViT-B-32' in spec[0])\n")
+        "print('architectures:', len(options), 'ViT-B-32' in options)\n")
     result = subprocess.run([sys.executable, "-c", script, str(ROOT / "tests")], capture_output=True, text=True,
                             timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
