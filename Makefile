@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 HOST = $(shell cat $(VENV)/.gs-setup/host_path 2>/dev/null)
 CPU_FLAG = $(shell $(PY) -c "import torch,sys; sys.stdout.write('' if torch.cuda.is_available() else '--cpu')" 2>/dev/null)
 
-.PHONY: setup setup-test run test test-fast bench mutate mutate-nodes clean
+.PHONY: setup setup-test validate run test test-fast bench mutate mutate-nodes clean
 
 setup:
 	bash scripts/setup.sh
@@ -16,7 +16,12 @@ setup-test:
 run: setup
 	cd "$(HOST)" && "$(CURDIR)/$(PY)" main.py --listen 127.0.0.1 --port $(PORT) $(CPU_FLAG)
 
-test: setup-test
+# comfy-cli's publishing check, offline (HOME points at a scratch folder: comfy-cli writes its config there)
+COMFY_CLI = $(VENV)/tools/comfy-cli/bin/comfy
+validate: setup-test
+	HOME="$(CURDIR)/$(VENV)/tools/home" $(COMFY_CLI) --skip-prompt node validate
+
+test: setup-test validate
 	$(PY) -m pytest tests -ra
 
 test-fast: setup-test

@@ -106,6 +106,19 @@ if [ "$WITH_TEST_DEPS" = "1" ] && [ ! -f "$FRONTEND_DIR/comfyui_frontend_package
   pip_install --no-deps --target "$FRONTEND_DIR" "$FRONTEND_PIN"
 fi
 
+# `make test` runs comfy-cli's `comfy node validate` (offline: it parses pyproject.toml and runs ruff's exec/eval
+# check) and tests/test_packaging.py runs its `comfy node pack`: comfy-cli lives in a tool environment of its own,
+# so its dependencies never meet ComfyUI's.
+COMFY_CLI_PIN="comfy-cli==1.23.0"
+COMFY_CLI_VENV="$VENV/tools/comfy-cli"
+if [ "$WITH_TEST_DEPS" = "1" ] && [ ! -f "$STAMP_DIR/comfy_cli_${COMFY_CLI_PIN##*==}" ]; then
+  log "installing $COMFY_CLI_PIN into $COMFY_CLI_VENV"
+  rm -rf "$COMFY_CLI_VENV"
+  "$PYTHON" -m venv "$COMFY_CLI_VENV"
+  "$COMFY_CLI_VENV/bin/python" -m pip install --disable-pip-version-check -q "$COMFY_CLI_PIN"
+  touch "$STAMP_DIR/comfy_cli_${COMFY_CLI_PIN##*==}"
+fi
+
 # Browser tests (tests/browser/) drive Debian's chromium through Playwright (installed above from
 # requirements-test.txt); Playwright's own browser download (`playwright install`) is never used.
 CHROMIUM="${GS_CHROMIUM:-/usr/bin/chromium}"
