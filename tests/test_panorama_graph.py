@@ -8,6 +8,7 @@ import torch
 
 import graphs
 import harness
+from tolerance import assert_close_across_paths, PATHS
 
 WIDTH, HEIGHT, WINDOW, STRIDE, STEPS = 96, 32, 32, 16, 4
 
@@ -215,7 +216,7 @@ def test_seamless_decode_matches_the_plain_decode_in_one_tile_and_tiles_blend(ho
     add_decode(prompt, "8", "tiled", ["5", 0], tile_size=64, overlap=16)
     host.run(prompt)
     plain, one, tiled = (captured()[k].float() for k in ("plain", "one", "tiled"))
-    assert (one - plain).abs().max() < 1e-5
+    assert_close_across_paths(one, plain, rtol=1e-5, why=PATHS)  # one tile covering the latent: a plain decode
     assert tiled.shape == plain.shape and float((tiled - plain).abs().mean()) < 0.05
 
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import graphs
+from tolerance import assert_close_across_paths, PATHS, BATCH
 
 
 def guide_latent(prompt, batch=1):
@@ -40,7 +41,7 @@ def test_diffusers_semantics_matches_ksampler_advanced(host, captured, sampler, 
     host.run(prompt)
     assert captured["ours"].shape == (batch, 4, 8, 8)
     assert (captured["ours"] - captured["guide"]).abs().max() > 1e-2  # it really sampled
-    torch.testing.assert_close(captured["ours"], captured["reference"], atol=1e-5, rtol=1e-5)
+    assert_close_across_paths(captured["ours"], captured["reference"], rtol=1e-5, why=PATHS)
 
 
 def test_masked_edit_preserves_the_unmasked_area(host, captured):
@@ -56,7 +57,7 @@ def test_masked_edit_preserves_the_unmasked_area(host, captured):
     host.run(prompt)
     edited, guide = captured["edited"], captured["guide"]
     # Latent columns 0-3 lie under mask = 1, columns 4-7 under mask = 0.
-    torch.testing.assert_close(edited[..., 5:], guide[..., 5:], atol=1e-5, rtol=1e-5)
+    assert_close_across_paths(edited[..., 5:], guide[..., 5:], rtol=1e-5, why=PATHS)
     assert (edited[..., :3] - guide[..., :3]).abs().mean() > 0.05
 
 
@@ -69,7 +70,7 @@ def test_image_input_matches_latent_input(host, captured):
     graphs.capture(prompt, "30", "a", latent=from_image)
     graphs.capture(prompt, "31", "b", latent=from_latent)
     host.run(prompt)
-    torch.testing.assert_close(captured["a"], captured["b"])
+    assert_close_across_paths(captured["a"], captured["b"], rtol=1e-5, why=PATHS)  # VAE Encode in the node / before
 
 
 def test_seed_reproducible_and_seed_sensitive(host, captured):
@@ -79,7 +80,8 @@ def test_seed_reproducible_and_seed_sensitive(host, captured):
     graphs.capture(prompt, "31", "b", latent=graphs.sdedit(prompt, "21", latent=latent, seed=5, cfg=5.0001))
     graphs.capture(prompt, "32", "c", latent=graphs.sdedit(prompt, "22", latent=latent, seed=6))
     host.run(prompt)
-    torch.testing.assert_close(captured["a"], captured["b"], atol=1e-3, rtol=0)
+    # cfg 5 vs 5.0001 (2e-5 relative): the same seed gives the same result up to that tiny change, far below 1e-3
+    assert_close_across_paths(captured["a"], captured["b"], rtol=1e-3, why="the same seed; cfg differs by 2e-5")
     assert (captured["a"] - captured["c"]).abs().max() > 1e-2
 
 
@@ -93,7 +95,7 @@ def test_repeats_chain_sdedit_with_the_next_seed(host, captured):
     graphs.capture(prompt, "31", "chained", latent=second)
     graphs.capture(prompt, "32", "once", latent=first)
     host.run(prompt)
-    torch.testing.assert_close(captured["twice"], captured["chained"], atol=1e-5, rtol=1e-5)
+    assert_close_across_paths(captured["twice"], captured["chained"], rtol=1e-5, why=PATHS)
     assert (captured["twice"] - captured["once"]).abs().max() > 1e-3
 
 
@@ -120,8 +122,8 @@ def test_strength_sweep_is_a_batch_of_single_runs(host, captured):
     graphs.capture(prompt, "32", "s07", latent=graphs.sdedit(prompt, "22", latent=latent, strength=0.7))
     host.run(prompt)
     assert captured["sweep"].shape[0] == 4
-    torch.testing.assert_close(captured["sweep"][:2], captured["s03"])
-    torch.testing.assert_close(captured["sweep"][2:], captured["s07"])
+    assert_close_across_paths(captured["sweep"][:2], captured["s03"], rtol=1e-5, why=BATCH)
+    assert_close_across_paths(captured["sweep"][2:], captured["s07"], rtol=1e-5, why=BATCH)
 
 
 @pytest.mark.parametrize("kind", ["sd2_v", "sdxl"])
@@ -151,20 +153,20 @@ def test_sigmas_node_reference_values(host, captured):
     # docs/methods/sdedit.md section 3: diffusers DDIM s=0.8 starts at t=781, sigma 4.692, and runs 40 steps;
     # the paper's t0=0.8 starts at percent_to_sigma(0.2) = 5.092 and runs all 50.
     diffusers = sigmas_for(host, captured, "diffusers", 0.8)
-    assert len(diffusers) == 41 and math.isclose(float(diffusers[0]), 4.692, abs_tol=2e-3)
+    assert len(diffusers) == 41 and math.isclose(float(diffusers[0]), 4.692, abs_tol=2e-3)  # abs: docs print 3 decimals
     paper = sigmas_for(host, captured, "paper", 0.8)
-    assert len(paper) == 51 and math.isclose(float(paper[0]), 5.092, abs_tol=2e-3)
+    assert len(paper) == 51 and math.isclose(float(paper[0]), 5.092, abs_tol=2e-3)  # abs: docs print 3 decimals
     comfy = sigmas_for(host, captured, "comfy", 0.8)
-    assert len(comfy) == 51 and math.isclose(float(comfy[0]), 4.776, abs_tol=2e-3)
+    assert len(comfy) == 51 and math.isclose(float(comfy[0]), 4.776, abs_tol=2e-3)  # abs: docs print 3 decimals
     full = sigmas_for(host, captured, "paper", 1.0, scheduler="normal")
-    assert math.isclose(float(full[0]), 14.6146, abs_tol=1e-3)  # sigma_max
+    assert math.isclose(float(full[0]), 14.6146, abs_tol=1e-3)  # abs: sigma_max printed to 4 decimals
 
 
 def test_sigmas_node_monotonic_in_strength(host, captured):
     starts = [float(sigmas_for(host, captured, "paper", s, scheduler="karras", steps=8)[0])
               for s in (0.01, 0.25, 0.5, 0.75, 1.0)]
     assert all(a < b for a, b in zip(starts, starts[1:]))
-    assert starts[0] < 0.15 and math.isclose(starts[-1], 14.6146, abs_tol=1e-3)
+    assert starts[0] < 0.15 and math.isclose(starts[-1], 14.6146, abs_tol=1e-3)  # abs: printed to 4 decimals
 
 
 def expect_error(host, prompt, *fragments):
@@ -216,7 +218,7 @@ def test_a_latent_guide_takes_one_mask_per_image_and_names_a_wrong_batch(host, c
     host.run(prompt)
     edited, guide = captured["edited"], captured["guide"]
     assert float((edited[0] - guide[0]).abs().mean()) > 0.05
-    torch.testing.assert_close(edited[1], guide[1], atol=1e-5, rtol=1e-5)
+    assert_close_across_paths(edited[1], guide[1], rtol=1e-5, why=PATHS)
 
     prompt = graphs.base()
     latent = guide_latent(prompt, batch=2)
