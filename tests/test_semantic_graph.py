@@ -19,9 +19,11 @@ TEXT = "a red apple on a wooden table"
 OPENAI_MEAN, OPENAI_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
 
-# A guided step computed on a batch vs alone (decoder, CLIP, backward, then g / rms(g)); see
-# test_a_batch_of_two_equals_two_batches_of_one
-STEP_RTOL = 1e-3
+# A guided step computed on a batch vs alone (decoder, CLIP, backward, then g / rms(g)): measured up to 4.1e-4 of
+# its largest value (2-core Xeon, AVX-512); the decode's clamp to [0, 1] lets rounding switch a pixel's gradient
+# off or on, so the step moves in isolated jumps rather than by ulps. 1e-2 leaves a margin of 24, while a loss
+# that mixes the batch (SDG's batch Gram) changes the step by its own size.
+STEP_RTOL = 1e-2
 
 
 def guidance_inputs(**overrides) -> dict:
@@ -206,8 +208,7 @@ def test_a_batch_of_two_equals_two_batches_of_one(host, clip_guidance, captured,
         rows = slice(index, index + 1)
         assert_close_across_paths(pair_before[rows], before, rtol=1e-5, why=BATCH)  # the UNet's x0
         step, pair_step = after - before, pair_after[rows] - pair_before[rows]
-        # the decoder, CLIP and their backward on a batch vs alone, then g / rms(g): rounding of ~1e-6 in x0 and
-        # in the batched kernels moves the step by up to STEP_RTOL (measured below, with a margin of 10 or more)
+        # the decoder, CLIP and their backward on a batch vs alone, then g / rms(g): see STEP_RTOL
         print(f"image {index}: step differs by {float((pair_step - step).abs().max() / step.abs().max()):.1e} "
               "of its largest value")
         assert_close_across_paths(pair_step, step, rtol=STEP_RTOL, why=BATCH)
