@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import graphs
-from tolerance import assert_close_across_paths, PATHS
+from tolerance import PATHS, assert_close_across_paths
 
 STEP_SIZE = 0.4
 TOLERANCE = 1e-3  # x max(|derivative|, 1)

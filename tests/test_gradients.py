@@ -4,7 +4,7 @@ import torch
 
 import graphs
 import harness
-from tolerance import assert_close_across_paths, PATHS
+from tolerance import PATHS, assert_close_across_paths
 
 
 def probe_prompt(with_probe: bool) -> dict:

@@ -9,7 +9,7 @@ import torch
 
 import graphs
 import harness
-from tolerance import assert_close_across_paths, PATHS, TWO_RUNS
+from tolerance import PATHS, TWO_RUNS, assert_close_across_paths
 
 LEVEL_LOG = re.compile(r"(GradOP\S*).* iteration (\d+) at sigma ([\d.]+): painting loss ([\d.e+-]+) -> ([\d.e+-]+)")
 

@@ -15,7 +15,7 @@ import torch
 import graphs
 import harness
 from test_panorama_graph import add_panorama
-from tolerance import assert_close_across_paths, PATHS, close_across_paths
+from tolerance import PATHS, assert_close_across_paths, close_across_paths
 
 WIDTH, HEIGHT, WINDOW, STRIDE = 160, 32, 4, 2
 LEFTS = list(range(0, WIDTH // 8 - WINDOW + 1, STRIDE))

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import graphs
-from tolerance import assert_close_across_paths, PATHS, BATCH
+from tolerance import BATCH, PATHS, assert_close_across_paths
 
 
 def guide_latent(prompt, batch=1):
