@@ -202,8 +202,18 @@ def test_every_pack_node_with_combo_inputs_has_a_graph_here(host):
 # Combo inputs whose options give one result on these graphs (CPU, tiny float32 models), with the reason. Every
 # other Combo input must change the result with at least one of its options, or its value does not reach the
 # computation.
+MEMORY_ONLY = "the checkpointed decoder recomputes the same blocks for backward: memory, not the result"
 SAME_RESULT: dict[tuple[str, str], str] = {
+    ("GS_GradOPPlus", "decoder_memory"): MEMORY_ONLY,
+    ("GS_GradOPPlusSampler", "decoder_memory"): MEMORY_ONLY,
+    ("GS_SyncDiffusion", "decoder_memory"): MEMORY_ONLY,
+    ("GS_SyncDiffusionSampler", "decoder_memory"): MEMORY_ONLY,
+    ("GS_StrokeRegions", "missing_phrases"): "the prompt here names every phrase: nothing to append or refuse",
 }
+# Results that differ by less than this fraction of their scale count as the same result: the same math in
+# another order (a checkpointed backward), carried through a few sampler steps, moves them by far less, an
+# option that changes the computation by far more.
+SAME_RTOL = 1e-3
 
 
 def check_the_option_reached_the_node(node: str, input_name: str, results: dict) -> None:
@@ -211,7 +221,7 @@ def check_the_option_reached_the_node(node: str, input_name: str, results: dict)
     one option must give another result."""
     first_option, first = next(iter(results.items()))
     differ = [option for option, value in results.items() if value.shape != first.shape
-              or not close_across_paths(value, first, rtol=1e-4)]
+              or not close_across_paths(value, first, rtol=SAME_RTOL)]
     if (node, input_name) in SAME_RESULT:
         assert not differ, f"{node}.{input_name}: {differ} differ from {first_option!r} ({SAME_RESULT[(node, input_name)]})"
     elif len(results) > 1:
