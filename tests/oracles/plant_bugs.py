@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 
+TIMEOUT = int(os.environ.get("PLANT_TIMEOUT", "900"))  # seconds per plant's test run
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 O = "tests/oracles/"
 SD, GR, RG, CL = O + "test_sdedit_oracle.py", O + "test_gradop_oracle.py", O + "test_regions_oracle.py", O + "test_claims.py"
@@ -173,18 +174,24 @@ def main(names):
                 with open(os.path.join(ROOT, path), "w") as handle:
                     handle.write(text)
             start = time.time()
-            run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
-                                 cwd=ROOT, capture_output=True, text=True,
-                                 env=dict(os.environ), timeout=900)
-            tail = [line for line in run.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))
-                    or " passed" in line or " failed" in line]
-            results[name] = {"killed": run.returncode != 0, "seconds": round(time.time() - start, 1), "tail": tail[-3:]}
+            try:
+                run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
+                                     cwd=ROOT, capture_output=True, text=True, env=dict(os.environ), timeout=TIMEOUT)
+            except subprocess.TimeoutExpired:  # neither killed nor survived: say so and go on with the next plant
+                results[name] = {"killed": None, "timed_out": TIMEOUT, "seconds": round(time.time() - start, 1)}
+            else:
+                tail = [line for line in run.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))
+                        or " passed" in line or " failed" in line]
+                results[name] = {"killed": run.returncode != 0, "seconds": round(time.time() - start, 1),
+                                 "tail": tail[-3:]}
         finally:
             revert(texts)
             assert git_clean()
         print(json.dumps({name: results[name]}), flush=True)
-    killed = sum(result["killed"] for result in results.values())
-    print(f"{killed} of {len(results)} planted bugs killed", flush=True)
+    killed = sum(bool(result["killed"]) for result in results.values())
+    timed_out = sum(result["killed"] is None for result in results.values())
+    print(f"{killed} of {len(results)} planted bugs killed" + (f", {timed_out} timed out" if timed_out else ""),
+          flush=True)
     return results
 
 
