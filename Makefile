@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 HOST = $(shell cat $(VENV)/.gs-setup/host_path 2>/dev/null)
 CPU_FLAG = $(shell $(PY) -c "import torch,sys; sys.stdout.write('' if torch.cuda.is_available() else '--cpu')" 2>/dev/null)
 
-.PHONY: setup setup-test validate run test test-fast bench mutate mutate-nodes clean
+.PHONY: setup setup-test validate run test test-fast test-perturbed bench mutate mutate-nodes clean
 
 setup:
 	bash scripts/setup.sh
@@ -26,6 +26,12 @@ test: setup-test validate
 
 test-fast: setup-test
 	$(PY) -m pytest tests -ra -m "not server"
+
+# The numeric tests under perturbations that change rounding (thread count, CPU kernel level, oneDNN off, flushed
+# denormals): a tolerance too tight for another CPU fails here first. Slow (the numeric files once per
+# perturbation); narrow with PERTURB_TESTS="tests/oracles" or PERTURBATIONS="threads1 nomkldnn".
+test-perturbed: setup-test
+	PY=$(PY) PERTURB_TESTS="$(PERTURB_TESTS)" PERTURBATIONS="$(PERTURBATIONS)" bash scripts/test_perturbed.sh
 
 bench: setup-test
 	SECTIONS="$(SECTIONS)" $(PY) bench/run.py

@@ -10,6 +10,27 @@ import harness  # noqa: E402
 harness.put_host_first()
 
 
+def _perturb_rounding() -> None:
+    """GS_PERTURB (comma-separated; ``make test-perturbed``) switches kernels so results round differently, the
+    way another CPU would: ``threadsN`` (torch threads), ``nomkldnn`` (oneDNN off: native convolutions and
+    matmuls), ``flushdenormal`` (denormals flushed to zero)."""
+    import os
+
+    import torch
+    for item in filter(None, os.environ.get("GS_PERTURB", "").split(",")):
+        if item.startswith("threads") and item[7:].isdigit():
+            torch.set_num_threads(int(item[7:]))
+        elif item == "nomkldnn":
+            torch.backends.mkldnn.enabled = False
+        elif item == "flushdenormal":
+            torch.set_flush_denormal(True)
+        else:
+            raise pytest.UsageError(f"GS_PERTURB: unknown perturbation {item!r} (threadsN, nomkldnn, flushdenormal)")
+
+
+_perturb_rounding()
+
+
 @pytest.fixture(scope="session")
 def host(tmp_path_factory):
     """A real ComfyUI host with the pack and the tiny test nodes loaded (once per session)."""

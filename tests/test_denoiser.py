@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import graphs
+from tolerance import PATHS, assert_close_across_paths
 
 STEP_SIZE = 0.4
 TOLERANCE = 1e-3  # x max(|derivative|, 1)
@@ -84,7 +85,7 @@ def test_x0_equals_the_samplers_denoised_and_its_gradient_the_finite_difference(
                                         f"identity {r['identity']:.6f}" for r in result["directions"]))
     # the MODEL is reloaded as it was: no weight wrappers left, and the run samples as plain Euler does
     assert result["wrapped_layers_after"] == 0
-    torch.testing.assert_close(probed, plain, atol=1e-5, rtol=1e-5)
+    assert_close_across_paths(probed, plain, rtol=1e-5, why=PATHS)
 
 
 def test_model_and_vae_are_unchanged(host, captured):
@@ -109,4 +110,4 @@ def test_a_model_without_backward_falls_back_to_the_identity_jacobian_with_a_war
     for row in result["directions"]:
         assert row["analytic"] == pytest.approx(row["identity"], rel=1e-9, abs=1e-9)
     assert result["wrapped_layers_after"] == 0
-    torch.testing.assert_close(probed, plain, atol=1e-5, rtol=1e-5)
+    assert_close_across_paths(probed, plain, rtol=1e-5, why=PATHS)

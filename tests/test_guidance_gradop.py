@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from guidance import gradop, regions
+from tolerance import FORMULA, PATHS, assert_close_across_paths
 
 
 def test_reference_levels_for_50_steps_strength_0_8():
@@ -33,16 +34,17 @@ def test_vp_mapping_matches_the_reference_formulas():
     alpha_bar = 1.0 / (1.0 + sigma ** 2)
     x = x0 + sigma * eps  # ComfyUI sampler space
     z_vp = math.sqrt(alpha_bar) * x0 + math.sqrt(1 - alpha_bar) * eps  # diffusers add_noise
-    torch.testing.assert_close(gradop.to_vp(x, sigma), z_vp)
+    assert_close_across_paths(gradop.to_vp(x, sigma), z_vp, rtol=1e-5, why=FORMULA)
     # re-noising z* as clean: sqrt(a) z* + sqrt(1-a) eps, mapped back by sqrt(1 + sigma^2)
     z_star = torch.randn_like(x0)
     reference = (math.sqrt(alpha_bar) * z_star + math.sqrt(1 - alpha_bar) * eps) * math.sqrt(1 + sigma ** 2)
-    torch.testing.assert_close(gradop.renoise(z_star, eps, sigma), reference)
+    assert_close_across_paths(gradop.renoise(z_star, eps, sigma), reference, rtol=1e-5, why=FORMULA)
     # flow models: x = (1 - s) x0 + s eps
     s = 0.6
     xf = (1 - s) * x0 + s * eps
-    torch.testing.assert_close(gradop.to_vp(xf, s, flow=True) * math.sqrt((1 - s) ** 2 + s ** 2), xf)
-    torch.testing.assert_close(gradop.renoise(x0, eps, s, flow=True), xf)
+    assert_close_across_paths(gradop.to_vp(xf, s, flow=True) * math.sqrt((1 - s) ** 2 + s ** 2), xf,
+                              rtol=1e-5, why=FORMULA)
+    assert_close_across_paths(gradop.renoise(x0, eps, s, flow=True), xf, rtol=1e-5, why=FORMULA)
 
 
 def test_blur_parameters_scale_with_the_image():
@@ -58,9 +60,10 @@ def test_gaussian_blur_matches_a_dense_2d_reference_with_reflect_border():
     g = gradop.gaussian_kernel1d(kernel, sigma)
     dense = (g[:, None] * g[None, :]).expand(3, 1, kernel, kernel)
     reference = F.conv2d(F.pad(image, (4, 4, 4, 4), mode="reflect"), dense, groups=3)
-    torch.testing.assert_close(gradop.gaussian_blur(image, kernel, sigma), reference, atol=1e-6, rtol=1e-5)
+    assert_close_across_paths(gradop.gaussian_blur(image, kernel, sigma), reference, rtol=1e-5, why=FORMULA)
     flat = torch.full((1, 3, 16, 16), 0.3)
-    torch.testing.assert_close(gradop.gaussian_blur(flat, 35, 7.0), flat)  # replicate fallback on tiny images
+    assert_close_across_paths(gradop.gaussian_blur(flat, 35, 7.0), flat,
+                              rtol=1e-5, why=FORMULA)  # replicate fallback on tiny images
 
 
 def test_median_filter_equals_brute_force_and_removes_specks():
@@ -71,7 +74,7 @@ def test_median_filter_equals_brute_force_and_removes_specks():
     for i in range(12):
         for j in range(10):
             brute[..., i, j] = padded[..., i:i + 3, j:j + 3].reshape(1, 3, 9).median(dim=-1).values
-    torch.testing.assert_close(fast, brute)
+    assert_close_across_paths(fast, brute, rtol=1e-5, why=FORMULA)
     specks = torch.zeros(1, 3, 20, 20)
     specks[..., 5, 5] = 1.0
     assert gradop.median_filter(specks, 3).abs().max() == 0
@@ -131,9 +134,9 @@ def test_median_palette_snaps_to_the_exact_painted_colours_of_an_anti_aliased_pa
     old = binned_palette(image)
     assert len(old) == 4  # red, blue and the two edge shades
     old_red = old[(old - red).norm(dim=1).argmin()]
-    assert 1e-4 < (old_red - red).abs().max() < 1 / 255  # a bin mean, not the painted red
+    assert 1e-4 < (old_red - red).abs().max() < 1 / 255  # abs: colours in [0, 1]: a bin mean, not the painted red
     new = stroke_colours(image)
-    torch.testing.assert_close(new, torch.stack([red, blue]), atol=0, rtol=0)  # integer shades / 255: exact
+    torch.testing.assert_close(new, torch.stack([red, blue]), atol=0, rtol=0)  # exact: integer shades / 255
 
     f = gradop.painting_function("median + palette", 64, 64, image.unsqueeze(0))
     snapped = f(image.unsqueeze(0))[0]
@@ -180,17 +183,17 @@ def test_adam_loop_lowers_the_painting_loss_and_never_touches_its_inputs():
     result = gradop.optimise_strokes(z0, target, toy_decoder(), f, steps=12, lr=0.1)
     assert len(result.losses) == 13
     assert result.losses[-1] < 0.7 * result.losses[0]
-    torch.testing.assert_close(z0, before)
+    torch.testing.assert_close(z0, before, rtol=0, atol=0)  # exact: the input is left unchanged
     assert not result.z.requires_grad
     assert result.image.shape == (2, 3, 32, 32)
     # Adam moves each element by about lr per step
-    assert (result.z - z0).abs().max() <= 12 * 0.1 + 1e-4
+    assert (result.z - z0).abs().max() <= 12 * 0.1 + 1e-4  # abs: 12 steps of lr 0.1, a bound on the step
 
 
 def test_zero_steps_is_the_identity():
     z0 = torch.randn(1, 4, 4, 4)
     result = gradop.optimise_strokes(z0, strokes(), toy_decoder(), lambda x: x, steps=0)
-    torch.testing.assert_close(result.z, z0)
+    torch.testing.assert_close(result.z, z0, rtol=0, atol=0)  # exact: no step, a copy
     assert len(result.losses) == 1
 
 
@@ -204,7 +207,7 @@ def test_pixels_outside_the_mask_do_not_enter_the_loss():
     identity = lambda x: x  # noqa: E731
     a = gradop.optimise_strokes(z0, y1, toy_decoder(), identity, 5, mask=mask)
     b = gradop.optimise_strokes(z0, y2, toy_decoder(), identity, 5, mask=mask)
-    torch.testing.assert_close(a.z, b.z)
+    assert_close_across_paths(a.z, b.z, rtol=1e-5, why="targets that differ only outside the mask")
     c = gradop.optimise_strokes(z0, y2, toy_decoder(), identity, 5)
     assert not torch.allclose(a.z, c.z)
 
@@ -222,7 +225,7 @@ def test_loss_scaling_is_exact_in_fp32_and_rescues_an_fp16_gradient():
     f = gradop.painting_function("gaussian blur", 32, 32)
     plain = gradop.optimise_strokes(z0, strokes(), toy_decoder(), f, 6, loss_scale=1.0)
     scaled = gradop.optimise_strokes(z0, strokes(), toy_decoder(), f, 6, loss_scale=3 * 32 * 32)
-    torch.testing.assert_close(plain.z, scaled.z, atol=1e-5, rtol=1e-5)
+    assert_close_across_paths(plain.z, scaled.z, rtol=1e-5, why=PATHS)  # scaled, then unscaled
 
     # A half-precision decoder: the unscaled per-pixel gradient 2(f - y)/N underflows.
     size = 256
@@ -293,23 +296,23 @@ def test_resize_image_area_averages_when_shrinking_and_is_bilinear_otherwise():
     assert gradop.resize_image(image, 10, 12) is image  # already the size: returned as is
     for h, w in ((4, 5), (10, 5), (4, 12)):  # shrinking one or both sides
         expected = torch.einsum("ij,bcjk,lk->bcil", area_matrix(10, h), image, area_matrix(12, w))
-        torch.testing.assert_close(gradop.resize_image(image, h, w), expected, rtol=1e-9, atol=1e-9)
+        assert_close_across_paths(gradop.resize_image(image, h, w), expected, rtol=1e-9, why=FORMULA)
     for h, w in ((16, 20), (7, 30), (10, 13)):  # growing a side
         expected = torch.einsum("ij,bcjk,lk->bcil", bilinear_matrix(10, h), image, bilinear_matrix(12, w))
-        torch.testing.assert_close(gradop.resize_image(image, h, w), expected, rtol=1e-9, atol=1e-9)
+        assert_close_across_paths(gradop.resize_image(image, h, w), expected, rtol=1e-9, why=FORMULA)
 
 
 def test_painting_loss_is_the_per_image_mean_squared_error_inside_the_mask():
     output = torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 0.0, 0.0]]).view(2, 1, 2, 2)
     target = torch.zeros(2, 1, 2, 2)
-    torch.testing.assert_close(gradop.painting_loss(output, target), torch.tensor([7.5, 0.0]), rtol=1e-6, atol=0)
+    assert_close_across_paths(gradop.painting_loss(output, target), torch.tensor([7.5, 0.0]), rtol=1e-5, why=FORMULA)
     mask = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0]]).view(2, 1, 2, 2)
     # image 0: (1 + 16) / 2 pixels; image 1: nothing inside, the count is clamped to 1
-    torch.testing.assert_close(gradop.painting_loss(output, target, mask), torch.tensor([8.5, 0.0]),
-                               rtol=1e-6, atol=0)
+    assert_close_across_paths(gradop.painting_loss(output, target, mask), torch.tensor([8.5, 0.0]),
+                              rtol=1e-5, why=FORMULA)
     three = output.expand(2, 3, 2, 2)
-    torch.testing.assert_close(gradop.painting_loss(three, target.expand(2, 3, 2, 2), mask),
-                               torch.tensor([8.5, 0.0]), rtol=1e-6, atol=0)  # a mask shared by the channels
+    assert_close_across_paths(gradop.painting_loss(three, target.expand(2, 3, 2, 2), mask), torch.tensor([8.5, 0.0]),
+                              rtol=1e-5, why=FORMULA)  # a mask shared by the channels
 
 
 def test_kernel_sizes_are_odd_and_scale_with_the_image():
@@ -324,7 +327,7 @@ def test_kernel_sizes_are_odd_and_scale_with_the_image():
 def test_gaussian_kernel_is_a_normalised_sampled_gaussian():
     weights = gradop.gaussian_kernel1d(5, 1.5, dtype=torch.float64)
     raw = torch.tensor([math.exp(-0.5 * (k / 1.5) ** 2) for k in (-2, -1, 0, 1, 2)], dtype=torch.float64)
-    torch.testing.assert_close(weights, raw / raw.sum(), rtol=1e-12, atol=1e-12)
+    assert_close_across_paths(weights, raw / raw.sum(), rtol=1e-12, why=FORMULA)
     assert gradop.gaussian_kernel1d(3, 1.0).dtype == torch.float32
 
 
@@ -340,7 +343,7 @@ def test_median_painting_function_is_the_median_filter_at_the_scaled_kernel():
     image = torch.rand(1, 3, 40, 40, generator=torch.Generator().manual_seed(3))
     padded = F.pad(image, (1, 1, 1, 1), mode="reflect")  # kernel 3 at 40 px
     brute = padded.unfold(2, 3, 1).unfold(3, 3, 1).reshape(1, 3, 40, 40, 9).median(dim=-1).values
-    torch.testing.assert_close(gradop.painting_function("median", 40, 40)(image), brute, rtol=0, atol=0)  # a selection
+    torch.testing.assert_close(gradop.painting_function("median", 40, 40)(image), brute, rtol=0, atol=0)  # exact: a selection
 
 
 def test_soft_quantise_is_a_softmax_over_squared_palette_distances():
@@ -350,7 +353,7 @@ def test_soft_quantise_is_a_softmax_over_squared_palette_distances():
     w = torch.softmax(-d / 0.05, dim=0)
     expected = (w[:, None] * palette).sum(0)
     out = gradop.soft_quantise(pixel.view(1, 3, 1, 1), [palette], temperature=0.05)
-    torch.testing.assert_close(out.view(3), expected, rtol=1e-5, atol=1e-6)
+    assert_close_across_paths(out.view(3), expected, rtol=1e-5, why=FORMULA)
 
 
 def test_optimise_strokes_reports_each_step_and_needs_autograd():
@@ -383,7 +386,7 @@ def test_median_filter_with_a_five_pixel_window():
     image = torch.rand(1, 2, 9, 7, generator=torch.Generator().manual_seed(12))
     padded = F.pad(image, (2, 2, 2, 2), mode="reflect")
     brute = padded.unfold(2, 5, 1).unfold(3, 5, 1).reshape(1, 2, 9, 7, 25).median(dim=-1).values
-    torch.testing.assert_close(gradop.median_filter(image, 5), brute, rtol=0, atol=0)  # a selection: exact
+    torch.testing.assert_close(gradop.median_filter(image, 5), brute, rtol=0, atol=0)  # exact: a selection
 
 
 def test_soft_quantise_keeps_the_images_dtype():

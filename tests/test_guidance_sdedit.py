@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from guidance import checks, schedules, sdedit
+from tolerance import FORMULA, assert_close_across_paths
 
 
 def karras_like(steps: int) -> torch.Tensor:
@@ -93,7 +94,7 @@ def test_diffusers_start_index_matches_reference_rounding():
     full = karras_like(50)
     out = sdedit.diffusers_sigmas(full, 0.8)
     assert len(out) == 41
-    torch.testing.assert_close(out, full[10:])
+    assert_close_across_paths(out, full[10:], rtol=1e-5, why=FORMULA)
     with pytest.raises(ValueError, match="runs no step"):
         sdedit.diffusers_sigmas(karras_like(10), 0.05)
 
@@ -108,7 +109,7 @@ def test_comfy_denoise_matches_ksampler_rule():
     out = sdedit.comfy_denoise_sigmas(schedule, 20, 0.5)
     assert calls == [40]
     assert len(out) == 21
-    torch.testing.assert_close(out, karras_like(40)[-21:])
+    assert_close_across_paths(out, karras_like(40)[-21:], rtol=1e-5, why=FORMULA)
 
 
 def test_paper_sigmas_start_at_t0_and_keep_steps():
@@ -117,7 +118,7 @@ def test_paper_sigmas_start_at_t0_and_keep_steps():
         out = sdedit.paper_sigmas(full, t0, time_to_sigma, sigma_to_time)
         assert len(out) == len(full)
         assert out[-1] == 0
-        assert math.isclose(float(out[0]), time_to_sigma(t0), rel_tol=1e-6)
+        assert math.isclose(float(out[0]), time_to_sigma(t0), rel_tol=1e-5)
         assert bool((out[:-1] > out[1:]).all()), "schedule must be strictly decreasing"
 
 
@@ -126,7 +127,7 @@ def test_paper_mapping_is_monotonic_and_reaches_both_ends():
     strengths = torch.linspace(0.01, 1.0, 40).tolist()
     starts = [float(sdedit.paper_sigmas(full, s, time_to_sigma, sigma_to_time)[0]) for s in strengths]
     assert all(a < b for a, b in zip(starts, starts[1:]))
-    assert math.isclose(starts[-1], time_to_sigma(1.0), rel_tol=1e-6)  # sigma_max
+    assert math.isclose(starts[-1], time_to_sigma(1.0), rel_tol=1e-5)  # sigma_max
     assert starts[0] < 0.1  # close to sigma_min
 
 
@@ -138,12 +139,12 @@ def test_paper_uniform_schedule_becomes_uniform_in_t():
     out_times = [sigma_to_time(float(s)) for s in out[:-1]]
     steps = [a - b for a, b in zip(out_times, out_times[1:])]
     assert max(steps) - min(steps) < 1e-6
-    assert math.isclose(out_times[0], 0.5, abs_tol=1e-6)
+    assert math.isclose(out_times[0], 0.5, rel_tol=1e-5)
 
 
 def test_select_sigmas_dispatch_and_errors():
     full = karras_like(10)
-    torch.testing.assert_close(sdedit.select_sigmas("diffusers", 0.5, full), full[5:])
+    assert_close_across_paths(sdedit.select_sigmas("diffusers", 0.5, full), full[5:], rtol=1e-5, why=FORMULA)
     with pytest.raises(ValueError, match="semantics must be one of"):
         sdedit.select_sigmas("other", 0.5, full)
 
@@ -158,11 +159,12 @@ def test_mask_checks_name_the_inputs():
 
 def test_vp_ve_round_trip_and_alpha():
     x = torch.randn(2, 4, 8, 8)
-    torch.testing.assert_close(schedules.ve_from_vp(schedules.vp_from_ve(x, 4.69), 4.69), x)
+    assert_close_across_paths(schedules.ve_from_vp(schedules.vp_from_ve(x, 4.69), 4.69), x, rtol=1e-5, why=FORMULA)
     # diffusers add_noise(x0, eps, t) = sqrt(ab) x0 + sqrt(1-ab) eps equals (x0 + sigma eps) / sqrt(1 + sigma^2)
     x0, eps, sigma = torch.randn(4), torch.randn(4), 4.692
     ab = schedules.alpha_bar_from_sigma(sigma).float()
-    torch.testing.assert_close(ab.sqrt() * x0 + (1 - ab).sqrt() * eps, schedules.vp_from_ve(x0 + sigma * eps, sigma))
+    assert_close_across_paths(ab.sqrt() * x0 + (1 - ab).sqrt() * eps, schedules.vp_from_ve(x0 + sigma * eps, sigma),
+                              rtol=1e-5, why=FORMULA)
 
 
 # --- select_sigmas: each semantics gets every argument it needs ------------------------------------
@@ -180,12 +182,12 @@ def test_select_sigmas_diffusers_counts_from_the_asked_for_steps():
     """A scheduler that builds 12 levels for 10 asked-for steps (ddim_uniform): the start index is
     steps - int(steps * strength) of the asked-for count, 10 - int(2.5) = 8, not 11 - int(2.75) = 9."""
     full = karras_like(11)  # 12 levels
-    torch.testing.assert_close(sdedit.select_sigmas("diffusers", 0.25, full, steps=10), full[8:], rtol=0, atol=0)
+    torch.testing.assert_close(sdedit.select_sigmas("diffusers", 0.25, full, steps=10), full[8:], rtol=0, atol=0)  # exact: a slice
     # without steps the count is len(full) - 1 = 11: start 11 - int(2.75) = 9 (a slice: exact)
-    torch.testing.assert_close(sdedit.select_sigmas("diffusers", 0.25, full), full[9:], rtol=0, atol=0)
+    torch.testing.assert_close(sdedit.select_sigmas("diffusers", 0.25, full), full[9:], rtol=0, atol=0)  # exact: a slice
     # 10 steps (11 levels), default count: 10 - int(2.5) = 8
     ten = karras_like(10)
-    torch.testing.assert_close(sdedit.select_sigmas("diffusers", 0.25, ten), ten[8:], rtol=0, atol=0)
+    torch.testing.assert_close(sdedit.select_sigmas("diffusers", 0.25, ten), ten[8:], rtol=0, atol=0)  # exact: a slice
 
 
 def test_select_sigmas_comfy_passes_schedule_steps_and_strength():
@@ -198,11 +200,11 @@ def test_select_sigmas_comfy_passes_schedule_steps_and_strength():
     full = karras_like(10)
     out = sdedit.select_sigmas("comfy", 0.5, full, schedule=schedule)  # steps = len(full) - 1 = 10
     assert calls == [20]  # int(10 / 0.5): integer bookkeeping
-    torch.testing.assert_close(out, karras_like(20)[-11:], rtol=1e-6, atol=1e-6)
+    assert_close_across_paths(out, karras_like(20)[-11:], rtol=1e-5, why=FORMULA)
     calls.clear()
     out = sdedit.select_sigmas("comfy", 0.25, full, schedule=schedule, steps=6)
     assert calls == [24]  # int(6 / 0.25)
-    torch.testing.assert_close(out, karras_like(24)[-7:], rtol=1e-6, atol=1e-6)
+    assert_close_across_paths(out, karras_like(24)[-7:], rtol=1e-5, why=FORMULA)
 
 
 def test_select_sigmas_paper_passes_both_schedule_maps():
@@ -210,7 +212,7 @@ def test_select_sigmas_paper_passes_both_schedule_maps():
     full = torch.tensor([10.0, 6.0, 3.0, 1.0, 0.0])
     out = sdedit.select_sigmas("paper", 0.6, full, time_to_sigma=linear_time_to_sigma,
                                sigma_to_time=linear_sigma_to_time)
-    torch.testing.assert_close(out, torch.tensor([6.0, 3.6, 1.8, 0.6, 0.0]), rtol=1e-6, atol=1e-6)
+    assert_close_across_paths(out, torch.tensor([6.0, 3.6, 1.8, 0.6, 0.0]), rtol=1e-5, why=FORMULA)
 
 
 def test_select_sigmas_names_what_each_semantics_is_missing():
@@ -235,14 +237,14 @@ def test_comfy_denoise_uses_the_full_schedule_only_above_0_9999():
 
     out = sdedit.comfy_denoise_sigmas(schedule, 20000, 0.99995)
     assert calls == [20000]  # integer bookkeeping
-    torch.testing.assert_close(out, torch.linspace(20000.0, 0.0, 20001), rtol=0, atol=0)  # returned as built
+    torch.testing.assert_close(out, torch.linspace(20000.0, 0.0, 20001), rtol=0, atol=0)  # exact: returned as built
     calls.clear()
     out = sdedit.comfy_denoise_sigmas(schedule, 20000, 0.9999)
     assert calls == [20002]
     assert len(out) == 20001 and float(out[0]) == 20000.0  # the tail of 20002 .. 0: integers, exact in float32
     calls.clear()
     torch.testing.assert_close(sdedit.comfy_denoise_sigmas(schedule, 10, 1.0), torch.linspace(10.0, 0.0, 11),
-                               rtol=0, atol=0)
+                               rtol=0, atol=0)  # exact: returned as built
     assert calls == [10]
 
 
@@ -259,16 +261,17 @@ def test_alpha_bar_is_computed_in_double_precision():
     sigma = 4.692
     ab = schedules.alpha_bar_from_sigma(sigma)
     assert ab.dtype == torch.float64
-    torch.testing.assert_close(ab, torch.tensor(1.0 / (1.0 + sigma * sigma), dtype=torch.float64),
-                               rtol=1e-14, atol=0)
-    torch.testing.assert_close(schedules.alpha_bar_from_sigma(torch.tensor([0.0, 1.0])),
-                               torch.tensor([1.0, 0.5], dtype=torch.float64), rtol=1e-14, atol=0)
+    assert_close_across_paths(ab, torch.tensor(1.0 / (1.0 + sigma * sigma), dtype=torch.float64),
+                              rtol=1e-12, why=FORMULA)
+    assert_close_across_paths(schedules.alpha_bar_from_sigma(torch.tensor([0.0, 1.0])),
+                              torch.tensor([1.0, 0.5], dtype=torch.float64),
+                              rtol=1e-12, why=FORMULA)
 
 
 def test_diffusers_semantics_runs_a_single_step_when_that_is_all_strength_leaves():
     full = karras_like(10)
     # 10 - int(10 * 0.1) = 9: the last step only (a slice: exact)
-    torch.testing.assert_close(sdedit.diffusers_sigmas(full, 0.1), full[9:], rtol=0, atol=0)
+    torch.testing.assert_close(sdedit.diffusers_sigmas(full, 0.1), full[9:], rtol=0, atol=0)  # exact: a slice
     with pytest.raises(ValueError, match=r"^strength 0.05 with 10 steps runs no step"):
         sdedit.diffusers_sigmas(full, 0.05)
 
@@ -298,7 +301,7 @@ def test_paper_sigmas_keep_a_schedule_without_a_final_zero_and_its_dtype():
     full = torch.tensor([10.0, 5.0, 1.0], dtype=torch.float64)
     out = sdedit.paper_sigmas(full, 0.5, linear_time_to_sigma, linear_sigma_to_time)
     assert out.dtype == torch.float64
-    torch.testing.assert_close(out, torch.tensor([5.0, 2.5, 0.5], dtype=torch.float64), rtol=1e-12, atol=1e-12)
+    assert_close_across_paths(out, torch.tensor([5.0, 2.5, 0.5], dtype=torch.float64), rtol=1e-12, why=FORMULA)
     with pytest.raises(ValueError, match="^the schedule's first sigma maps to t = 0; cannot place t0 on it$"):
         sdedit.paper_sigmas(full, 0.5, linear_time_to_sigma, lambda s: torch.zeros_like(s))
     with pytest.raises(ValueError, match=r"^strength must be in \(0, 1\]"):

@@ -8,8 +8,10 @@ import torch
 
 import graphs
 import harness
+from tolerance import ORACLE, PATHS, assert_close_across_paths
 
 WIDTH, HEIGHT, WINDOW, STRIDE, STEPS = 96, 32, 32, 16, 4
+SYNC_EFFECT = 0.05  # the least relative change sync (weight 20, one synced step of three) makes; see below
 
 
 def captured():
@@ -203,20 +205,120 @@ def test_loop_closes_the_seam(host, lpips_models):
     assert seam <= float(interior.max()), (seam, interior)
 
 
-def test_seamless_decode_matches_the_plain_decode_in_one_tile_and_tiles_blend(host):
+def blend_oracle(decode, latent: torch.Tensor, tile: int, overlap: int, circular: bool) -> torch.Tensor:
+    """Seamless Decode written from its documentation, in float64 with plain loops: ``circular`` pads ``overlap``
+    wrapped latent columns on each side (1 when overlap is 0) and crops them after; tiles of ``tile`` latent cells
+    start at 0 every ``tile - overlap`` cells, the last one flush with the edge (one tile when it fits); within a
+    tile, a pixel's weight is the product of its row and column weights, which rise as (k + 1) / (r + 1) over
+    the r = min(overlap, tile / 2) pixels next to an edge shared with another tile and are 1 elsewhere; the
+    result is the weighted sum of the decoded tiles over the summed weights, clamped to [0, 1]."""
+    pad = max(overlap, 1) if circular else 0
+    z = torch.cat([latent[..., latent.shape[-1] - pad:], latent, latent[..., :pad]], -1) if pad else latent
+
+    def spans(n):
+        if n <= tile:
+            return [(0, n)]
+        found, start = [], 0
+        while start + tile < n:
+            found.append((start, start + tile))
+            start += max(1, tile - overlap)
+        return found + [(n - tile, n)]
+
+    def weights(n_px, a, b, ramp_px):
+        w = torch.ones(b - a, dtype=torch.float64)
+        r = min(ramp_px, (b - a) // 2)
+        for k in range(r):
+            if a > 0:
+                w[k] = (k + 1) / (r + 1)
+            if b < n_px:
+                w[b - a - 1 - k] = (k + 1) / (r + 1)
+        return w
+
+    height, width = z.shape[-2:]
+    total = weight_sum = None
+    for top, bottom in spans(height):
+        for left, right in spans(width):
+            image = decode(z[..., top:bottom, left:right]).double()
+            ratio = image.shape[1] // (bottom - top)
+            if total is None:
+                total = torch.zeros(image.shape[0], height * ratio, width * ratio, image.shape[-1], dtype=torch.float64)
+                weight_sum = torch.zeros(height * ratio, width * ratio, dtype=torch.float64)
+            w = (weights(height * ratio, top * ratio, bottom * ratio, overlap * ratio)[:, None]
+                 * weights(width * ratio, left * ratio, right * ratio, overlap * ratio)[None, :])
+            total[:, top * ratio:bottom * ratio, left * ratio:right * ratio] += image * w[..., None]
+            weight_sum[top * ratio:bottom * ratio, left * ratio:right * ratio] += w
+    out = total / weight_sum[..., None]
+    if pad:
+        out = out[:, :, pad * ratio:out.shape[2] - pad * ratio]
+    return out.clamp(0, 1)
+
+
+# tile_size, overlap (px), circular: 2x2 tiles (ramps of 16 and 24 px), wrapped 3 tiles, wrapped in one tile
+SEAMLESS_CASES = [(64, 16, False), (64, 24, False), (64, 16, True), (256, 16, True)]
+
+
+def test_seamless_decode_equals_a_plain_torch_blend_of_the_vae_tiles(host):
+    """On the tiny real VAE (whose tiles differ where they overlap), a 96 x 80 px panorama: the node equals
+    blend_oracle over the same VAE's tile decodes; one tile covering the latent is the plain VAE Decode; circular
+    in one tile is the plain decode of the latent padded by wrap, cropped. The tiles really differ (so the blend
+    weights matter) and a blend with another ramp would be caught."""
+    tiny = harness.test_nodes_module().tiny
     prompt = graphs.base()
-    prompt["4"] = {"class_type": "EmptyLatentImage", "inputs": {"width": WIDTH, "height": HEIGHT, "batch_size": 1}}
+    prompt["4"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 96, "height": 80, "batch_size": 1}}
     prompt["5"] = {"class_type": "KSampler", "inputs": {
         "model": ["1", 0], "seed": 1, "steps": 2, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal",
         "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0], "denoise": 1.0}}
+    graphs.capture(prompt, "5c", "latent", latent=["5", 0])
     prompt["6"] = {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}}
     graphs.capture(prompt, "6c", "plain", image=["6", 0])
-    add_decode(prompt, "7", "one", ["5", 0], tile_size=WIDTH, overlap=0)
-    add_decode(prompt, "8", "tiled", ["5", 0], tile_size=64, overlap=16)
+    add_decode(prompt, "7", "one", ["5", 0], tile_size=128, overlap=0)
+    for index, (tile_size, overlap, circular) in enumerate(SEAMLESS_CASES):
+        add_decode(prompt, f"8{index}", f"case{index}", ["5", 0], circular=circular, tile_size=tile_size,
+                   overlap=overlap)
     host.run(prompt)
-    plain, one, tiled = (captured()[k].float() for k in ("plain", "one", "tiled"))
-    assert (one - plain).abs().max() < 1e-5
-    assert tiled.shape == plain.shape and float((tiled - plain).abs().mean()) < 0.05
+    vae = tiny.tiny_vae(0)
+    latent, plain = captured()["latent"], captured()["plain"].float()
+
+    def decode(z):
+        with torch.no_grad():
+            return vae.decode(z).float()
+
+    assert_close_across_paths(decode(latent), plain, rtol=1e-5, why=PATHS)  # the oracle's VAE is the graph's
+    assert_close_across_paths(captured()["one"].float(), plain, rtol=1e-5, why=PATHS)  # one tile: a plain decode
+    for index, (tile_size, overlap, circular) in enumerate(SEAMLESS_CASES):
+        got = captured()[f"case{index}"].float()
+        expected = blend_oracle(decode, latent, tile_size // 8, overlap // 8, circular)
+        assert_close_across_paths(got, expected, rtol=1e-5, why=ORACLE, what=str(SEAMLESS_CASES[index]))
+    wrapped = torch.cat([latent[..., -2:], latent, latent[..., :2]], -1)
+    assert_close_across_paths(captured()["case3"].float(), decode(wrapped)[:, :, 16:-16], rtol=1e-5, why=PATHS)
+    # the comparisons can fail: the tiles disagree where they overlap, and another ramp moves the result
+    left, right = decode(latent[..., :8, :8]), decode(latent[..., :8, 4:])
+    assert float((left[:, :, 32:] - right[:, :, :32]).abs().max()) > 0.01
+    other = blend_oracle(decode, latent, 8, 1, False)
+    assert float((other - captured()["case0"].float()).abs().max()) > 1e-3
+
+
+class LocalVAE:
+    """A decoder whose output pixel depends on one latent cell only (a fixed 1x1 map, sigmoid, each cell to its
+    8x8 pixels): every tile decodes the pixels it shares with another exactly as the whole latent does."""
+
+    def decode(self, z):
+        mix = torch.linspace(-1.0, 1.0, 3 * z.shape[1]).view(3, z.shape[1])
+        pixels = torch.sigmoid(torch.einsum("oc,bchw->bohw", mix, z.float()))
+        return pixels.repeat_interleave(8, -2).repeat_interleave(8, -1).movedim(1, -1)
+
+
+@pytest.mark.parametrize("tile, overlap, circular", [(8, 2, False), (6, 3, False), (4, 1, False), (8, 2, True),
+                                                     (5, 2, True), (8, 0, True), (64, 4, True)])
+def test_seamless_decode_with_a_local_decoder_is_the_plain_decode(host, tile, overlap, circular):
+    """With a per-cell decoder the tiles agree, so the normalised blend must give the plain decode (2-D tiles,
+    ramps of several widths, circular padding and its crop); an unnormalised blend, a misplaced tile or a crop
+    off by a column would not."""
+    nodes_panorama = harness.loaded_module(f"{harness.PACK_NAME}.nodes.panorama")
+    latent = torch.randn(2, 4, 10, 13, generator=torch.Generator().manual_seed(0)) * 2
+    vae = LocalVAE()
+    got = nodes_panorama.seamless_decode(vae, latent, tile, overlap, circular)
+    assert_close_across_paths(got, vae.decode(latent), rtol=1e-5, why=PATHS)  # blend of equal tiles
 
 
 BAD = [
@@ -254,13 +356,29 @@ def test_a_missing_lpips_file_says_which_file_to_put_where(host, lpips_models, t
     assert "lpips_net" in message and "alexnet-owt-7be5be79.pth" in message and "models/lpips" in message, message
 
 
-@pytest.mark.parametrize("sampler", ["heun", "dpmpp_2m", "euler_ancestral", "euler_cfg_pp", "uni_pc"])
+@pytest.mark.parametrize("sampler", ["euler", "heun", "dpmpp_2m", "euler_ancestral", "euler_cfg_pp", "uni_pc"])
 def test_other_samplers_run_with_sync(host, lpips_models, sampler):
-    """Second-order, multistep, ancestral, CFG++ (its post-CFG hook sees the merged uncond) and UniPC."""
+    """Second-order, multistep, ancestral, CFG++ (its post-CFG hook sees the merged uncond) and UniPC: each
+    synced result is compared with the same sampler's sync-off run (same seed), which it must differ from by a
+    clear relative amount (a sampler whose hook lost the sync would equal it); euler, the oracle's own sampler,
+    also equals the plain-torch oracle (one window per pass, as the oracle runs them)."""
     prompt = graphs.base()
-    add_panorama(prompt, "10", "x", sampler_name=sampler, steps=3, sync_steps=1, scheduler="normal")
+    settings = dict(sampler_name=sampler, steps=3, sync_steps=1, scheduler="normal")
+    if sampler == "euler":
+        settings.update(window_batch=1, sync_batch=1)
+        add_custom(prompt, "30", "oracle", oracle_node(lpips_models["vgg"], sync_steps=1), steps=3,
+                   scheduler="normal")
+    add_panorama(prompt, "10", "sync", **settings)
+    add_panorama(prompt, "20", "off", **dict(settings, sync_weight=0.0))
     host.run(prompt)
-    assert torch.isfinite(captured()["x"]).all()
+    synced, off = captured()["sync"], captured()["off"]
+    assert torch.isfinite(synced).all()
+    moved = relative(synced, off)
+    print(f"{sampler}: the sync moves the result by {moved:.2f} of its largest value")
+    assert moved > SYNC_EFFECT, moved
+    if sampler == "euler":
+        # weight 20 amplifies gradient rounding (see test_node_and_sampler_match_a_plain_torch_oracle): 5e-5
+        assert_close_across_paths(synced, captured()["oracle"], rtol=5e-5, why=ORACLE)
 
 
 def test_config_checks_each_batch_size_and_accepts_the_smallest_stride(host):

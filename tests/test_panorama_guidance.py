@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from guidance import panorama
+from tolerance import BATCH, FORMULA, assert_close_across_paths
 
 
 @pytest.mark.parametrize("height,width,window,stride,loop", [
@@ -37,7 +38,7 @@ def test_crop_of_a_wrapping_window_equals_a_roll():
     x = torch.randn(2, 4, 8, 40)
     window = panorama.Window(top=0, left=30, height=8, width=16)
     expected = torch.roll(x, shifts=-30, dims=-1)[..., :16]
-    torch.testing.assert_close(panorama.crop(x, window), expected, atol=0, rtol=0)  # a gather: exact
+    torch.testing.assert_close(panorama.crop(x, window), expected, atol=0, rtol=0)  # exact: a gather
 
 
 def test_merge_is_the_per_pixel_average_of_an_independent_accumulation():
@@ -51,11 +52,12 @@ def test_merge_is_the_per_pixel_average_of_an_independent_accumulation():
             column = (w.left + j) % width
             total[..., w.top:w.top + w.height, column] += value[..., j]
             count[w.top:w.top + w.height, column] += 1
-    torch.testing.assert_close(panorama.merge(values, windows, (1, 4, height, width)), total / count,
-                               atol=1e-6, rtol=1e-6)
+    assert_close_across_paths(panorama.merge(values, windows, (1, 4, height, width)), total / count,
+                              rtol=1e-5, why=FORMULA)
     constant = [torch.full((1, 4, 16, 16), 3.0) for _ in windows]
-    torch.testing.assert_close(panorama.merge(constant, windows, (1, 4, height, width)),
-                               torch.full((1, 4, height, width), 3.0))
+    assert_close_across_paths(panorama.merge(constant, windows, (1, 4, height, width)),
+                              torch.full((1, 4, height, width), 3.0),
+                              rtol=1e-5, why=FORMULA)
 
 
 def test_bad_layouts_name_what_is_wrong():
@@ -82,7 +84,8 @@ def test_sync_schedule_and_nudge_follow_the_reference():
     loss_z = ((z * scale - target) ** 2).sum()
     (grad_z,) = torch.autograd.grad(loss_z, z)
     (grad_x,) = torch.autograd.grad(((x - target) ** 2).sum(), x)
-    torch.testing.assert_close(panorama.nudge(x.detach(), grad_x, w, sigma), (z - w * grad_z).detach() * scale)
+    assert_close_across_paths(panorama.nudge(x.detach(), grad_x, w, sigma), (z - w * grad_z).detach() * scale,
+                              rtol=1e-5, why=FORMULA)
     assert panorama.vp_scale(0.3, flow=True) == pytest.approx(0.7 ** 2 + 0.3 ** 2)
 
 
@@ -147,7 +150,7 @@ def test_one_euler_step_on_the_corrected_x0_equals_the_average_of_the_windows_st
     d = panorama.first_order_x0(x, x0, panorama.merge(crops, windows, x.shape), sigma, sigma_next)
     euler = x + (x - d) / sigma * (sigma_next - sigma)
     expected = _oracle_step(x, windows, sigma, sigma_next, 0.05, anchor, denoise, decode, distance)
-    assert torch.allclose(euler, expected, atol=1e-5, rtol=1e-5)
+    assert_close_across_paths(euler, expected, rtol=1e-5, why=FORMULA)
 
 
 def test_batched_sync_gradients_equal_one_window_at_a_time():
@@ -157,9 +160,9 @@ def test_batched_sync_gradients_equal_one_window_at_a_time():
     one = panorama.synced_crops(x, windows, 2.0, 0.1, 3, denoise, denoise, decode, distance, batch=1)
     many = panorama.synced_crops(x, windows, 2.0, 0.1, 3, denoise, denoise, decode, distance, batch=5)
     for a, b in zip(one, many):
-        assert torch.allclose(a, b, atol=1e-6)
+        assert_close_across_paths(a, b, rtol=1e-5, why=BATCH)
     # the anchor is not nudged: its copy is the crop itself (a gather, no arithmetic: exact)
-    torch.testing.assert_close(one[3], panorama.crop(x, windows[3]), atol=0, rtol=0)
+    torch.testing.assert_close(one[3], panorama.crop(x, windows[3]), atol=0, rtol=0)  # exact: a slice
 
 
 def test_weight_zero_is_the_plain_multidiffusion_average():
@@ -168,8 +171,8 @@ def test_weight_zero_is_the_plain_multidiffusion_average():
     windows = panorama.plan_windows(4, 12, 4, 4, 2, 2)
     crops = panorama.synced_crops(x, windows, 2.0, 0.0, 1, denoise, None, None, None)
     x0 = panorama.merged_x0(crops, windows, x.shape, 2.0, denoise, 2)
-    torch.testing.assert_close(panorama.first_order_x0(x, x0, panorama.merge(crops, windows, x.shape), 2.0, 1.0), x0,
-                               atol=1e-6, rtol=1e-6)
+    assert_close_across_paths(panorama.first_order_x0(x, x0, panorama.merge(crops, windows, x.shape), 2.0, 1.0), x0,
+                              rtol=1e-5, why=FORMULA)
 
 
 # --- the decode tiling helpers -------------------------------------------------------------------
@@ -183,7 +186,7 @@ def test_sync_every_kth_step_counts_from_the_first():
 def test_circular_pad_of_zero_one_and_more_than_the_width():
     x = torch.arange(10.0).view(1, 1, 1, 10)
     # gathers, no arithmetic: exact
-    torch.testing.assert_close(panorama.circular_pad(x, 0), x, rtol=0, atol=0)
+    torch.testing.assert_close(panorama.circular_pad(x, 0), x, rtol=0, atol=0)  # exact: no padding
     assert panorama.circular_pad(x, 1)[0, 0, 0].tolist() == [9, *range(10), 0]
     assert panorama.circular_pad(x, 15)[0, 0, 0].tolist() == [*range(10)] * 3  # at most the width each side
 
@@ -198,25 +201,26 @@ def test_tiles_of_a_short_length_and_of_a_large_overlap():
 def test_blend_weights_are_linear_ramps_over_the_overlap_at_inner_edges():
     rise = [1 / 9, 2 / 9, 3 / 9, 4 / 9, 5 / 9, 6 / 9, 7 / 9, 8 / 9]  # (k + 1) / (overlap + 1)
     middle = torch.tensor(rise + [1.0] * 16 + rise[::-1])
-    torch.testing.assert_close(panorama.blend_weights(100, (24, 56), 8), middle, rtol=1e-6, atol=1e-7)
+    assert_close_across_paths(panorama.blend_weights(100, (24, 56), 8), middle, rtol=1e-5, why=FORMULA)
     first = torch.tensor([1.0] * 24 + rise[::-1])  # starts at 0: no left ramp
-    torch.testing.assert_close(panorama.blend_weights(100, (0, 32), 8), first, rtol=1e-6, atol=1e-7)
+    assert_close_across_paths(panorama.blend_weights(100, (0, 32), 8), first, rtol=1e-5, why=FORMULA)
     last = torch.tensor(rise + [1.0] * 24)  # ends at the length: no right ramp
-    torch.testing.assert_close(panorama.blend_weights(100, (68, 100), 8), last, rtol=1e-6, atol=1e-7)
-    torch.testing.assert_close(panorama.blend_weights(100, (1, 33), 8)[:8], torch.tensor(rise), rtol=1e-6,
-                               atol=1e-7)
+    assert_close_across_paths(panorama.blend_weights(100, (68, 100), 8), last, rtol=1e-5, why=FORMULA)
+    assert_close_across_paths(panorama.blend_weights(100, (1, 33), 8)[:8], torch.tensor(rise), rtol=1e-5, why=FORMULA)
 
 
 def test_blend_weight_ramps_are_capped_at_half_a_short_tile_and_vanish_without_overlap():
     # length 6, overlap 8: ramps of 6 // 2 = 3 -> (k + 1) / 4
-    torch.testing.assert_close(panorama.blend_weights(100, (10, 16), 8),
-                               torch.tensor([0.25, 0.5, 0.75, 0.75, 0.5, 0.25]), rtol=1e-6, atol=1e-7)
+    assert_close_across_paths(panorama.blend_weights(100, (10, 16), 8),
+                              torch.tensor([0.25, 0.5, 0.75, 0.75, 0.5, 0.25]),
+                              rtol=1e-5, why=FORMULA)
     # length 7: ramps of 3, the middle weight stays 1
-    torch.testing.assert_close(panorama.blend_weights(100, (10, 17), 8),
-                               torch.tensor([0.25, 0.5, 0.75, 1.0, 0.75, 0.5, 0.25]), rtol=1e-6, atol=1e-7)
-    torch.testing.assert_close(panorama.blend_weights(100, (24, 56), 1),
-                               torch.tensor([0.5] + [1.0] * 30 + [0.5]), rtol=1e-6, atol=1e-7)
-    torch.testing.assert_close(panorama.blend_weights(100, (24, 56), 0), torch.ones(32), rtol=0, atol=0)
+    assert_close_across_paths(panorama.blend_weights(100, (10, 17), 8),
+                              torch.tensor([0.25, 0.5, 0.75, 1.0, 0.75, 0.5, 0.25]),
+                              rtol=1e-5, why=FORMULA)
+    assert_close_across_paths(panorama.blend_weights(100, (24, 56), 1), torch.tensor([0.5] + [1.0] * 30 + [0.5]),
+                              rtol=1e-5, why=FORMULA)
+    torch.testing.assert_close(panorama.blend_weights(100, (24, 56), 0), torch.ones(32), rtol=0, atol=0)  # exact: constant 1
 
 
 # --- layouts: exact positions and the errors -----------------------------------------------------
@@ -279,26 +283,26 @@ def test_merge_reports_uncovered_pixels():
 def test_coverage_counts_windows_per_pixel():
     windows = [panorama.Window(0, 0, 2, 3), panorama.Window(1, 2, 2, 3)]
     expected = torch.tensor([[1.0, 1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 2.0, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0, 1.0]])
-    torch.testing.assert_close(panorama.coverage(windows, 3, 5), expected, rtol=0, atol=0)  # counts: exact
+    torch.testing.assert_close(panorama.coverage(windows, 3, 5), expected, rtol=0, atol=0)  # exact: counts
 
 
 def test_the_first_order_x0_reproduces_the_average_step():
     x, x0_mean, x_mean = torch.tensor([1.0]), torch.tensor([0.5]), torch.tensor([1.4])
     # D = x0 + r / (1 - r) (x_mean - x), r = 2 / 3 -> 0.5 + 2 * 0.4
-    torch.testing.assert_close(panorama.first_order_x0(x, x0_mean, x_mean, 3.0, 2.0), torch.tensor([1.3]),
-                               rtol=1e-6, atol=1e-6)
+    assert_close_across_paths(panorama.first_order_x0(x, x0_mean, x_mean, 3.0, 2.0), torch.tensor([1.3]),
+                              rtol=1e-5, why=FORMULA)
     for sigma_next in (0.0, 3.0, 4.0):  # the last step, or no step down: the plain average
         torch.testing.assert_close(panorama.first_order_x0(x, x0_mean, x_mean, 3.0, sigma_next), x0_mean,
-                                   rtol=0, atol=0)
+                                   rtol=0, atol=0)  # exact: returned as given
 
 
 def test_vp_scale_and_flow_nudge():
     assert panorama.vp_scale(2.0) == pytest.approx(5.0, rel=1e-12)
     x, grad = torch.ones(3), torch.tensor([1.0, 2.0, -1.0])
     # flow: (1 - 0.25)^2 + 0.25^2 = 0.625
-    torch.testing.assert_close(panorama.nudge(x, grad, 2.0, 0.25, flow=True), 1.0 - 2.0 * 0.625 * grad,
-                               rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(panorama.nudge(x, grad, 2.0, 0.25), 1.0 - 2.0 * 1.0625 * grad, rtol=1e-6, atol=1e-6)
+    assert_close_across_paths(panorama.nudge(x, grad, 2.0, 0.25, flow=True), 1.0 - 2.0 * 0.625 * grad,
+                              rtol=1e-5, why=FORMULA)
+    assert_close_across_paths(panorama.nudge(x, grad, 2.0, 0.25), 1.0 - 2.0 * 1.0625 * grad, rtol=1e-5, why=FORMULA)
 
 
 @pytest.mark.parametrize("flow", [False, True])
@@ -322,27 +326,27 @@ def test_sync_step_on_a_quadratic_distance_has_the_closed_form(flow):
     for index, window in enumerate(windows):
         own = x[..., window.left:window.left + 8]
         expected = own if index == 1 else own - weight * scale * 2 * (own - anchor)
-        torch.testing.assert_close(crops[index], expected, rtol=1e-12, atol=1e-12)
+        assert_close_across_paths(crops[index], expected, rtol=1e-12, why=FORMULA)
     assert counts == [2, 1]  # the three other windows in groups of 2
 
     merged_counts = []
     x0 = panorama.merged_x0(crops, windows, x.shape, sigma, identity, batch=3, on_batch=merged_counts.append)
     assert merged_counts == [3, 1]
-    torch.testing.assert_close(x0, panorama.merge(crops, windows, x.shape), rtol=1e-6, atol=1e-6)
+    assert_close_across_paths(x0, panorama.merge(crops, windows, x.shape), rtol=1e-5, why=FORMULA)
 
 
 def test_a_single_window_or_weight_zero_returns_the_plain_crops():
     x = torch.randn(1, 4, 4, 8)
     windows = panorama.plan_windows(4, 8, 4, 8, 4, 4)
     crops = panorama.synced_crops(x, windows, 1.0, 5.0, 0, None, None, None, None)
-    torch.testing.assert_close(crops[0], x, rtol=0, atol=0)  # a slice: exact
+    torch.testing.assert_close(crops[0], x, rtol=0, atol=0)  # exact: a slice
 
 
 def test_first_order_x0_below_sigma_one_and_in_x0s_dtype():
     x, x0_mean, x_mean = torch.tensor([1.0]), torch.tensor([0.5]), torch.tensor([1.4])
     # r = 0.5 / 1.0: r / (1 - r) = 1 -> 0.5 + 0.4
-    torch.testing.assert_close(panorama.first_order_x0(x, x0_mean, x_mean, 1.0, 0.5), torch.tensor([0.9]),
-                               rtol=1e-6, atol=1e-6)
+    assert_close_across_paths(panorama.first_order_x0(x, x0_mean, x_mean, 1.0, 0.5), torch.tensor([0.9]),
+                              rtol=1e-5, why=FORMULA)
     out = panorama.first_order_x0(x.double(), x0_mean, x_mean.double(), 3.0, 2.0)
     assert out.dtype == torch.float32
 
@@ -353,7 +357,7 @@ def test_merge_returns_the_values_dtype():
     out = panorama.merge(values, windows, (1, 1, 4, 8))
     assert out.dtype == torch.float16
     expected = torch.cat([torch.full((1, 1, 4, 4), 0.25), torch.full((1, 1, 4, 4), 0.5)], dim=-1)
-    torch.testing.assert_close(out.float(), expected, rtol=1e-3, atol=1e-3)
+    assert_close_across_paths(out.float(), expected, rtol=1e-3, why=FORMULA)
 
 
 def test_merged_x0_denoises_one_window_at_a_time_by_default_and_passes_the_groups():
@@ -368,7 +372,7 @@ def test_merged_x0_denoises_one_window_at_a_time_by_default_and_passes_the_group
 
     out = panorama.merged_x0(crops, windows, x.shape, 1.0, denoise)
     assert groups == [[0], [1], [2]]
-    torch.testing.assert_close(out, x * 0.5, rtol=1e-6, atol=1e-6)
+    assert_close_across_paths(out, x * 0.5, rtol=1e-5, why=FORMULA)
 
 
 def test_one_pixel_windows_and_strides_are_valid():
@@ -392,7 +396,7 @@ def test_two_windows_sync_one_window_at_a_time_by_default_with_their_groups():
                                   on_batch=counts.append)
     assert groups == [[0], [1]] and counts == [1]  # the anchor's own image, then the other window
     own, anchor = x[..., 6:12], x[..., 0:6]
-    torch.testing.assert_close(crops[1], own - 0.1 * 1.25 * 2 * (own - anchor), rtol=1e-6, atol=1e-6)
+    assert_close_across_paths(crops[1], own - 0.1 * 1.25 * 2 * (own - anchor), rtol=1e-5, why=FORMULA)
     three = panorama.plan_windows(4, 12, 4, 4, 4, 4)
     counts.clear()
     panorama.synced_crops(x, three, 0.5, 0.1, 1, denoise, denoise, lambda v: v, distance, on_batch=counts.append)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from guidance import regions
+from tolerance import FORMULA, assert_close_across_paths
 
 RED, BLUE, YELLOW, GREEN = (220, 40, 30), (40, 90, 200), (250, 210, 80), (70, 150, 60)
 
@@ -42,7 +43,7 @@ def test_palette_on_antialiased_strokes_gives_the_right_masks():
     # reading order: blue background (row 0) first, then red circle, then yellow, then green
     assert palette.colours[0] == BLUE and palette.colours[1] == RED
     # a partition of the image (0/1 masks: the sum is exact arithmetic)
-    torch.testing.assert_close(palette.masks.sum(0), torch.ones(64, 64), atol=0, rtol=0)
+    torch.testing.assert_close(palette.masks.sum(0), torch.ones(64, 64), atol=0, rtol=0)  # exact: 0/1 partition
     truths = {colour: coverage(hi, colour, 64) for colour in palette.colours}
     for colour, mask in zip(palette.colours, palette.masks):
         truth = truths[colour]
@@ -176,7 +177,7 @@ def test_paint_with_words_matches_the_formula():
     w = 0.5 * torch.log1p(sigma).view(2, 1, 1, 1) * peak
     bias = torch.zeros(64, 77)
     bias[torch.arange(64) % 8 < 4, 3] = 1
-    torch.testing.assert_close(out, reference_attention(q, k, v, 2, w * bias), rtol=1e-5, atol=1e-5)
+    assert_close_across_paths(out, reference_attention(q, k, v, 2, w * bias), rtol=1e-5, why=FORMULA)
 
 
 def test_dense_mode_matches_densediffusions_cross_attention_formula():
@@ -211,12 +212,12 @@ def test_dense_mode_matches_densediffusions_cross_attention_formula():
         row_max, row_min = sim[b].amax(-1, keepdim=True), sim[b].amin(-1, keepdim=True)
         sim[b] = sim[b] + mask * factor * (row_max - sim[b]) - (~mask) * factor * (sim[b] - row_min)
     expected = (torch.softmax(sim, -1) @ vh).transpose(1, 2).reshape(3, 64, heads * d)
-    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    assert_close_across_paths(out, expected, rtol=1e-5, why=FORMULA)
     plain = region.attention(q, k, v, 2, (8, 8), sigma, with_plain=True)[1]
-    torch.testing.assert_close(out[2], plain[2])  # t = 0.5: past DenseDiffusion's cut-off
+    assert_close_across_paths(out[2], plain[2], rtol=1e-5, why=FORMULA)  # t = 0.5: past DenseDiffusion's cut-off
     assert (out[0] - plain[0]).abs().max() > 1e-2
     unnamed = (masks.sum(0).flatten() == 0)
-    torch.testing.assert_close(out[:, unnamed], plain[:, unnamed])
+    assert_close_across_paths(out[:, unnamed], plain[:, unnamed], rtol=1e-5, why=FORMULA)
 
 
 def test_an_image_does_not_change_with_its_batch():
@@ -227,7 +228,7 @@ def test_an_image_does_not_change_with_its_batch():
         together = region.attention(q, k, v, 2, (8, 8), sigma)
         alone = torch.cat([region.attention(q[i:i + 1], k[i:i + 1], v[i:i + 1], 2, (8, 8), sigma[i:i + 1])
                            for i in range(3)])
-        torch.testing.assert_close(together, alone, rtol=1e-6, atol=1e-6)
+        assert_close_across_paths(together, alone, rtol=1e-5, why=FORMULA)
 
 
 def test_bias_raises_mass_inside_only_and_tiles_repeated_prompts():
@@ -241,7 +242,8 @@ def test_bias_raises_mass_inside_only_and_tiles_repeated_prompts():
         mass = region.attention(q, k, v_probe, 2, (8, 8), sigma).mean(-1)[0]
         plain = region.attention(q, k, v_probe, 2, (8, 8), sigma, with_plain=True)[1].mean(-1)[0]
         assert (mass[inside] > plain[inside]).all(), mode
-        torch.testing.assert_close(mass[~inside], plain[~inside])  # no named region there: untouched
+        assert_close_across_paths(mass[~inside], plain[~inside],
+                                  rtol=1e-5, why=FORMULA)  # no named region there: untouched
     assert make_region().attention(*qkv(batch=1, n_keys=100), 2, (8, 8), torch.tensor([1.0])) is None
 
 
@@ -429,14 +431,15 @@ def test_noop_when_the_strength_is_zero_or_no_token_is_named():
 
 def test_weights_follow_log_one_plus_sigma_and_densediffusions_t_to_the_fifth():
     region = make_region(strength=0.5)
-    torch.testing.assert_close(region.weight(torch.tensor([0.0, 1.0, 14.6, -1.0])),
-                               torch.tensor([0.0, 0.5 * math.log(2.0), 0.5 * math.log(15.6), 0.0]),
-                               rtol=1e-6, atol=1e-7)
+    assert_close_across_paths(region.weight(torch.tensor([0.0, 1.0, 14.6, -1.0])),
+                              torch.tensor([0.0, 0.5 * math.log(2.0), 0.5 * math.log(15.6), 0.0]),
+                              rtol=1e-5, why=FORMULA)
     times = {10.0: 0.8, 7.0: 0.7, 6.5: 0.69}
     dense = regions.RegionAttention(torch.zeros(1, 8, 8), torch.zeros(1, 77), strength=2.0, mode="dense",
                                     sigma_to_t=times.get)
-    torch.testing.assert_close(dense.weight(torch.tensor([10.0, 7.0, 6.5])),
-                               torch.tensor([2.0 * 0.8 ** 5, 2.0 * 0.7 ** 5, 0.0]), rtol=1e-6, atol=1e-7)
+    assert_close_across_paths(dense.weight(torch.tensor([10.0, 7.0, 6.5])),
+                              torch.tensor([2.0 * 0.8 ** 5, 2.0 * 0.7 ** 5, 0.0]),
+                              rtol=1e-5, why=FORMULA)
 
 
 def test_layer_bias_marks_region_tokens_where_the_region_is_and_its_size_factor():
@@ -453,15 +456,15 @@ def test_layer_bias_marks_region_tokens_where_the_region_is_and_its_size_factor(
     expected = torch.zeros(4, 5)
     expected[:, 1] = coverage[0]
     expected[:, 3] = coverage[1]
-    torch.testing.assert_close(bias, expected.repeat(1, 2), rtol=1e-6, atol=1e-7)
-    torch.testing.assert_close(size, (coverage.T @ torch.tensor([0.5, 0.875])).unsqueeze(1), rtol=1e-6, atol=1e-7)
+    assert_close_across_paths(bias, expected.repeat(1, 2), rtol=1e-5, why=FORMULA)
+    assert_close_across_paths(size, (coverage.T @ torch.tensor([0.5, 0.875])).unsqueeze(1), rtol=1e-5, why=FORMULA)
     assert region.layer_bias(2, 2, 7, "cpu", torch.float32) is None  # not whole prompts
 
 
 def test_masks_are_area_averaged_to_each_layer():
     masks = torch.rand(3, 8, 12, generator=torch.Generator().manual_seed(0))
     expected = masks.reshape(3, 4, 2, 4, 3).mean(dim=(2, 4))
-    torch.testing.assert_close(regions.resize_masks(masks, 4, 4), expected, rtol=1e-6, atol=1e-7)
+    assert_close_across_paths(regions.resize_masks(masks, 4, 4), expected, rtol=1e-5, why=FORMULA)
 
 
 def stripes(widths, colours, height=16):
@@ -479,7 +482,7 @@ def test_palette_keeps_the_largest_regions_up_to_max_regions():
     # starts at column 0 and comes first in reading order (integer colours)
     assert palette.colours == [GREEN, BLUE]
     assert palette.masks.shape == (2, 16, 64)
-    torch.testing.assert_close(palette.masks.sum(0), torch.ones(16, 64), rtol=0, atol=0)  # 0/1 partition
+    torch.testing.assert_close(palette.masks.sum(0), torch.ones(16, 64), rtol=0, atol=0)  # exact: 0/1 partition
     assert palette.areas == pytest.approx([34 / 64, 30 / 64], rel=1e-6)
 
 
@@ -528,7 +531,7 @@ def test_paint_with_words_on_a_non_square_layer_with_small_scores():
     bias = torch.zeros(8, 77)
     bias[:4, 3] = 1  # pixels 0..3 are the top two rows
     expected = reference_attention(q, k, v, 2, 0.5 * math.log1p(3.0) * peak * bias)
-    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    assert_close_across_paths(out, expected, rtol=1e-5, why=FORMULA)
 
 
 def test_attention_returns_the_queries_dtype():
@@ -547,7 +550,7 @@ def test_erosion_is_a_3x3_minimum_with_the_border_counted_as_inside():
                 rows = range(max(i - 1, 0), min(i + 2, 5))  # outside the image: the nearest pixel (inside)
                 cols = range(max(j - 1, 0), min(j + 2, 6))
                 expected[r, i, j] = min(float(masks[r, a, b]) for a in rows for b in cols)
-    torch.testing.assert_close(regions._erode(masks), expected, rtol=0, atol=0)  # a minimum of 0/1 values
+    torch.testing.assert_close(regions._erode(masks), expected, rtol=0, atol=0)  # exact: a minimum of 0/1 values
 
 
 def test_palette_clamps_overshooting_images_to_the_8_bit_range():

@@ -11,11 +11,19 @@ import torch.nn.functional as F
 
 import graphs
 import harness
+from tolerance import BATCH, ORACLE, PATHS, TWO_RUNS, assert_close_across_paths
 
 VIT = {"architecture": "GS-Test-Tiny-ViT", "checkpoint": "gs_tiny_vit.safetensors"}
 RN = {"architecture": "GS-Test-Tiny-RN", "checkpoint": "gs_tiny_rn.safetensors"}
 TEXT = "a red apple on a wooden table"
 OPENAI_MEAN, OPENAI_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+
+
+# A guided step computed on a batch vs alone (decoder, CLIP, backward, then g / rms(g)): measured up to 4.1e-4 of
+# its largest value (2-core Xeon, AVX-512); the decode's clamp to [0, 1] lets rounding switch a pixel's gradient
+# off or on, so the step moves in isolated jumps rather than by ulps. 1e-2 leaves a margin of 24, while Gram
+# features mixed half-way across the batch (a planted SDG-style batch Gram) moved it by 8.9e-2.
+STEP_RTOL = 1e-2
 
 
 def guidance_inputs(**overrides) -> dict:
@@ -124,7 +132,7 @@ def test_text_guidance_raises_clip_similarity_and_the_original_model_is_unchange
     prompt = graphs.base()
     add_branch(prompt, "plain_after", None, None)  # the unpatched MODEL after a guided run
     host.run(prompt)
-    torch.testing.assert_close(captured["plain_before"], captured["plain_after"], atol=1e-6, rtol=1e-6)  # two runs
+    assert_close_across_paths(captured["plain_before"], captured["plain_after"], rtol=1e-5, why=TWO_RUNS)
     model = tiny_clip()
     target = text_embedding(model, TEXT)
     guided = F.cosine_similarity(clip_embedding(model, captured["text:image"]), target)
@@ -175,10 +183,12 @@ def test_style_guidance_lowers_the_style_loss_on_a_resnet_tower(host, clip_guida
 
 
 def test_a_batch_of_two_equals_two_batches_of_one(host, clip_guidance, captured, records):
-    """Per-sample losses (spherical distances, Grams, per-image cutouts of the same squares): a guided batch of
-    two ends where each image ends guided alone, over a whole 6-step run. Batched UNet, decoder and CLIP calls
-    round differently (about 1e-6), which the normalised steps carry along: measured 4e-4 relative, asserted
-    3e-3, while guidance moves the result by about 30 % (SDG's batch-mixing Gram would change it entirely)."""
+    """Per-sample losses (spherical distances, Grams, per-image cutouts of the same squares): at the first guided
+    evaluation each image of a guided batch of two takes the step it takes guided alone. Only that evaluation is
+    compared: its inputs agree up to the batched UNet's rounding, while later ones start from states that the
+    normalised steps have already moved apart by amplified rounding. (A whole 6-step run was compared before: 4e-4
+    relative on one CPU, 5.3e-3 on an AVX-512 one; such a bound measures the tiny random model's sensitivity, not
+    the arithmetic.) SDG's batch-mixing Gram would change the step entirely."""
     prompt = graphs.base()
     reference = graphs.strokes(prompt, "4", width=64, height=64)
     settings = guidance_inputs(image_loss="both", cutouts=2)
@@ -191,12 +201,20 @@ def test_a_batch_of_two_equals_two_batches_of_one(host, clip_guidance, captured,
         add_branch(prompt, f"one{index}", VIT, settings, reference=reference, latent=[f"6{index}", 0])
         add_branch(prompt, f"plain{index}", None, None, latent=[f"6{index}", 0])
     host.run(prompt)
-    for index in range(2):
-        alone = captured[f"one{index}"]
-        scale = float(alone.abs().max())
-        assert float((captured["pair"][index:index + 1] - alone).abs().max()) < 3e-3 * scale
-        assert float((alone - captured[f"plain{index}"]).abs().max()) > 0.1 * scale
     assert 0 in guided_steps(records, "pair")
+    pair_before, pair_after = records["pair:before"][0]["denoised"], records["pair:after"][0]["denoised"]
+    for index in range(2):
+        before, after = records[f"one{index}:before"][0]["denoised"], records[f"one{index}:after"][0]["denoised"]
+        rows = slice(index, index + 1)
+        assert_close_across_paths(pair_before[rows], before, rtol=1e-5, why=BATCH)  # the UNet's x0
+        step, pair_step = after - before, pair_after[rows] - pair_before[rows]
+        # the decoder, CLIP and their backward on a batch vs alone, then g / rms(g): see STEP_RTOL
+        print(f"image {index}: step differs by {float((pair_step - step).abs().max() / step.abs().max()):.1e} "
+              "of its largest value")
+        assert_close_across_paths(pair_step, step, rtol=STEP_RTOL, why=BATCH)
+        assert float(step.abs().max()) > 0.01 * float(before.abs().max())  # a real step
+        alone = captured[f"one{index}"]
+        assert float((alone - captured[f"plain{index}"]).abs().max()) > 0.1 * float(alone.abs().max())
 
 
 @pytest.mark.parametrize("kind", ["vit", "rn"])
@@ -217,7 +235,7 @@ def test_the_gradient_of_a_batch_of_two_is_the_gradients_of_each_alone(host, kin
     for index in range(2):
         guidance.begin(latent_format, (1, 4, 8, 8), levels)
         alone = guidance.gradient(guidance.run, x0[index:index + 1], 1)
-        torch.testing.assert_close(both[index:index + 1], alone, atol=1e-6 * float(alone.abs().max()), rtol=1e-4)
+        assert_close_across_paths(both[index:index + 1], alone, rtol=1e-4, why=BATCH)
     guidance.end()
 
 
@@ -227,7 +245,7 @@ def test_weight_zero_reproduces_unguided_sampling(host, clip_guidance, captured,
     add_branch(prompt, "zero", VIT, guidance_inputs(text_weight=0.0, image_weight=0.0))
     add_branch(prompt, "closed", VIT, guidance_inputs(start_percent=0.5, end_percent=0.5, every=100))
     host.run(prompt)
-    torch.testing.assert_close(captured["zero"], captured["plain"], atol=1e-6, rtol=0)
+    assert_close_across_paths(captured["zero"], captured["plain"], rtol=1e-5, why=PATHS)  # weight 0 vs unpatched
     assert not guided_steps(records, "zero")
 
 
@@ -304,7 +322,7 @@ def test_one_guided_step_equals_an_independent_oracle(host, clip_guidance, captu
         (grad,) = torch.autograd.grad(loss, x0)
     rms = lambda t: t.pow(2).flatten(1).mean(1).sqrt().view(-1, 1, 1, 1)  # noqa: E731
     expected = first["denoised"] - weight * grad / rms(grad) * rms(first["cond_denoised"] - first["uncond_denoised"])
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert_close_across_paths(got, expected, rtol=1e-5, why=ORACLE)
     assert not torch.allclose(got, first["denoised"], atol=1e-4)
 
 

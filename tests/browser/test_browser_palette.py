@@ -117,7 +117,7 @@ def test_palette_editor_reads_uploads_writes_the_spec_and_survives_reload(page, 
     # The browser's extraction agrees with the node's (guidance.regions.extract_palette) on the same file.
     node_palette = regions.extract_palette(torch.from_numpy(first).float() / 255)
     assert [regions.rgb_to_hex(c) for c in node_palette.colours] == before["palette"]["colours"]
-    np.testing.assert_allclose(before["palette"]["areas"], node_palette.areas, atol=0.02)
+    np.testing.assert_allclose(before["palette"]["areas"], node_palette.areas, atol=0.02)  # abs: fractions in [0, 1]
 
     show_editor(page)
     type_phrase(page, SKY, "blue sky")

@@ -17,13 +17,5 @@ def capture(prompt, node_id, key, **inputs):
     prompt[node_id] = {"class_type": "GS_TestCapture", "inputs": {"key": key, **inputs}}
 
 
-def assert_close(actual, expected, atol, rtol=0.0, what=""):
-    actual, expected = actual.double(), expected.double()
-    difference = float((actual - expected).abs().max())
-    torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol,
-                               msg=lambda m: f"{what}: max |difference| {difference:.3g}\n{m}")
-    return difference
-
-
 def max_difference(a, b) -> float:
     return float((a.double() - b.double()).abs().max())

@@ -3,9 +3,11 @@ target it, then revert the file with ``git checkout``. Not collected by pytest.
 
     COMFYUI_PATH=<host> .venv/bin/python tests/oracles/plant_bugs.py            # every plant
     COMFYUI_PATH=<host> .venv/bin/python tests/oracles/plant_bugs.py "SDEdit mask dropped"
+    .venv/bin/python tests/oracles/plant_bugs.py --check     # every plant still applies (text only; seconds)
 
-It refuses to start unless guidance/, nodes/ and web/ have no uncommitted changes (the revert is a checkout), and
-prints one JSON line per plant: killed (some targeted test failed), seconds, the first failing test.
+Before running anything it checks that every chosen plant still applies (its target text occurs exactly once
+and the planted file compiles) and stops naming each plant that does not. It refuses to start unless guidance/,
+nodes/ and web/ have no uncommitted changes (the revert is a checkout), and prints one JSON line per plant: killed (some targeted test failed), seconds, the first failing test.
 """
 import json
 import os
@@ -13,18 +15,19 @@ import subprocess
 import sys
 import time
 
+TIMEOUT = int(os.environ.get("PLANT_TIMEOUT", "900"))  # seconds per plant's test run
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 O = "tests/oracles/"
 SD, GR, RG, CL = O + "test_sdedit_oracle.py", O + "test_gradop_oracle.py", O + "test_regions_oracle.py", O + "test_claims.py"
 
 STALE_ADAM = [
     ("guidance/gradop.py", "PALETTE_TEMPERATURE = 0.01", "PALETTE_TEMPERATURE = 0.01\n_STALE = {}"),
-    ("guidance/gradop.py", "        optimiser = torch.optim.Adam([z], lr=lr)\n",
-     "        optimiser = torch.optim.Adam([z], lr=lr)\n        _prev = _STALE.get(tuple(z.shape))\n"
-     "        if _prev is not None:\n            optimiser.state[z] = {k: v.clone() for k, v in _prev.items()}\n"),
-    ("guidance/gradop.py", "        with torch.no_grad():\n            result.image = decode(z).detach()",
-     "        _STALE[tuple(z.shape)] = optimiser.state[z]\n        with torch.no_grad():\n"
-     "            result.image = decode(z).detach()"),
+    ("guidance/gradop.py", "    optimiser = torch.optim.Adam([z], lr=lr)\n",
+     "    optimiser = torch.optim.Adam([z], lr=lr)\n    _prev = _STALE.get(tuple(z.shape))\n"
+     "    if _prev is not None:\n        optimiser.state[z] = {k: v.clone() for k, v in _prev.items()}\n"),
+    ("guidance/gradop.py", "    with torch.no_grad():\n        result.image = decode(z).detach()",
+     "    _STALE[tuple(z.shape)] = optimiser.state[z]\n    with torch.no_grad():\n"
+     "        result.image = decode(z).detach()"),
 ]
 
 PLANTS = {
@@ -32,7 +35,7 @@ PLANTS = {
                                   "return steps - min(round(steps * strength), steps)")], [SD]),
     "GradOP+ same re-noise seed every iteration": ([("nodes/gradop.py", "host.derived_seed(seed, 1 + iteration)",
                                                      "host.derived_seed(seed, 1)")], [GR]),
-    "decoder bf16 runs in float32": ([("nodes/gradop.py", '"bf16": torch.bfloat16,', '"bf16": torch.float32,')],
+    "decoder bf16 runs in float32": ([("nodes/gradients.py", '"bf16": torch.bfloat16,', '"bf16": torch.float32,')],
                                      [GR + "::test_decoder_choice_computes_in_the_precision_it_names"]),
     "GradOP+ start index round()": ([("guidance/gradop.py", "start = int(num_steps * (1.0 - strength))",
                                       "start = round(num_steps * (1.0 - strength))")], [GR, CL]),
@@ -85,16 +88,64 @@ PLANTS = {
     "half loss max-pooled": ([("nodes/gradop.py", "avg_pool2d(v, 2)", "max_pool2d(v, 2)")], [GR]),
     "TAESD fed unscaled latents": ([("nodes/gradients.py", "return self._decode(x0, clamp)",
                                      "return self._decode(x0 / 0.18215, clamp)")], [GR]),
-    "ancestral: same seed every segment": ([("nodes/gradop.py",
-                                             'host.derived_seed(extra_args.get("seed", 0) or 0, segment)',
-                                             'extra_args.get("seed", 0) or 0')], [CL]),
+    "ancestral: same seed every segment": ([("nodes/sampling.py",
+                                             'args["seed"] = host.derived_seed(self.seed, segment)',
+                                             'args["seed"] = self.seed')], [CL]),
     "progress counts sampler steps only": ([("nodes/gradop.py", "sampler_steps + config.total_grad_steps()",
                                              "sampler_steps")], [CL]),
-    "decoder fit 7200 -> 7000 bytes per pixel": ([("nodes/gradop.py", "KL_DECODER_CHECKPOINTED_BYTES_PER_PIXEL = 7_200",
+    "decoder fit 7200 -> 7000 bytes per pixel": ([("nodes/gradients.py", "KL_DECODER_CHECKPOINTED_BYTES_PER_PIXEL = 7_200",
                                                    "KL_DECODER_CHECKPOINTED_BYTES_PER_PIXEL = 7_000")], [CL]),
     "regions default strength 0.5": ([("nodes/regions.py", 'io.Float.Input("strength", default=0.4, min=0.0',
                                        'io.Float.Input("strength", default=0.5, min=0.0')], [CL]),
 }
+
+
+class StalePlant(Exception):
+    """A plant whose target text is no longer in the product code (the code moved): re-target it."""
+
+
+def planted_texts(name: str) -> dict[str, str]:
+    """The product files as ``name`` would leave them (in memory; nothing is written). Each edit's old text
+    must occur exactly once in the file as the previous edits left it, and the result must still compile."""
+    edits, tests = PLANTS[name]
+    texts: dict[str, str] = {}
+    for path, old, new in edits:
+        full = os.path.join(ROOT, path)
+        if path not in texts:
+            if not os.path.exists(full):
+                raise StalePlant(f"plant {name!r}: {path} does not exist")
+            texts[path] = open(full).read()
+        count = texts[path].count(old)
+        if count != 1:
+            raise StalePlant(f"plant {name!r} no longer applies: {path} holds its target text {count} times "
+                             f"(needs exactly 1): {old!r}")
+        texts[path] = texts[path].replace(old, new)
+    for path, text in texts.items():
+        try:
+            compile(text, path, "exec")
+        except SyntaxError as error:
+            raise StalePlant(f"plant {name!r} leaves {path} unparsable: {error}") from error
+    for test in tests:
+        test_path, _, test_name = test.partition("::")
+        if not os.path.exists(os.path.join(ROOT, test_path)):
+            raise StalePlant(f"plant {name!r}: its test file {test_path} does not exist")
+        if test_name and f"def {test_name}(" not in open(os.path.join(ROOT, test_path)).read():
+            raise StalePlant(f"plant {name!r}: its test {test} does not exist")
+    return texts
+
+
+def check(names) -> list[str]:
+    """Every named plant's problems (text match only, no test runs); empty when all apply."""
+    problems = []
+    for name in names:
+        if name not in PLANTS:
+            problems.append(f"no plant named {name!r}")
+            continue
+        try:
+            planted_texts(name)
+        except StalePlant as error:
+            problems.append(str(error))
+    return problems
 
 
 def git_clean():
@@ -108,30 +159,48 @@ def revert(files):
 
 
 def main(names):
-    assert git_clean(), "product code must be clean before planting"
+    problems = check(names)
+    if problems:
+        raise SystemExit("plant_bugs: stale plants, nothing was run:\n  " + "\n  ".join(problems))
+    if not git_clean():
+        raise SystemExit("plant_bugs: guidance/, nodes/ and web/ must have no uncommitted changes (the revert is a "
+                         "git checkout)")
     results = {}
     for name in names:
         edits, tests = PLANTS[name]
-        files = [f for f, _, _ in edits]
+        texts = planted_texts(name)
         try:
-            for path, old, new in edits:
-                full = os.path.join(ROOT, path)
-                text = open(full).read()
-                assert text.count(old) == 1, (name, path, old, text.count(old))
-                open(full, "w").write(text.replace(old, new))
+            for path, text in texts.items():
+                with open(os.path.join(ROOT, path), "w") as handle:
+                    handle.write(text)
             start = time.time()
-            run = subprocess.run([".venv/bin/python", "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
-                                 cwd=ROOT, capture_output=True, text=True,
-                                 env=dict(os.environ), timeout=900)
-            tail = [line for line in run.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))
-                    or " passed" in line or " failed" in line]
-            results[name] = {"killed": run.returncode != 0, "seconds": round(time.time() - start, 1), "tail": tail[-3:]}
+            try:
+                run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
+                                     cwd=ROOT, capture_output=True, text=True, env=dict(os.environ), timeout=TIMEOUT)
+            except subprocess.TimeoutExpired:  # neither killed nor survived: say so and go on with the next plant
+                results[name] = {"killed": None, "timed_out": TIMEOUT, "seconds": round(time.time() - start, 1)}
+            else:
+                tail = [line for line in run.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))
+                        or " passed" in line or " failed" in line]
+                results[name] = {"killed": run.returncode != 0, "seconds": round(time.time() - start, 1),
+                                 "tail": tail[-3:]}
         finally:
-            revert(files)
+            revert(texts)
             assert git_clean()
         print(json.dumps({name: results[name]}), flush=True)
+    killed = sum(bool(result["killed"]) for result in results.values())
+    timed_out = sum(result["killed"] is None for result in results.values())
+    print(f"{killed} of {len(results)} planted bugs killed" + (f", {timed_out} timed out" if timed_out else ""),
+          flush=True)
     return results
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or list(PLANTS))
+    arguments = sys.argv[1:]
+    if arguments[:1] == ["--check"]:
+        found = check(arguments[1:] or list(PLANTS))
+        if found:
+            raise SystemExit("plant_bugs --check: " + str(len(found)) + " stale:\n  " + "\n  ".join(found))
+        print(f"plant_bugs --check: all {len(arguments[1:] or PLANTS)} plants apply")
+    else:
+        main(arguments or list(PLANTS))
