@@ -17,8 +17,10 @@ import torch.nn.functional as F
 
 STEP_MODES = ("normalised", "paper")
 IMAGE_LOSSES = ("content", "style", "both")
-# SDG's README weights (content 100, style 100, language 160) belong to its unnormalised step; the
-# normalised step's weight is a fraction of the CFG correction's size.
+# SDG's README weights (content 100, style 100, language 160) do not carry over: the normalised step's weight
+# is a fraction of the CFG correction's size, and even the paper step differs in the loss (theta^2/2 vs cosine),
+# in what is differentiated (latent x0 through a VAE vs pixel x_t) and in the style loss's scale
+# (docs/methods/semantic.md section 3).
 
 
 def spherical_distance(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -498,14 +498,22 @@ class CLIPSemanticGuidance(io.ComfyNode):
                                 tooltip="Text to steer towards (CLIP's spherical distance to its embedding). Empty: "
                                         "no text guidance."),
                 io.Float.Input("text_weight", default=0.3, min=0.0, max=100.0, step=0.01,
-                               tooltip="Strength of the text guidance. normalised step: the step's size as a "
-                                       "fraction of the CFG correction (0.1-1); paper step: SDG's scale (SDG: 160)."),
+                               tooltip="Strength of the text guidance (loss: theta^2/2, theta the angle between "
+                                       "the CLIP embeddings of the decoded x0 and the text). normalised step: the "
+                                       "step's size as a fraction of the CFG correction's (0.1-1). paper step: the "
+                                       "loss's factor in x0 - sigma_ve^2 * dL/dx0. SDG's weights (160) do not carry "
+                                       "over: another loss, and x0 in latent space through the VAE instead of "
+                                       "SDG's pixel x_t (README: what the weights mean)."),
                 io.Float.Input("image_weight", default=0.3, min=0.0, max=100.0, step=0.01,
-                               tooltip="Strength of the reference-image guidance (content and/or style), same "
-                                       "units as text_weight. Ignored without a reference_image."),
+                               tooltip="Strength of the reference-image guidance, in text_weight's units "
+                                       "(content: theta^2/2 to the reference's embedding; style: the relative Gram "
+                                       "loss, about 1 for unrelated images). Ignored without a reference_image. "
+                                       "SDG's weights (100) do not carry over; its style loss is 1e10 x a Gram MSE."),
                 io.Combo.Input("image_loss", options=list(semantic.IMAGE_LOSSES), default="content",
                                tooltip="content: the reference's CLIP embedding; style: Gram matrices of "
-                                       "early/middle CLIP layers (per image); both: their sum."),
+                                       "early/middle CLIP layers (per image), each layer's error relative to the "
+                                       "reference Gram's size, so every layer counts equally (SDG weights layers "
+                                       "by their Gram's size); both: their sum."),
                 io.Int.Input("cutouts", default=4, min=0, max=64,
                              tooltip="Random square crops CLIP scores per guided step (steadier guidance, costs "
                                      "CLIP passes). 0: one resize of the whole image."),
@@ -521,16 +529,22 @@ class CLIPSemanticGuidance(io.ComfyNode):
                                tooltip="How x0 is decoded for the loss: the VAE's decoder in its own (auto) or a "
                                        "chosen precision (fp16 user-selected), taesd (fast approximate decoder "
                                        "from models/vae_approx), or 'downscaled latent' (the VAE on a 2x pooled "
-                                       "latent: about 4x cheaper)."),
+                                       "latent: about 4x cheaper). Below fp32 the loss is scaled so its gradient "
+                                       "does not underflow, lowered when it overflows; a step whose gradient stays "
+                                       "non-finite is skipped with a warning."),
                 io.Combo.Input("step_mode", options=list(semantic.STEP_MODES), default="normalised",
                                tooltip="normalised: the step has weight x the CFG correction's size, at every "
-                                       "noise level; paper: SDG's unnormalised step x0 - weight * sigma^2 * gradient."),
+                                       "noise level (with a mask: both sizes measured over the mask's cells). "
+                                       "paper: SDG's unnormalised step x0 - sigma_ve^2 * dL/dx0, sigma_ve = sigma "
+                                       "(flow models: sigma / (1 - sigma); no step at sigma 1)."),
                 io.Image.Input("reference_image", optional=True,
                                tooltip="The image whose content or style to follow (batch 1, or one per "
                                        "generated image)."),
                 io.Mask.Input("mask", optional=True,
-                              tooltip="Only this region is guided: the loss moves only its pixels and the "
-                                      "gradient is zero on latent cells outside it (batch 1 or per image)."),
+                              tooltip="Only this region is guided: the loss moves only its pixels, the gradient "
+                                      "is zero on latent cells outside it, and the normalised step's size is "
+                                      "measured over the mask's cells, so it does not grow as the mask shrinks "
+                                      "(batch 1 or per image)."),
             ],
             outputs=[io.Model.Output(display_name="MODEL", tooltip="The model with CLIP semantic guidance; use it "
                                                                    "with any sampler.")],
