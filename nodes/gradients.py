@@ -550,12 +550,17 @@ class LossScaler:
         tried_fp32 = full_precision is not None
         if tried_fp32:
             self.full_precision_passes += 1
-            with full_precision():
-                loss = loss_fn()
-                if bool(torch.isfinite(loss.detach()).all()):
-                    grads = torch.autograd.grad(loss, inputs)
-                    if _all_finite(grads):
-                        return list(grads)
+            try:
+                with full_precision():
+                    loss = loss_fn()
+                    if bool(torch.isfinite(loss.detach()).all()):
+                        grads = torch.autograd.grad(loss, inputs)
+                        if _all_finite(grads):
+                            return list(grads)
+            except torch.cuda.OutOfMemoryError:  # the fp32 copy may not fit where the 16-bit one did
+                loss = grads = None
+                comfy.model_management.soft_empty_cache()
+                _log.info("%s: no memory for the fp32 decoder pass", self.method)
         self._skip(what, tried_fp32)
         return None
 
