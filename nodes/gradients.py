@@ -557,7 +557,9 @@ class LossScaler:
                         grads = torch.autograd.grad(loss, inputs)
                         if _all_finite(grads):
                             return list(grads)
-            except torch.cuda.OutOfMemoryError:  # the fp32 copy may not fit where the 16-bit one did
+            except comfy.model_management.OOM_EXCEPTION as error:  # the fp32 copy may not fit where 16-bit did
+                if isinstance(error, comfy.model_management.InterruptProcessingException):
+                    raise  # OOM_EXCEPTION is Exception itself on builds without CUDA's
                 loss = grads = None
                 comfy.model_management.soft_empty_cache()
                 _log.info("%s: no memory for the fp32 decoder pass", self.method)
