@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -199,57 +199,77 @@ def painting_loss(output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
 class OptimisationResult:
     z: torch.Tensor
     losses: list[float] = field(default_factory=list)  # painting loss before each step, then after the last
-    loss_scale: float = 1.0
+    loss_scale: float = 1.0  # the starting scale (a dynamic scaler may have lowered it)
     image: torch.Tensor | None = None  # decode(z*), [B,3,H,W]
+    skipped: int = 0  # steps whose gradient stayed non-finite (z left unchanged)
+
+
+# gradient(loss_fn, inputs) -> [d loss / d input] or None (skip the step): how a method takes a loss's
+# gradient; nodes/ passes a dynamic loss scaler (nodes/gradients.LossScaler), pure callers a fixed scale.
+Gradient = Callable[[Callable[[], torch.Tensor], Sequence[torch.Tensor]], "list[torch.Tensor] | None"]
+
+
+def fixed_scale_gradient(loss_scale: float = 1.0) -> Gradient:
+    """``grad(loss_scale * loss) / loss_scale`` with no back-off; a non-finite gradient raises
+    FloatingPointError (the pure default: never a silent NaN step)."""
+    def gradient(loss_fn, inputs):
+        grads = torch.autograd.grad(loss_fn() * loss_scale, list(inputs))
+        if not all(bool(torch.isfinite(g).all()) for g in grads):
+            raise FloatingPointError(f"the loss gradient is not finite at loss scale {loss_scale:g}")
+        return [g / loss_scale for g in grads]
+    return gradient
 
 
 def optimise_strokes(z: torch.Tensor, target: torch.Tensor, decode: Decode, painting: Painting, steps: int,
                      lr: float = 0.1, mask: torch.Tensor | None = None, anchor: torch.Tensor | None = None,
                      gamma: float = 0.0, loss_scale: float = 1.0,
-                     on_step: Callable[[int, float], None] | None = None) -> OptimisationResult:
+                     on_step: Callable[[int, float], None] | None = None,
+                     gradient: Gradient | None = None) -> OptimisationResult:
     """Adam on z for ``steps`` steps minimising ``sum_b mean MSE(f(decode(z)_b), y_b)`` (+ proximity).
 
     Implements ``gradop_plus_optim`` (Adam, default betas/eps, created afresh per call) and, with
     ``anchor`` and ``gamma``, GradOP's ``L(f(x), y) + gamma * d(x, x_text)`` with d the mean squared
     distance per latent element. ``decode`` maps z to an image [B,3,H,W] in [0,1] (clamped, as the
-    reference does). ``loss_scale`` multiplies the loss before backward and divides the gradient after,
-    so a reduced-precision decoder does not underflow; Adam sees the unscaled gradient. A non-finite
-    gradient lowers the scale 16x and retries the step.
-    The sum over the batch keeps each image's reference scale (Adam is per-element).
-    Needs autograd enabled; the inputs are copied, never modified.
+    reference does). ``gradient`` takes each step's gradient (:data:`Gradient`; default
+    :func:`fixed_scale_gradient` of ``loss_scale``: the loss multiplied before backward and the gradient
+    divided after, so a reduced-precision decoder does not underflow; Adam sees the unscaled gradient).
+    When ``gradient`` returns None the step is skipped: z and Adam's state stay as they are
+    (``result.skipped`` counts them). The sum over the batch keeps each image's reference scale (Adam is
+    per-element). Needs autograd enabled; the inputs are copied, never modified.
     """
     if not torch.is_grad_enabled():
         raise RuntimeError("optimise_strokes needs autograd: call it with grad enabled (in nodes/: "
                            "gradients.grad_enabled(), with owned tensors)")
+    gradient = gradient or fixed_scale_gradient(loss_scale)
     z = z.detach().clone().float().requires_grad_(True)
     target = target.detach().clone().float()
     mask = None if mask is None else mask.detach().clone().float()
     anchor = None if anchor is None else anchor.detach().clone().float()
     optimiser = torch.optim.Adam([z], lr=lr)
     result = OptimisationResult(z=z, loss_scale=float(loss_scale))
+    paints: list[torch.Tensor] = []
 
-    def objective() -> tuple[torch.Tensor, torch.Tensor]:
+    def objective() -> torch.Tensor:
         paint = painting_loss(painting(decode(z)), target, mask).sum()
+        paints.append(paint.detach())
         total = paint
         if anchor is not None and gamma > 0:
             total = total + gamma * ((z - anchor) ** 2).flatten(1).mean(dim=1).sum()
-        return total, paint
+        return total
 
-    step = 0
-    while step < steps:
+    for step in range(1, steps + 1):
         optimiser.zero_grad(set_to_none=True)
-        total, paint = objective()
-        (total * result.loss_scale).backward()
-        grad = z.grad
-        if not torch.isfinite(grad).all():
-            if result.loss_scale <= 1.0:
-                raise FloatingPointError("GradOP: the painting-loss gradient is not finite")
-            result.loss_scale = max(1.0, result.loss_scale / 16.0)
-            continue
-        grad.div_(result.loss_scale)
-        result.losses.append(float(paint.detach()))
-        optimiser.step()
-        step += 1
+        paints.clear()
+        grads = gradient(objective, [z])
+        if not paints:  # the gradient function ran no forward
+            with torch.no_grad():
+                objective()
+        result.losses.append(float(paints[-1]))  # the last forward's (an fp32 retry's, if there was one)
+        if grads is None:
+            result.skipped += 1
+        else:
+            z.grad = grads[0]
+            optimiser.step()
         if on_step is not None:
             on_step(step, result.losses[-1])
     with torch.no_grad():

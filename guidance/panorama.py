@@ -14,6 +14,8 @@ from typing import Sequence
 
 import torch
 
+from .gradop import fixed_scale_gradient
+
 # The reference's shipped script: weight 20, decay 0.95, sync in the first 10 of 50 steps, every step.
 DEFAULT_SYNC_WEIGHT = 20.0
 DEFAULT_DECAY = 0.95
@@ -184,30 +186,37 @@ def chunks(items: Sequence[int], size: int) -> list[list[int]]:
 
 def synced_crops(x: torch.Tensor, windows: Sequence[Window], sigma: float, weight: float, anchor: int,
                  denoise, denoise_grad, decode, distance, batch: int = 1, flow: bool = False,
-                 loss_scale: float = 1.0, on_batch=None) -> list[torch.Tensor]:
+                 loss_scale: float = 1.0, on_batch=None, gradient=None) -> list[torch.Tensor]:
     """Each window's own copy of its crop of ``x``, nudged towards the anchor (SyncDiffusion, one step).
 
     The anchor's image ``decode(denoise(anchor crop))`` is computed once, without grad; every other window v
     gets ``x_v - weight (1 + sigma^2) dL/dx_v`` with ``L = distance(decode(denoise_grad(x_v)), anchor image)``
     (:func:`nudge`). Windows go through in groups of ``batch``; every op is per item, so the gradient of the
     summed loss is each window's own gradient. ``weight`` 0 returns the plain crops (MultiDiffusion).
-    ``loss_scale`` multiplies the loss for backward (reduced-precision decoders) and divides the gradient.
+    ``gradient(loss_fn, inputs)`` takes each group's gradient (guidance/gradop.py ``Gradient``; default a fixed
+    ``loss_scale``: the loss multiplied for backward, the gradient divided after); when it returns None the
+    group's windows keep their plain crops (the step is skipped for them, never a NaN nudge).
     ``on_batch(count)`` is called after each group (progress, interrupts).
     """
     crops = [crop(x, window) for window in windows]
     if weight == 0 or len(windows) < 2:
         return crops
+    gradient = gradient or fixed_scale_gradient(loss_scale)
     items = x.shape[0]
     with torch.no_grad():
         anchor_image = decode(denoise(crops[anchor], sigma, [anchor])).detach()
     others = [index for index in range(len(windows)) if index != anchor]
     for group in chunks(others, batch):
         xs = torch.cat([crops[index].detach() for index in group]).requires_grad_(True)
-        losses = distance(decode(denoise_grad(xs, sigma, group)), anchor_image)
-        (grad,) = torch.autograd.grad(losses.float().sum() * loss_scale, xs)
-        nudged = nudge(xs.detach(), grad / loss_scale, weight, sigma, flow)
-        for position, index in enumerate(group):
-            crops[index] = nudged[position * items:(position + 1) * items]
+
+        def loss_fn(xs=xs, group=group):
+            return distance(decode(denoise_grad(xs, sigma, group)), anchor_image).float().sum()
+
+        grads = gradient(loss_fn, [xs])
+        if grads is not None:
+            nudged = nudge(xs.detach(), grads[0], weight, sigma, flow)
+            for position, index in enumerate(group):
+                crops[index] = nudged[position * items:(position + 1) * items]
         if on_batch is not None:
             on_batch(len(group))
     return crops

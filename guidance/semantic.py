@@ -17,8 +17,10 @@ import torch.nn.functional as F
 
 STEP_MODES = ("normalised", "paper")
 IMAGE_LOSSES = ("content", "style", "both")
-# SDG's README weights (content 100, style 100, language 160) belong to its unnormalised step; the
-# normalised step's weight is a fraction of the CFG correction's size.
+# SDG's README weights (content 100, style 100, language 160) do not carry over: the normalised step's weight
+# is a fraction of the CFG correction's size, and even the paper step differs in the loss (theta^2/2 vs cosine),
+# in what is differentiated (latent x0 through a VAE vs pixel x_t) and in the style loss's scale
+# (docs/methods/semantic.md section 3).
 
 
 def spherical_distance(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -103,37 +105,65 @@ def view_mean(per_view: torch.Tensor, batch: int) -> torch.Tensor:
     return per_view.view(-1, batch).mean(dim=0)
 
 
-def rms(x: torch.Tensor) -> torch.Tensor:
-    """Root mean square per sample, [B, 1, 1, 1]."""
-    return x.float().pow(2).flatten(1).mean(dim=1).sqrt().view(-1, *([1] * (x.ndim - 1)))
+def rms(x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Root mean square per sample, [B, 1, 1, 1]. With ``weights`` ([1 or B, 1, h, w], e.g. a mask's coverage
+    of each latent cell), the weighted RMS ``sqrt(sum(w x^2) / (C sum(w)))``: the RMS over the weighted cells
+    only (0 where a sample's weights sum to 0)."""
+    x = x.float()
+    if weights is None:
+        return x.pow(2).flatten(1).mean(dim=1).sqrt().view(-1, *([1] * (x.ndim - 1)))
+    weights = weights.to(x.device, torch.float32).expand(x.shape[0], 1, *x.shape[2:])
+    total = weights.flatten(1).sum(dim=1) * x.shape[1]
+    square = (x.pow(2) * weights).flatten(1).sum(dim=1)
+    mean = torch.where(total > 0, square / total.clamp_min(1e-30), torch.zeros_like(square))
+    return mean.sqrt().view(-1, *([1] * (x.ndim - 1)))
+
+
+def paper_scale(sigma: float | torch.Tensor, flow: bool = False) -> torch.Tensor:
+    """SDG's step size on x0 per unit weight, ``sigma_ve^2`` (docs/methods/semantic.md section 3): ``sigma^2``
+    in ComfyUI's VE sampler space (eps, v, EDM models); for flow models (``x = (1 - s) x0 + s eps``) the
+    VE-equivalent ``(s / (1 - s))^2``, infinite at s >= 1 (pure noise: no step is defined there)."""
+    sigma = torch.as_tensor(sigma, dtype=torch.float32)
+    if not flow:
+        return sigma ** 2
+    signal = 1.0 - sigma
+    return torch.where(signal > 0, (sigma / signal.clamp_min(1e-30)) ** 2, torch.full_like(sigma, float("inf")))
 
 
 def guided_x0(denoised: torch.Tensor, grad: torch.Tensor, weight: float, sigma: float | torch.Tensor,
               mode: str = "normalised", cond_denoised: torch.Tensor | None = None,
-              uncond_denoised: torch.Tensor | None = None, noisy: torch.Tensor | None = None) -> torch.Tensor:
+              uncond_denoised: torch.Tensor | None = None, noisy: torch.Tensor | None = None,
+              flow: bool = False, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Move the post-CFG x0 prediction down the loss gradient ``grad`` (dL/dx0).
 
     ``normalised`` (default): per sample, ``x0 - w * g / rms(g) * rms(cond - uncond)``, so one weight acts
     alike across noise levels and models; without a CFG correction (cfg 1) the size of the predicted noise,
-    ``rms(noisy - x0)``, stands in for it. ``paper``: SDG's unnormalised step in sigma space,
-    ``x0 - w * sigma^2 * g`` (its mean shift of the VP sample, mapped onto x0).
+    ``rms(noisy - x0)``, stands in for it. With ``weights`` (a mask's coverage per latent cell, [1 or B, 1,
+    h, w]) both RMS are taken over the mask's cells (:func:`rms`), so inside the mask the step has ``w`` times
+    the correction's size there, whatever the mask's area. ``paper``: SDG's unnormalised step,
+    ``x0 - w * paper_scale(sigma, flow) * g`` (its mean shift of the VP sample, mapped onto x0).
+    A sample whose gradient or step is not finite is left as it is (never a NaN/inf x0).
     """
     if mode not in STEP_MODES:
         raise ValueError(f"step mode must be one of {STEP_MODES}, got {mode!r}")
     grad = grad.to(torch.float32)
+    finite = torch.isfinite(grad).flatten(1).all(dim=1).view(-1, *([1] * (grad.ndim - 1)))
+    grad = torch.where(finite, grad, torch.zeros_like(grad))
     if mode == "paper":
-        sigma_t = torch.as_tensor(sigma, dtype=torch.float32, device=grad.device)
-        sigma_t = sigma_t.reshape(-1, *([1] * (grad.ndim - 1)))
-        return (denoised.float() - weight * sigma_t ** 2 * grad).to(denoised.dtype)
-    reference = torch.zeros_like(rms(grad))
-    if cond_denoised is not None and uncond_denoised is not None:
-        reference = rms(cond_denoised - uncond_denoised)
-    if noisy is not None:
-        fallback = rms(noisy - denoised)
-        reference = torch.where(reference > 0, reference, fallback)
-    size = rms(grad)
-    step = torch.where(size > 0, grad / size.clamp_min(1e-30), torch.zeros_like(grad)) * reference
-    return (denoised.float() - weight * step).to(denoised.dtype)
+        scale = paper_scale(sigma, flow).to(grad.device).reshape(-1, *([1] * (grad.ndim - 1)))
+        step = weight * scale * grad
+    else:
+        reference = torch.zeros_like(rms(grad))
+        if cond_denoised is not None and uncond_denoised is not None:
+            reference = rms(cond_denoised - uncond_denoised, weights)
+        if noisy is not None:
+            fallback = rms(noisy - denoised, weights)
+            reference = torch.where(reference > 0, reference, fallback)
+        size = rms(grad, weights)
+        step = torch.where(size > 0, grad / size.clamp_min(1e-30), torch.zeros_like(grad)) * reference * weight
+    moves = torch.isfinite(step).flatten(1).all(dim=1).view(-1, *([1] * (step.ndim - 1)))
+    step = torch.where(moves, step, torch.zeros_like(step))
+    return (denoised.float() - step).to(denoised.dtype)
 
 
 def step_indices(total_steps: int, start_percent: float, end_percent: float, every: int = 1) -> set[int]:
@@ -197,6 +227,24 @@ def masked_for_loss(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     the loss still sees the whole picture (its context), but only the region's pixels are moved."""
     mask = mask.to(image.device, image.dtype)
     return image * mask + image.detach() * (1.0 - mask)
+
+
+def mask_weights(mask: torch.Tensor, latent_hw: Sequence[int]) -> torch.Tensor:
+    """[1 or B, 1, h, w] fraction of each latent cell that ``mask`` ([1 or B, 1, H, W]) covers: the weights of
+    the normalised step's RMS inside the mask (:func:`guided_x0`)."""
+    return F.adaptive_avg_pool2d(mask.float(), tuple(int(v) for v in latent_hw))
+
+
+def clip_loss_scale(reduced_precision: bool, latent_elements: int, total_weight: float) -> float:
+    """The loss multiplier for CLIP guidance's backward: 1 in fp32; in reduced precision the number of x0
+    elements per image divided by the total weight. The CLIP losses per unit weight are bounded means
+    (theta^2/2 <= pi^2/2; the relative style loss about 1) whose gradient is read at x0, so per x0 element it
+    is about loss / elements: the scale lifts it to order one, the division by the weights keeps large
+    weights from overflowing. GradOP+'s per-pixel count (48 times larger for an 8x VAE) overflowed fp16.
+    A dynamic scaler lowers it further when a gradient still overflows."""
+    if not reduced_precision:
+        return 1.0
+    return float(latent_elements) / max(float(total_weight), 1e-6)
 
 
 def latent_mask(mask: torch.Tensor, latent_hw: Sequence[int]) -> torch.Tensor:

@@ -14,7 +14,10 @@ place that works around it, through official extension points only:
   and ``VAE.decode`` (clamped, inference-only) are never touched. Optionally its blocks run
   under activation checkpointing (:func:`checkpoint_blocks`): same gradients, a fraction of the memory;
 * :class:`LossDecoderSpec` / :func:`make_loss_decoder`: the decoder a loss decodes through, chosen by
-  plain values (precision, memory), with its memory check and loss scale.
+  plain values (precision, memory), with its memory check and loss scale;
+* :class:`LossScaler`: dynamic loss scaling with back-off for every gradient through a loss decoder; a
+  gradient that stays non-finite is retried in fp32 or the step is skipped with one warning per run, so no
+  NaN/inf reaches a latent and no reduced-precision step vanishes silently.
 """
 from __future__ import annotations
 
@@ -229,6 +232,28 @@ class _OwnedDecoder:
         image = self.module.decode(latent.to(device=self.device, dtype=self.dtype)).float()
         image = (image + 1.0) * 0.5
         return image.clamp(0.0, 1.0) if clamp else image
+
+    @property
+    def reduced_precision(self) -> bool:
+        return self.dtype != torch.float32
+
+    @contextlib.contextmanager
+    def full_precision(self) -> Iterator[None]:
+        """The copy runs in fp32 inside the block (a loss scaler's last resort), then back in its own dtype.
+        Pack-owned, so converting it in place is allowed; fp16/bf16 -> fp32 -> fp16/bf16 is exact."""
+        if self.module is None:
+            raise RuntimeError(f"{type(self).__name__} was closed")
+        dtype = self.dtype
+        with torch.inference_mode(False):
+            self.module.to(dtype=torch.float32)
+        self.dtype = torch.float32
+        try:
+            yield
+        finally:
+            self.dtype = dtype
+            if self.module is not None:
+                with torch.inference_mode(False):
+                    self.module.to(dtype=dtype)
 
     def close(self) -> None:
         self.module = None
@@ -445,6 +470,10 @@ class LossDecoderSpec:
         """The loss multiplier for backward: 1 in fp32, the per-image element count in reduced precision."""
         return default_loss_scale(self.reduced_precision, elements_per_image)
 
+    def scaler(self, elements_per_image: int) -> "LossScaler":
+        """A :class:`LossScaler` for one run, starting at :meth:`loss_scale` (GradOP+'s per-pixel rationale)."""
+        return LossScaler(self.loss_scale(elements_per_image), self.method, self.reduced_precision)
+
     def check_fit(self, batch: int, latent_hw: tuple[int, int]) -> None:
         """Raise now, before any sampling, when even the checkpointed decoder cannot fit."""
         decoder_memory_estimate(self.vae, self.precision, batch, latent_hw, self.method, self.advice)
@@ -453,3 +482,102 @@ class LossDecoderSpec:
         """:func:`make_loss_decoder` with these settings."""
         return make_loss_decoder(self.vae, latent_format, self.precision, self.memory, batch, latent_hw,
                                  self.method, self.advice)
+
+
+# --- dynamic loss scaling ------------------------------------------------------------------------
+
+# A loss's gradient through a reduced-precision decoder (or UNet, or CLIP) can underflow (too small for fp16 /
+# bf16) or overflow (above fp16's 65,504). The loss is multiplied by a scale before backward and the gradient
+# divided by it after. A scale that overflows is lowered and the gradient retried; the last resort is one pass
+# with the decoder copy in fp32; if that fails too, the step is skipped (never a NaN/inf step) and the first
+# skip of a run logs a warning.
+BACKOFF = 8.0  # the scale is divided by this after a non-finite gradient
+RETRIES = 6  # back-offs per gradient before the fp32 pass: the scale can fall 8^6 = 262,144 fold
+GROWTH_INTERVAL = 4  # after this many finite gradients in a row the scale doubles again, up to its start
+
+
+def _all_finite(tensors) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+class LossScaler:
+    """Dynamic loss scaling with back-off, for one run of one method (``method`` names it in the warning).
+
+    :meth:`gradient` returns ``d loss / d inputs`` computed as ``grad(scale * loss) / scale``. When a gradient
+    is not finite and ``reduced_precision``, the scale is divided by ``backoff`` and the gradient recomputed
+    (a fresh forward; up to ``retries`` times); the lowered scale is kept for the next call and doubles again
+    after ``growth_interval`` finite gradients, never above the start. When the retries are spent (or the loss
+    itself is not finite, which no scale can mend), ``full_precision`` (a context manager factory, e.g. a
+    decoder copy's :meth:`_OwnedDecoder.full_precision`) gives one fp32 pass at scale 1. If that fails too, or
+    there is none, the result is None: the caller skips the step. ``skipped`` counts skips, ``backoffs`` the
+    scale reductions; the first skip logs one warning.
+    """
+
+    def __init__(self, scale: float, method: str, reduced_precision: bool = True, backoff: float = BACKOFF,
+                 retries: int = RETRIES, growth_interval: int = GROWTH_INTERVAL):
+        scale = float(scale)
+        if not scale > 0 or not torch.isfinite(torch.tensor(scale)):
+            raise ValueError(f"loss scale must be a positive finite number, got {scale}")
+        if backoff <= 1:
+            raise ValueError(f"backoff must be larger than 1, got {backoff}")
+        self.initial = self.scale = scale
+        self.method, self.reduced_precision = method, bool(reduced_precision)
+        self.backoff, self.retries, self.growth_interval = float(backoff), int(retries), int(growth_interval)
+        self.skipped = self.backoffs = self.full_precision_passes = 0
+        self._good = 0
+
+    def gradient(self, loss_fn: Callable[[], torch.Tensor], inputs, full_precision=None,
+                 what: str = "guided step") -> list[torch.Tensor] | None:
+        """``[d loss / d input for input in inputs]`` of the scalar ``loss_fn()``, finite, or None (skip)."""
+        inputs = list(inputs)
+        retries = self.retries if self.reduced_precision else 0
+        for attempt in range(retries + 1):
+            loss = loss_fn()
+            if not bool(torch.isfinite(loss.detach()).all()):
+                break  # the forward overflowed: no scale helps
+            scale = self.scale
+            grads = torch.autograd.grad(loss * scale, inputs)
+            del loss
+            if _all_finite(grads):
+                self._grown()
+                return [g / scale for g in grads]
+            if attempt < retries:
+                self.scale /= self.backoff
+                self.backoffs += 1
+                self._good = 0
+                _log.debug("%s: non-finite gradient at loss scale %g; retrying at %g", self.method, scale,
+                           self.scale)
+        tried_fp32 = full_precision is not None
+        if tried_fp32:
+            self.full_precision_passes += 1
+            try:
+                with full_precision():
+                    loss = loss_fn()
+                    if bool(torch.isfinite(loss.detach()).all()):
+                        grads = torch.autograd.grad(loss, inputs)
+                        if _all_finite(grads):
+                            return list(grads)
+            except comfy.model_management.OOM_EXCEPTION as error:  # the fp32 copy may not fit where 16-bit did
+                if isinstance(error, comfy.model_management.InterruptProcessingException):
+                    raise  # OOM_EXCEPTION is Exception itself on builds without CUDA's
+                loss = grads = None
+                comfy.model_management.soft_empty_cache()
+                _log.info("%s: no memory for the fp32 decoder pass", self.method)
+        self._skip(what, tried_fp32)
+        return None
+
+    def _grown(self) -> None:
+        self._good += 1
+        if self.scale < self.initial and self._good >= self.growth_interval:
+            self.scale = min(self.initial, self.scale * 2.0)
+            self._good = 0
+
+    def _skip(self, what: str, tried_fp32: bool) -> None:
+        self.skipped += 1
+        if self.skipped == 1:
+            tried = f"loss scale {'down to ' if self.backoffs else ''}{self.scale:g}"
+            tried += ", then an fp32 decoder pass" if tried_fp32 else ""
+            hint = (" A higher-precision decoder (fp32, or bf16 for its range) may avoid it."
+                    if self.reduced_precision else "")
+            _log.warning("%s: the loss gradient is not finite (%s); this %s is skipped, left unguided. Later "
+                         "skips in this run are not logged.%s", self.method, tried, what, hint)

@@ -130,7 +130,7 @@ def gradop_sampler(config: GradOPConfig) -> comfy.samplers.KSAMPLER:
             config.loss_decoder.check_fit(x.shape[0], loss_hw)
         target, mask = stroke_target(config, x.shape, x.device)
         height, width = target.shape[-2:]
-        loss_scale = config.loss_decoder.loss_scale(3 * height * width)
+        scaler = config.loss_decoder.scaler(3 * height * width)  # one per run: back-offs carry over
         half = config.loss_resolution == "half"
         decoder = None
 
@@ -153,11 +153,16 @@ def gradop_sampler(config: GradOPConfig) -> comfy.samplers.KSAMPLER:
                     host.check_interrupt()
                     segments.advance(1)
 
+                def gradient(loss_fn, inputs):
+                    return scaler.gradient(loss_fn, inputs, decoder.full_precision if decoder.reduced_precision
+                                           else None, what="Adam step")
+
                 with gradients.grad_enabled():
                     result = gradop.optimise_strokes(
                         gradients.owned(z), target, decode, painting, config.grad_steps, lr=config.learning_rate,
                         mask=mask, anchor=None if anchor is None else gradients.owned(anchor),
-                        gamma=config.gamma if anchor is not None else 0.0, loss_scale=loss_scale, on_step=on_step)
+                        gamma=config.gamma if anchor is not None else 0.0, loss_scale=scaler.initial,
+                        on_step=on_step, gradient=gradient)
                 _log.info("%s iteration %d at sigma %.4f: painting loss %.5f -> %.5f", config.mode, iteration + 1,
                           sigma, result.losses[0], result.losses[-1])
                 if config.collect_images:

@@ -127,13 +127,13 @@ class TiledModel:
 
     def __init__(self, model, sigmas, windows, anchor, config: PanoramaConfig, flow: bool, on_batch,
                  conds: window_conds.WindowConditioning, denoiser=None, decoder=None, distance=None,
-                 latent_format=None, loss_scale: float = 1.0):
+                 latent_format=None, scaler: gradients.LossScaler | None = None):
         self._model = model
         self._sigmas = [float(s) for s in sigmas]
         self._windows, self._anchor, self._config, self._flow = windows, anchor, config, flow
         self._on_batch = on_batch
         self._denoiser, self._decoder, self._distance = denoiser, decoder, distance
-        self._latent_format, self._loss_scale = latent_format, loss_scale
+        self._latent_format, self._scaler = latent_format, scaler
         self._synced: set[int] = set()
         self._post_cfg: list = []
         self._unconds: dict = {}
@@ -225,10 +225,14 @@ class TiledModel:
         def decode(x0):
             return self._decoder.decode_model_space(x0, self._latent_format, clamp=True)
 
+        def gradient(loss_fn, inputs):
+            full = self._decoder.full_precision if self._decoder.reduced_precision else None
+            return self._scaler.gradient(loss_fn, inputs, full, what="sync step of a window batch")
+
         with gradients.grad_enabled():
             crops = panorama.synced_crops(gradients.owned(x), self._windows, value, weight, self._anchor, plain,
                                           with_grad, decode, self._distance, config.sync_batch, self._flow,
-                                          self._loss_scale, self._on_batch)
+                                          on_batch=self._on_batch, gradient=gradient)
             crops = [c.detach() for c in crops]
         x0 = panorama.merged_x0(crops, self._windows, x.shape, value, plain, config.window_batch, self._on_batch)
         x_mean = panorama.merge(crops, self._windows, x.shape)
@@ -266,7 +270,7 @@ def panorama_sampler(config: PanoramaConfig) -> comfy.samplers.KSAMPLER:
 
         denoiser = decoder = distance = None
         try:
-            loss_scale = 1.0
+            scaler = None
             if sync_steps and len(windows) > 1:
                 window = windows[0]
                 batch = config.sync_batch * x.shape[0]
@@ -275,12 +279,12 @@ def panorama_sampler(config: PanoramaConfig) -> comfy.samplers.KSAMPLER:
                                                      LPIPS_SIZES[config.lpips_size])
                 decoder = config.decoder_spec.build(latent_format, batch, (window.height, window.width))
                 ratio = config.decoder_spec.ratio
-                loss_scale = config.decoder_spec.loss_scale(3 * window.height * ratio * window.width * ratio)
+                scaler = config.decoder_spec.scaler(3 * window.height * ratio * window.width * ratio)
                 denoiser = gradients.DifferentiableDenoiser(model, extra_args, METHOD)
                 if config.unet_jacobian != UNET_JACOBIAN[0]:
                     denoiser.mode = denoiser.IDENTITY  # approximate: d x0 / d x = I, no UNet backward
             tiled = TiledModel(model, sigmas, windows, anchor, config, flow, on_batch, conds, denoiser, decoder,
-                               distance, latent_format, loss_scale)
+                               distance, latent_format, scaler)
             sampler = comfy.samplers.sampler_object(config.sampler_name)
             host.check_interrupt()
             x = sampler.sampler_function(tiled, x, sigmas, extra_args=extra_args, callback=step_callback,

@@ -25,6 +25,7 @@ from comfy_api.latest import io
 
 import comfy.model_management
 import comfy.model_patcher
+import comfy.model_sampling
 import comfy.patcher_extension
 import folder_paths
 
@@ -289,6 +290,9 @@ class _Run:
         self.gate = gate
         self.done: set[int] = set()
         self.decoder = None
+        self.scaler: gradients.LossScaler | None = None
+        self.flow = False
+        self.warned_paper = False
         self.latent_format = None
         self.text = None
         self.content = None
@@ -328,6 +332,10 @@ class SemanticGuidance:
         return self.text_weight != 0.0 or self.image_weight != 0.0
 
     @property
+    def total_weight(self) -> float:
+        return self.text_weight + self.image_weight
+
+    @property
     def uses_content(self) -> bool:
         return self.image_weight != 0.0 and self.image_loss in ("content", "both")
 
@@ -344,16 +352,19 @@ class SemanticGuidance:
         self._depth += 1
         try:
             if self._depth == 1:
-                self.begin(guider.model_patcher.model.latent_format, tuple(noise.shape), sigmas)
+                base = guider.model_patcher.model
+                self.begin(base.latent_format, tuple(noise.shape), sigmas, _is_flow(base))
             return executor(*args, **kwargs)
         finally:
             self._depth -= 1
             if self._depth == 0:
                 self.end()
 
-    def begin(self, latent_format, shape: tuple, sigmas: torch.Tensor) -> None:
+    def begin(self, latent_format, shape: tuple, sigmas: torch.Tensor, flow: bool = False) -> None:
+        """Build the run's state for latents of ``shape``; ``flow``: the model is a flow (CONST) model."""
         self.end()
         run = _Run(sigmas, semantic.gated_indices(sigmas, self.sigma_start, self.sigma_end, self.every))
+        run.flow = bool(flow)
         self.run = run
         if not self.active or not run.gate:
             return
@@ -367,6 +378,12 @@ class SemanticGuidance:
             latent_hw = tuple(max(1, v // 2) for v in latent_hw)
         run.latent_format = latent_format
         run.decoder = self.spec.build(latent_format, batch, latent_hw)
+        reduced = run.decoder.reduced_precision or self.clip.dtype != torch.float32
+        elements = 1
+        for size in shape[1:]:
+            elements *= int(size)
+        run.scaler = gradients.LossScaler(semantic.clip_loss_scale(reduced, elements, self.total_weight),
+                                          self.spec.method, reduced)
         self.clip.load()
         self._targets(run)
 
@@ -401,52 +418,82 @@ class SemanticGuidance:
         run = self.run
         if run is None or run.levels.shape != levels.shape or not torch.allclose(run.levels, levels.float().cpu()):
             # called outside a guider's run (no OUTER_SAMPLE): begin one here; the next begin releases it
-            self.begin(args["model"].latent_format, tuple(denoised.shape), levels)
+            self.begin(args["model"].latent_format, tuple(denoised.shape), levels, _is_flow(args["model"]))
             run = self.run
         index = semantic.sigma_step_index(float(sigma.reshape(-1)[0]), run.levels)
         if index is None or index not in run.gate or index in run.done:
             return denoised  # outside the window, a skipped step, or a later evaluation of a guided step
         run.done.add(index)
         host.check_interrupt()
+        if self.step_mode == "paper" and run.flow and float(sigma.max()) >= 1.0:
+            if not run.warned_paper:
+                run.warned_paper = True
+                LOG.warning("CLIP Semantic Guidance: the paper step is undefined at sigma 1 on a flow model (pure "
+                            "noise: sigma/(1-sigma) is infinite); that step is left unguided. Start the window "
+                            "later (start_percent) or use the normalised step.")
+            return denoised
         grad = self.gradient(run, denoised, index)
+        if grad is None:
+            return denoised  # the gradient stayed non-finite: the scaler skipped the step (warned once)
         self.guided_calls += 1
-        weight = self.text_weight + self.image_weight if self.step_mode == "normalised" else 1.0
+        weight = self.total_weight if self.step_mode == "normalised" else 1.0
         uncond = args.get("uncond_denoised")
+        weights = None
+        if self.mask is not None and self.step_mode == "normalised":
+            weights = semantic.mask_weights(gradients.owned(self.mask).float().unsqueeze(1), grad.shape[-2:])
+            weights = weights.to(denoised.device)
         return semantic.guided_x0(denoised, grad.to(denoised.device), weight, sigma.to(denoised.device),
-                                  self.step_mode, args.get("cond_denoised"), uncond, noisy=args.get("input"))
+                                  self.step_mode, args.get("cond_denoised"), uncond, noisy=args.get("input"),
+                                  flow=run.flow, weights=weights)
 
-    def gradient(self, run: _Run, denoised: torch.Tensor, index: int) -> torch.Tensor:
+    def gradient(self, run: _Run, denoised: torch.Tensor, index: int) -> torch.Tensor | None:
         """dL/dx0 of the weighted CLIP loss of the decoded x0 (through the decoder copy only), summed over the
-        batch; zero on latent cells outside the mask."""
+        batch; zero on latent cells outside the mask. None when it stays non-finite (run.scaler: dynamic loss
+        scaling, an fp32 decoder pass, then a skip). Checks for an interrupt before the decode, before CLIP and
+        before the backward."""
         clip = self.clip
         batch = denoised.shape[0]
+        decoder = run.decoder
         with gradients.grad_enabled():
             x0 = gradients.owned(denoised).float().requires_grad_(True)
-            latent = F.avg_pool2d(x0, 2) if self.downscaled else x0
-            image = run.decoder.decode_model_space(latent, run.latent_format, clamp=True)
-            mask = None
-            if self.mask is not None:
-                mask = gradients.owned(self.mask).float().unsqueeze(1).to(image.device)
-                image = semantic.masked_for_loss(image, F.interpolate(mask, size=image.shape[-2:], mode="bilinear",
-                                                                      align_corners=False))
-            generator = torch.Generator().manual_seed(1_000_003 * (index + 1))
-            views = clip.views(image, self.cutouts, generator)
-            count = views.shape[0] // batch
-            host.check_interrupt()
-            embeddings, features = clip.features(views, self.uses_style)
-            content = semantic.repeat_views(run.content, count, batch) if self.uses_content else None
-            text_weight = self.text_weight if run.text is not None else 0.0
-            loss = semantic.text_image_loss(embeddings, run.text, content, batch, text_weight, self.image_weight)
-            if self.uses_style:
-                grams = [semantic.repeat_views(g, count, batch) for g in run.grams]
-                loss = loss + self.image_weight * semantic.view_mean(
-                    semantic.style_loss(features, grams, relative=True), batch)
-            scale = self.spec.loss_scale(int(image[0].numel())) if not self.downscaled else 1.0
-            (grad,) = torch.autograd.grad(loss.sum() * scale, x0)
-            grad = grad / scale
+            mask = None if self.mask is None else gradients.owned(self.mask).float().unsqueeze(1)
+
+            def loss_fn() -> torch.Tensor:
+                host.check_interrupt()
+                latent = F.avg_pool2d(x0, 2) if self.downscaled else x0
+                image = decoder.decode_model_space(latent, run.latent_format, clamp=True)
+                if mask is not None:
+                    image = semantic.masked_for_loss(image, F.interpolate(
+                        mask.to(image.device), size=image.shape[-2:], mode="bilinear", align_corners=False))
+                generator = torch.Generator().manual_seed(1_000_003 * (index + 1))
+                views = clip.views(image, self.cutouts, generator)
+                count = views.shape[0] // batch
+                host.check_interrupt()
+                embeddings, features = clip.features(views, self.uses_style)
+                content = semantic.repeat_views(run.content, count, batch) if self.uses_content else None
+                text_weight = self.text_weight if run.text is not None else 0.0
+                loss = semantic.text_image_loss(embeddings, run.text, content, batch, text_weight,
+                                                self.image_weight)
+                if self.uses_style:
+                    grams = [semantic.repeat_views(g, count, batch) for g in run.grams]
+                    loss = loss + self.image_weight * semantic.view_mean(
+                        semantic.style_loss(features, grams, relative=True), batch)
+                host.check_interrupt()
+                return loss.sum()
+
+            full = decoder.full_precision if decoder.reduced_precision else None
+            grads = run.scaler.gradient(loss_fn, [x0], full, what="CLIP-guided step")
+            if grads is None:
+                return None
+            grad = grads[0]
             if mask is not None:
-                grad = grad * semantic.latent_mask(mask, grad.shape[-2:]).to(grad.device)
+                grad = grad * semantic.latent_mask(mask.to(grad.device), grad.shape[-2:])
         return grad.detach()
+
+
+def _is_flow(base_model) -> bool:
+    """Whether a BaseModel samples as a flow model (ComfyUI's CONST: x = (1 - sigma) x0 + sigma noise)."""
+    return isinstance(getattr(base_model, "model_sampling", None), comfy.model_sampling.CONST)
 
 
 def _percent_sigma(model, percent: float) -> float:
@@ -473,14 +520,22 @@ class CLIPSemanticGuidance(io.ComfyNode):
                                 tooltip="Text to steer towards (CLIP's spherical distance to its embedding). Empty: "
                                         "no text guidance."),
                 io.Float.Input("text_weight", default=0.3, min=0.0, max=100.0, step=0.01,
-                               tooltip="Strength of the text guidance. normalised step: the step's size as a "
-                                       "fraction of the CFG correction (0.1-1); paper step: SDG's scale (SDG: 160)."),
+                               tooltip="Strength of the text guidance (loss: theta^2/2, theta the angle between "
+                                       "the CLIP embeddings of the decoded x0 and the text). normalised step: the "
+                                       "step's size as a fraction of the CFG correction's (0.1-1). paper step: the "
+                                       "loss's factor in x0 - sigma_ve^2 * dL/dx0. SDG's weights (160) do not carry "
+                                       "over: another loss, and x0 in latent space through the VAE instead of "
+                                       "SDG's pixel x_t (README: what the weights mean)."),
                 io.Float.Input("image_weight", default=0.3, min=0.0, max=100.0, step=0.01,
-                               tooltip="Strength of the reference-image guidance (content and/or style), same "
-                                       "units as text_weight. Ignored without a reference_image."),
+                               tooltip="Strength of the reference-image guidance, in text_weight's units "
+                                       "(content: theta^2/2 to the reference's embedding; style: the relative Gram "
+                                       "loss, about 1 for unrelated images). Ignored without a reference_image. "
+                                       "SDG's weights (100) do not carry over; its style loss is 1e10 x a Gram MSE."),
                 io.Combo.Input("image_loss", options=list(semantic.IMAGE_LOSSES), default="content",
                                tooltip="content: the reference's CLIP embedding; style: Gram matrices of "
-                                       "early/middle CLIP layers (per image); both: their sum."),
+                                       "early/middle CLIP layers (per image), each layer's error relative to the "
+                                       "reference Gram's size, so every layer counts equally (SDG weights layers "
+                                       "by their Gram's size); both: their sum."),
                 io.Int.Input("cutouts", default=4, min=0, max=64,
                              tooltip="Random square crops CLIP scores per guided step (steadier guidance, costs "
                                      "CLIP passes). 0: one resize of the whole image."),
@@ -496,16 +551,22 @@ class CLIPSemanticGuidance(io.ComfyNode):
                                tooltip="How x0 is decoded for the loss: the VAE's decoder in its own (auto) or a "
                                        "chosen precision (fp16 user-selected), taesd (fast approximate decoder "
                                        "from models/vae_approx), or 'downscaled latent' (the VAE on a 2x pooled "
-                                       "latent: about 4x cheaper)."),
+                                       "latent: about 4x cheaper). Below fp32 the loss is scaled so its gradient "
+                                       "does not underflow, lowered when it overflows; a step whose gradient stays "
+                                       "non-finite is skipped with a warning."),
                 io.Combo.Input("step_mode", options=list(semantic.STEP_MODES), default="normalised",
                                tooltip="normalised: the step has weight x the CFG correction's size, at every "
-                                       "noise level; paper: SDG's unnormalised step x0 - weight * sigma^2 * gradient."),
+                                       "noise level (with a mask: both sizes measured over the mask's cells). "
+                                       "paper: SDG's unnormalised step x0 - sigma_ve^2 * dL/dx0, sigma_ve = sigma "
+                                       "(flow models: sigma / (1 - sigma); no step at sigma 1)."),
                 io.Image.Input("reference_image", optional=True,
                                tooltip="The image whose content or style to follow (batch 1, or one per "
                                        "generated image)."),
                 io.Mask.Input("mask", optional=True,
-                              tooltip="Only this region is guided: the loss moves only its pixels and the "
-                                      "gradient is zero on latent cells outside it (batch 1 or per image)."),
+                              tooltip="Only this region is guided: the loss moves only its pixels, the gradient "
+                                      "is zero on latent cells outside it, and the normalised step's size is "
+                                      "measured over the mask's cells, so it does not grow as the mask shrinks "
+                                      "(batch 1 or per image)."),
             ],
             outputs=[io.Model.Output(display_name="MODEL", tooltip="The model with CLIP semantic guidance; use it "
                                                                    "with any sampler.")],

@@ -367,19 +367,28 @@ def test_optimise_strokes_reports_each_step_and_needs_autograd():
         gradop.optimise_strokes(z0, strokes(), toy_decoder(), lambda x: x, 1)
 
 
-def test_a_non_finite_gradient_lowers_the_loss_scale_then_fails_at_one():
+def test_without_a_scaler_a_non_finite_gradient_raises_and_a_skipped_step_leaves_z_alone():
+    """The pure default (a fixed scale) never takes a NaN step; a gradient function that returns None (the
+    nodes' dynamic scaler giving up) skips the step: z and Adam's state stay, the step still counts."""
     z0 = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(11))
+    with pytest.raises(FloatingPointError, match="^the loss gradient is not finite at loss scale 256$"):
+        gradop.optimise_strokes(z0, strokes(), toy_decoder(), lambda x: x * float("inf"), 1, loss_scale=256.0)
+    plain = gradop.fixed_scale_gradient(1.0)
     calls = []
 
-    def overflowing(image):
+    def second_skipped(loss_fn, inputs):
         calls.append(1)
-        return image * float("inf") if len(calls) == 1 else image  # the first backward overflows
+        return None if len(calls) == 2 else plain(loss_fn, inputs)
 
-    result = gradop.optimise_strokes(z0, strokes(), toy_decoder(), overflowing, 1, loss_scale=256.0)
-    assert result.loss_scale == 16.0  # 256 / 16, then the retried step is finite
-    assert len(result.losses) == 2
-    with pytest.raises(FloatingPointError, match="^GradOP: the painting-loss gradient is not finite$"):
-        gradop.optimise_strokes(z0, strokes(), toy_decoder(), lambda x: x * float("nan"), 1, loss_scale=1.0)
+    f = gradop.painting_function("gaussian blur", 32, 32)
+    steps = []
+    skipped = gradop.optimise_strokes(z0, strokes(), toy_decoder(), f, 3, gradient=second_skipped,
+                                      on_step=lambda step, loss: steps.append(step))
+    two = gradop.optimise_strokes(z0, strokes(), toy_decoder(), f, 2)
+    assert skipped.skipped == 1 and steps == [1, 2, 3] and len(skipped.losses) == 4
+    # steps 1 and 3 are Adam's steps 1 and 2 on the same gradients: as two steps without a skip (same ops)
+    torch.testing.assert_close(skipped.z, two.z, rtol=1e-5, atol=1e-6 * float(two.z.abs().max()))
+    assert skipped.losses[1] == skipped.losses[2]  # nothing moved at the skipped step: the same forward
 
 
 def test_median_filter_with_a_five_pixel_window():
