@@ -136,6 +136,15 @@ def panorama(**inputs) -> dict:
     return prompt
 
 
+def seamless(width=64, **inputs) -> dict:
+    prompt = graphs.base()
+    prompt["6"] = {"class_type": "EmptyLatentImage", "inputs": {"width": width, "height": 32, "batch_size": 1}}
+    prompt["9"] = {"class_type": "GS_SeamlessDecode", "inputs": {
+        "samples": ["6", 0], "vae": ["1", 2], "tile_size": 64, "overlap": 16, "circular": True, **inputs}}
+    graphs.capture(prompt, "10", "x", image=["9", 0])
+    return prompt
+
+
 def canvas(**inputs) -> dict:
     return {"9": {"class_type": "GS_StrokeCanvas", "inputs": {
                 "painting": "", "width": 40, "height": 24, "background_color": "#ffffff", **inputs}},
@@ -202,6 +211,18 @@ BAD_INPUTS = [
      ["lpips_net 'vgg' needs", "vgg16-397923af.pth", "models/lpips/"]),
     ("panorama-lpips-net", panorama(lpips_net="vgg19"), "execution", ["lpips_net: 'vgg19'"]),
     ("panorama-multidiffusion-ok", panorama(), "ok", []),
+    # booleans and numbers of the wrong type (ComfyUI would turn "false" into true, 2.5 steps into 2): refused at
+    # validation, naming the input and the type it takes
+    ("string-download", openclip_loader(download="false"), "validation",
+     ["download", "download: expected a boolean (true or false), got the string 'false'"]),
+    ("string-loop", panorama(loop="false"), "validation", ["loop", "loop: expected a boolean (true or false)"]),
+    ("string-circular", seamless(circular="false"), "validation", ["circular", "circular: expected a boolean"]),
+    ("number-circular", seamless(circular=0), "validation", ["circular", "got int 0"]),
+    ("string-steps", panorama(steps="2"), "validation", ["steps", "steps: expected a whole number, got the string '2'"]),
+    ("fraction-steps", panorama(steps=2.5), "validation", ["steps", "steps: expected a whole number, got float 2.5"]),
+    ("string-cfg", sdedit(cfg="5.0"), "validation", ["cfg", "cfg: expected a number, got the string '5.0'"]),
+    ("boolean-cfg", sdedit(cfg=True), "validation", ["cfg", "cfg: expected a number, got the boolean true"]),
+    ("whole-float-steps-ok", panorama(steps=2.0), "ok", []),
     # paper semantics at the maximum step count builds its schedule at once
     ("sigmas-10000-paper", sdedit_sigmas(steps=10000), "ok", []),
 ]

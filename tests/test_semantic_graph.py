@@ -336,6 +336,13 @@ def write_checkpoints(folder) -> None:
     folder_paths.filename_list_cache.pop("clip_guidance", None)
 
 
+def loader_only(**inputs) -> dict:
+    """The loader and an output node that takes its model: nothing else runs."""
+    return {"l": {"class_type": "GS_OpenCLIPLoader", "inputs": {
+                "precision": "fp32", "download": False, "pretrained": "laion2b_s34b_b79k", **VIT, **inputs}},
+            "p": {"class_type": "GS_TestOpenCLIPProbe", "inputs": {"clip_model": ["l", 0]}}}
+
+
 @pytest.mark.parametrize("inputs,texts", [
     ({"checkpoint": "nope.safetensors"}, ["checkpoint: 'nope.safetensors' is not in models/clip_guidance",
                                           "open_clip checkpoint for GS-Test-Tiny-ViT"]),
@@ -361,7 +368,7 @@ def write_checkpoints(folder) -> None:
         "no-tensors-pt", "junk-pt", "precision"])
 def test_loader_errors_are_clear(host, clip_guidance, inputs, texts):
     write_checkpoints(clip_guidance)
-    result, server = host.run(loader_prompt(**inputs), expect_success=False)
+    result, server = host.run(loader_only(**inputs), expect_success=False)
     assert not result["success"]
     message = host.node_error(server)
     for text in texts:
@@ -383,14 +390,14 @@ def test_the_checkpoint_is_read_before_any_architecture_is_built(host, clip_guid
         return create(architecture, config, device)
 
     monkeypatch.setattr(module, "_create", counting)
-    result, server = host.run(loader_prompt(architecture="ViT-H-14", checkpoint="junk.safetensors"),
+    result, server = host.run(loader_only(architecture="ViT-H-14", checkpoint="junk.safetensors"),
                               expect_success=False)
     assert "junk.safetensors is not a readable safetensors file" in host.node_error(server)
     assert builds == []
-    result, server = host.run(loader_prompt(architecture="ViT-H-14"), expect_success=False)
+    result, server = host.run(loader_only(architecture="ViT-H-14"), expect_success=False)
     assert "does not fit the architecture ViT-H-14" in host.node_error(server)
     assert builds == [("ViT-H-14", "meta")]
-    host.run(loader_prompt())
+    host.run(loader_only())
     assert builds[1:] == [("GS-Test-Tiny-ViT", "meta"), ("GS-Test-Tiny-ViT", "cpu")]
 
 
@@ -457,7 +464,7 @@ def test_every_architecture_family_is_loaded_or_refused_without_the_network(host
     import open_clip
     assert set(FAMILIES) <= set(open_clip.list_models())
     for architecture in FAMILIES:
-        result, server = host.run(loader_prompt(architecture=architecture), expect_success=False)
+        result, server = host.run(loader_only(architecture=architecture), expect_success=False)
         message = host.node_error(server)
         if architecture in HUB:
             assert message.startswith(f"architecture: {architecture} needs its "), message
@@ -516,7 +523,7 @@ def test_a_hub_text_tower_in_the_local_cache_loads_offline(host, clip_guidance, 
     configs = tmp_path / "configs"
     configs.mkdir()
     register_hub_architecture(configs)
-    result, server = host.run(loader_prompt(architecture=HUB_ARCHITECTURE), expect_success=False)
+    result, server = host.run(loader_only(architecture=HUB_ARCHITECTURE), expect_success=False)
     assert f"needs its tokenizer ({HUB_REPO}) and its text tower configuration ({HUB_REPO})" in host.node_error(server)
     snapshot = write_tiny_hub_repo(cache)
     with torch.inference_mode(False), torch.random.fork_rng(devices=[]):
