@@ -29,7 +29,7 @@ def type_check_prompts() -> dict:
     """(pack node id -> (prompt, the wrong-typed input, the message)); each prompt is otherwise valid."""
     base = {"1": {"class_type": "GS_TestTinyCheckpoint", "inputs": {"kind": "sd15", "seed": 0}},
             "6": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 32, "batch_size": 1}}}
-    loader = {"architecture": "ViT-B-32", "checkpoint": "x.safetensors", "precision": "fp32",
+    loader = {"architecture": "GS-Test-Tiny-ViT", "checkpoint": "gs_tiny_vit.safetensors", "precision": "fp32",
               "pretrained": "laion2b_s34b_b79k"}
     decode = {"samples": ["6", 0], "vae": ["1", 2], "tile_size": 64, "overlap": 16}
     return {
@@ -46,7 +46,7 @@ def type_check_prompts() -> dict:
     }
 
 
-def test_wrong_typed_widget_values_are_refused_naming_the_input(host, monkeypatch):
+def test_wrong_typed_widget_values_are_refused_naming_the_input(host, clip_guidance, monkeypatch):
     """ComfyUI converts widget values with bool()/int()/float() while validating ("false" -> True). The pack's
     on-prompt check (installed into the server; applied here as POST /prompt applies it) refuses them at
     validation, naming the input and its type; the node's own check refuses them in a direct call."""
