@@ -211,8 +211,23 @@ def image_to_rgb(image: torch.Tensor, name: str = "image") -> torch.Tensor:
     raise ValueError(f"{name} has {channels} channels; expected 1 (grey), 3 (RGB) or 4 (RGBA)")
 
 
+def check_finite_mask(mask: torch.Tensor | None, name: str) -> None:
+    """A mask with NaN or infinite values (a NaN would turn the result into NaN silently) is refused by name."""
+    if mask is not None and not bool(torch.isfinite(mask).all()):
+        raise ValueError(f"{name}: it has NaN or infinite values; a mask holds weights from 0 to 1")
+
+
+def check_image_latent(shape: tuple, method: str) -> None:
+    """``method`` works on image latents [batch, channels, height, width]; a video (5-D) or other latent is refused
+    before any work, naming the latent."""
+    if len(shape) != 4:
+        raise ValueError(f"latent: {method} works on image latents [batch, channels, height, width]; this sampler's "
+                         f"latent has shape {tuple(shape)}" + (" (a video latent)" if len(shape) == 5 else ""))
+
+
 def mask_to_batch(mask: torch.Tensor, name: str = "mask") -> torch.Tensor:
-    """MASK [H,W] or [B,H,W] (or [B,1,H,W]) -> [B,H,W]."""
+    """MASK [H,W] or [B,H,W] (or [B,1,H,W]) -> [B,H,W]; NaN or infinite values are refused."""
+    check_finite_mask(mask, name)
     if mask.ndim == 2:
         return mask.unsqueeze(0)
     if mask.ndim == 4 and mask.shape[1] == 1:

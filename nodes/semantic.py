@@ -595,6 +595,7 @@ class SemanticGuidance:
                 self.end()
 
     def begin(self, latent_format, shape: tuple, sigmas: torch.Tensor) -> None:
+        host.check_image_latent(shape, "CLIP Semantic Guidance")
         self.end()
         run = _Run(sigmas, semantic.gated_indices(sigmas, self.sigma_start, self.sigma_end, self.every))
         self.run = run
