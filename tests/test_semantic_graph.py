@@ -549,3 +549,17 @@ def test_a_hub_text_tower_in_the_local_cache_loads_offline(host, clip_guidance, 
     assert int(expected[0, 0]) == 4 and int(expected[0, 1]) == 5  # "a red ...": the cached vocabulary
     for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):  # restored after the load
         assert variable not in os.environ
+
+
+def test_a_video_latent_is_refused_naming_the_latent(host, clip_guidance):
+    """A 5-D (video) latent reaches the guidance's run start (before any model call): refused naming the latent
+    and the shape, instead of a convolution's message from inside the decoder."""
+    prompt = graphs.base()
+    prompt["v"] = {"class_type": "EmptyHunyuanLatentVideo", "inputs": {"width": 64, "height": 64, "length": 5,
+                                                                        "batch_size": 1}}
+    add_branch(prompt, "x", VIT, guidance_inputs(cutouts=0), steps=2, latent=["v", 0])
+    _, server = host.run(prompt, expect_success=False)
+    message = host.node_error(server)
+    assert message.startswith("latent: CLIP Semantic Guidance works on image latents [batch, channels, height, "
+                              "width]; this sampler's latent has shape (1, "), message
+    assert message.endswith("(a video latent)"), message
