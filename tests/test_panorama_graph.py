@@ -372,7 +372,8 @@ def test_an_interrupt_mid_step_ends_the_prompt_before_the_next_window_batch(host
     1, no gradient), then the gradient passes in batches of 2: the first pass's window batch is two calls, the
     one-time probe that the model has a backward (call 2) and the batch itself (call 3); the flag is seen before
     the batch's decode and backward. Then the plain pass in batches of 2 (calls 5-7). After the flag at most the
-    rest of the window batch in flight runs (the probed batch's own call), never another batch."""
+    rest of the window batch in flight runs (the probed batch's own call), never another batch, and no sync loss
+    (decode, LPIPS, backward) is computed after the flag."""
     import comfy.model_management
     import comfy.samplers
     calls = []
@@ -386,6 +387,15 @@ def test_an_interrupt_mid_step_ends_the_prompt_before_the_next_window_batch(host
         return out
 
     monkeypatch.setattr(comfy.samplers, "calc_cond_batch", counting)
+    distance_class = harness.loaded_module(f"{harness.PACK_NAME}.nodes.lpips_model").LPIPSDistance
+    losses = []  # the sync loss (decode -> LPIPS -> backward) of each gradient batch: the flag when it ran
+    original_distance = distance_class.__call__
+
+    def distance(self, *args, **kwargs):
+        losses.append(comfy.model_management.processing_interrupted())
+        return original_distance(self, *args, **kwargs)
+
+    monkeypatch.setattr(distance_class, "__call__", distance)
     prompt = graphs.base()
     add_panorama(prompt, "10", "x", steps=3, sync_steps=2, window_batch=2, sync_batch=2)
     try:
@@ -396,6 +406,8 @@ def test_an_interrupt_mid_step_ends_the_prompt_before_the_next_window_batch(host
     in_flight = 1 if interrupt_at == 2 else 0  # the probed window batch's own call
     assert len(calls) == interrupt_at + in_flight, calls
     assert calls.count(True) == in_flight
+    assert not any(losses)  # no decode / LPIPS / backward after the flag either
+    assert len(losses) == {2: 0, 3: 0, 4: 1, 6: 2}[interrupt_at]  # the gradient batches that ran before the flag
 
 
 def test_a_nan_noise_mask_is_refused_by_the_sampler_form(host):
