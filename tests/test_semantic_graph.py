@@ -562,4 +562,4 @@ def test_a_video_latent_is_refused_naming_the_latent(host, clip_guidance):
     message = host.node_error(server)
     assert message.startswith("latent: CLIP Semantic Guidance works on image latents [batch, channels, height, "
                               "width]; this sampler's latent has shape (1, "), message
-    assert message.endswith("(a video latent)"), message
+    assert message.rstrip().endswith("(a video latent)"), message
