@@ -115,6 +115,7 @@ def gradop_sampler(config: GradOPConfig) -> comfy.samplers.KSAMPLER:
     config.validate()
 
     def sample(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        host.check_finite_mask((extra_args or {}).get("denoise_mask"), "noise_mask (of the sampler's latent)")
         base_model = model.inner_model.inner_model
         latent_format = base_model.latent_format
         flow = isinstance(base_model.model_sampling, comfy.model_sampling.CONST)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 import math
 from typing import Callable
 
@@ -67,16 +68,87 @@ def _input_specs(node_class) -> dict[str, tuple]:
     return out
 
 
+EXPECTED_TYPES = {"BOOLEAN": "a boolean (true or false)", "INT": "a whole number", "FLOAT": "a number"}
+
+
+def _described(value) -> str:
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, bool):
+        return f"the boolean {'true' if value else 'false'}"
+    return f"{type(value).__name__} {value!r}"
+
+
+def wrong_type(name: str, kind, value) -> str | None:
+    """The message for a BOOLEAN / INT / FLOAT widget value of the wrong type (a string "false", a boolean for a
+    number, a fraction for a whole number), naming the input and the type it takes; None when the type is right.
+    ComfyUI converts such values with ``bool()`` / ``int()`` / ``float()``, so "false" would count as true."""
+    if kind not in EXPECTED_TYPES:
+        return None
+    if kind == "BOOLEAN":
+        right = isinstance(value, bool)
+    elif isinstance(value, bool):
+        right = False
+    elif kind == "INT":
+        right = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    else:
+        right = isinstance(value, (int, float))
+    return None if right else f"{name}: expected {EXPECTED_TYPES[kind]}, got {_described(value)}"
+
+
+class RefusedValue(str):
+    """A widget value of the wrong type, left in a prompt by :func:`check_prompt_types` for ComfyUI's own
+    validation: converting it to the widget's type raises the message naming the input, so the prompt is refused
+    before it runs (as a value ComfyUI cannot convert). It stays a string for the server's JSON error reply."""
+
+    def __new__(cls, value, message: str):
+        refused = super().__new__(cls, value if isinstance(value, str) else json.dumps(value))
+        refused.message = message
+        return refused
+
+    def _refuse(self, *args):
+        raise ValueError(self.message)
+
+    __bool__ = __int__ = __float__ = __index__ = _refuse
+
+
+def check_prompt_types(json_data: dict, node_classes: dict) -> dict:
+    """The server's on-prompt hook (POST /prompt, before validation): every BOOLEAN, INT or FLOAT widget value of
+    the pack's nodes (``node_classes``: class_type -> class) sent with the wrong type becomes a
+    :class:`RefusedValue`, so validation refuses the prompt naming the input. Other values are left alone."""
+    prompt = json_data.get("prompt") if isinstance(json_data, dict) else None
+    if not isinstance(prompt, dict):
+        return json_data
+    for node in prompt.values():
+        node_class = node_classes.get(node.get("class_type")) if isinstance(node, dict) else None
+        inputs = node.get("inputs") if node_class is not None else None
+        if not isinstance(inputs, dict):
+            continue
+        for name, (kind, _) in _input_specs(node_class).items():
+            value = inputs.get(name)
+            if isinstance(value, dict) and "__value__" in value:
+                value = value["__value__"]
+            if value is None or isinstance(value, list):
+                continue  # absent, or a link
+            message = wrong_type(name, kind, value)
+            if message is not None:
+                inputs[name] = RefusedValue(value, message)
+    return json_data
+
+
 def check_widget_values(node_class, values: dict) -> None:
     """What the host does not check for V3 nodes: a Combo value must be one of its options (an API call or a
-    hand-edited workflow can send anything), and a FLOAT must be finite (JSON allows NaN). The error names
-    the input and lists what is accepted."""
+    hand-edited workflow can send anything), a BOOLEAN / INT / FLOAT value must have its type, and a FLOAT must be
+    finite (JSON allows NaN). The error names the input and lists what is accepted."""
     for name, (kind, options) in _input_specs(node_class).items():
         if name not in values or values[name] is None:
             continue
         value = values[name]
         if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str):
             continue  # a link, resolved by the executor
+        message = wrong_type(name, kind, value)
+        if message is not None:
+            raise ValueError(message)
         choices = kind if isinstance(kind, list) else options.get("options") if kind == "COMBO" else None
         if choices is not None and value not in choices:
             raise ValueError(f"{name}: {value!r} is not one of the accepted values: {', '.join(map(str, choices))}")
@@ -139,8 +211,23 @@ def image_to_rgb(image: torch.Tensor, name: str = "image") -> torch.Tensor:
     raise ValueError(f"{name} has {channels} channels; expected 1 (grey), 3 (RGB) or 4 (RGBA)")
 
 
+def check_finite_mask(mask: torch.Tensor | None, name: str) -> None:
+    """A mask with NaN or infinite values (a NaN would turn the result into NaN silently) is refused by name."""
+    if mask is not None and not bool(torch.isfinite(mask).all()):
+        raise ValueError(f"{name}: it has NaN or infinite values; a mask holds weights from 0 to 1")
+
+
+def check_image_latent(shape: tuple, method: str) -> None:
+    """``method`` works on image latents [batch, channels, height, width]; a video (5-D) or other latent is refused
+    before any work, naming the latent."""
+    if len(shape) != 4:
+        raise ValueError(f"latent: {method} works on image latents [batch, channels, height, width]; this sampler's "
+                         f"latent has shape {tuple(shape)}" + (" (a video latent)" if len(shape) == 5 else ""))
+
+
 def mask_to_batch(mask: torch.Tensor, name: str = "mask") -> torch.Tensor:
-    """MASK [H,W] or [B,H,W] (or [B,1,H,W]) -> [B,H,W]."""
+    """MASK [H,W] or [B,H,W] (or [B,1,H,W]) -> [B,H,W]; NaN or infinite values are refused."""
+    check_finite_mask(mask, name)
     if mask.ndim == 2:
         return mask.unsqueeze(0)
     if mask.ndim == 4 and mask.shape[1] == 1:

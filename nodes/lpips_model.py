@@ -4,11 +4,14 @@
 The pack never does: it builds the network with ``pnet_rand=True`` (no download; the calibration layers
 still come from the wheel) and loads the trunk's state dict itself from ``models/lpips/`` or from the torch
 hub cache (``$TORCH_HOME/hub/checkpoints``, the file torchvision would have downloaded). No file: a clear
-error naming the file and the folder. The model is pack-owned, built outside inference mode, frozen.
+error naming the file and the folder. The model is pack-owned, built outside inference mode, frozen, and built
+once: later runs with the same net and file reuse it (:func:`load_lpips`).
 """
 from __future__ import annotations
 
+import copy
 import os
+import pickle
 
 import torch
 
@@ -57,8 +60,39 @@ def trunk_file(net: str) -> str:
                      f"$TORCH_HOME/hub/checkpoints/")
 
 
+def _shown(path: str) -> str:
+    """A trunk file as the user knows it: models/lpips/<name> or the hub cache's file name (no server path)."""
+    name = os.path.basename(path)
+    try:
+        if name in folder_paths.get_filename_list(FOLDER):
+            return f"models/{FOLDER}/{name}"
+    except KeyError:
+        pass
+    return f"$TORCH_HOME/hub/checkpoints/{name}"
+
+
+def _read_trunk(path: str, net: str) -> dict:
+    """The file's tensors; a junk, empty, truncated or pickle-needing file is refused by name."""
+    shown = _shown(path)
+    expected = f"use torchvision's {HUB_FILES[net]} or its 'features' state dict (.pth or .safetensors)"
+    try:
+        state = comfy.utils.load_torch_file(path, safe_load=True)
+    except pickle.UnpicklingError as error:
+        if "global" in str(error).lower():  # a class or function the weights-only unpickler refuses
+            raise ValueError(f"lpips_net '{net}': {shown} needs full unpickling (it holds Python objects, not only "
+                             f"tensors), which can run arbitrary code, so it is not loaded; {expected}") from None
+        raise ValueError(f"lpips_net '{net}': {shown} is not a readable weights file (empty, truncated or not a "
+                         f"checkpoint); {expected}") from None
+    except Exception:
+        raise ValueError(f"lpips_net '{net}': {shown} is not a readable weights file (empty, truncated or not a "
+                         f"checkpoint); {expected}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"lpips_net '{net}': {shown} does not hold a state dict (names -> tensors); {expected}")
+    return state
+
+
 def _load_trunk(model, path: str, net: str) -> None:
-    state = comfy.utils.load_torch_file(path, safe_load=True)
+    state = _read_trunk(path, net)
     slices = {}  # torchvision features index -> the LPIPS slice holding it
     for slice_name, block in model.net.named_children():
         for index, _ in block.named_children():
@@ -82,18 +116,44 @@ def _load_trunk(model, path: str, net: str) -> None:
                          f"({str(error).splitlines()[0][:200]})") from None
 
 
-def load_lpips(net: str = "vgg", device=None):
-    """A frozen, pack-owned ``lpips.LPIPS(net)`` with trunk weights from disk (:func:`trunk_file`)."""
+# The last network built, on the CPU, frozen and never changed: (net, file, its size and time, dtype) -> model.
+# Building LPIPS constructs a whole torchvision network (VGG16: 138 M parameters initialised, seconds), so a
+# sync run reuses it; one entry at most, replaced when another net or file is asked for (release_lpips frees it).
+_BUILT: dict = {}
+
+
+def release_lpips() -> None:
+    """Forget the cached LPIPS network (its memory is freed once no run holds it)."""
+    _BUILT.clear()
+
+
+def _build(net: str, path: str):
     import lpips
 
+    model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
+    _load_trunk(model, path, net)
+    model.requires_grad_(False)
+    model.eval()
+    return model.to(dtype=torch.float32)
+
+
+def load_lpips(net: str = "vgg", device=None):
+    """A frozen, pack-owned ``lpips.LPIPS(net)`` with trunk weights from disk (:func:`trunk_file`), on ``device``.
+
+    Built once per (net, file, dtype) and kept on the CPU; a run on the CPU shares it (nothing changes it), a run
+    on another device gets its own copy there, released with the run."""
     path = trunk_file(net)
-    device = device or comfy.model_management.get_torch_device()
+    device = torch.device(device or comfy.model_management.get_torch_device())
+    stat = os.stat(path)
+    key = (net, os.path.realpath(path), stat.st_size, stat.st_mtime_ns, torch.float32)
     with gradients.grad_enabled():
-        model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
-        _load_trunk(model, path, net)
-        model.requires_grad_(False)
-        model.eval()
-        model.to(device=device, dtype=torch.float32)
+        model = _BUILT.get(key)
+        if model is None:
+            _BUILT.clear()  # a single entry: the previous network goes before the next is built
+            model = _build(net, path)
+            _BUILT[key] = model
+        if device.type != "cpu":
+            model = copy.deepcopy(model).to(device=device)
     return model
 
 

@@ -223,6 +223,7 @@ class TiledModel:
                 return self._denoiser(xs, s, call_args)
 
         def decode(x0):
+            host.check_interrupt()  # between a window group's UNet pass and its decode / LPIPS / backward
             return self._decoder.decode_model_space(x0, self._latent_format, clamp=True)
 
         def gradient(loss_fn, inputs):
@@ -245,6 +246,7 @@ def panorama_sampler(config: PanoramaConfig) -> comfy.samplers.KSAMPLER:
 
     def sample(model, x, sigmas, extra_args=None, callback=None, disable=None):
         extra_args = dict(extra_args or {})
+        host.check_finite_mask(extra_args.get("denoise_mask"), "noise_mask (of the sampler's latent)")
         base_model = model.inner_model.inner_model
         latent_format = base_model.latent_format
         flow = isinstance(base_model.model_sampling, comfy.model_sampling.CONST)
@@ -311,7 +313,9 @@ def seamless_decode(vae, latent: torch.Tensor, tile: int, overlap: int, circular
     """Decode a raw latent [B,C,H,W] in tiles of ``tile`` latent cells blended over ``overlap`` cells
     (``panorama.tiles`` / ``blend_weights``); ``circular`` pads ``overlap`` wrapped columns on each side
     first and crops them after, so the left and right edges are decoded as neighbours (360 degrees)."""
-    pad = max(overlap, 1) if circular else 0
+    # at most the latent's width: the wrapped padding cannot be wider than the latent, and the crop below
+    # removes exactly what was padded (an overlap wider than the latent would otherwise crop the image itself)
+    pad = min(max(overlap, 1), latent.shape[-1]) if circular else 0
     z = panorama.circular_pad(latent, pad) if circular else latent
     height, width = z.shape[-2:]
     rows, cols = panorama.tiles(height, tile, overlap), panorama.tiles(width, tile, overlap)

@@ -171,6 +171,7 @@ def _guide_latent(image, vae, latent, mask) -> tuple[torch.Tensor, torch.Tensor 
 
     if mask is None:
         noise_mask = latent.get("noise_mask") if latent is not None else None
+        host.check_finite_mask(noise_mask, "latent: its noise_mask")
         return samples, noise_mask
     mask = host.mask_to_batch(mask, "mask")
     checks.check_mask_size(tuple(mask.shape[1:]), pixel_hw, "mask", "image" if image is not None else "latent (x8)")

@@ -10,9 +10,12 @@ itself.
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import importlib.util
 import json
 import logging
+import math
 import os
 import pickle
 import re
@@ -130,14 +133,15 @@ class OpenCLIP:
         return self
 
     @classmethod
-    def wrap(cls, model: torch.nn.Module, name: str, precision: str = "auto") -> "OpenCLIP":
-        """Freeze ``model`` (built outside inference mode) in the chosen precision."""
+    def wrap(cls, model: torch.nn.Module, name: str, precision: str = "auto", tokenizer=None) -> "OpenCLIP":
+        """Freeze ``model`` (built outside inference mode) in the chosen precision; ``tokenizer`` None: open_clip's
+        for ``name``."""
         dtype = _clip_dtype(precision, comfy.model_management.get_torch_device())
         with torch.inference_mode(False):
             model.requires_grad_(False)
             model.eval()
             model.to(dtype=dtype)
-        return cls(model, _open_clip().get_tokenizer(name), name, dtype)
+        return cls(model, tokenizer if tokenizer is not None else _open_clip().get_tokenizer(name), name, dtype)
 
     @property
     def device(self) -> torch.device:
@@ -172,6 +176,14 @@ class OpenCLIP:
 # ----------------------------------------------------------------------------------------------
 # Loading
 
+HUB_OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
+# text_cfg entries that name a Hugging Face Hub repository, and what the loader takes from it
+HUB_SOURCES = (("hf_tokenizer_name", "tokenizer"), ("hf_model_name", "text tower configuration"))
+# tensors load_checkpoint fills or resizes itself (so their absence or another length is not a mismatch)
+RESIZED = ("positional_embedding", "visual.positional_embedding", "text.positional_embedding")
+FILLED = ("logit_bias",)
+DROPPED = ("text.transformer.embeddings.position_ids",)
+
 
 def _folder_hint() -> str:
     return f"models/{FOLDER}"
@@ -180,6 +192,256 @@ def _folder_hint() -> str:
 def _expected_file(architecture: str) -> str:
     return (f"an open_clip checkpoint for {architecture} (e.g. open_clip_model.safetensors from the Hugging Face "
             f"repository of an open_clip {architecture} model, renamed as you like)")
+
+
+@contextlib.contextmanager
+def hub_offline():
+    """The Hugging Face libraries offline for the duration (the variables they read, and huggingface_hub's own
+    flag, which it reads from the environment once at import), restored afterwards."""
+    saved = {name: os.environ.get(name) for name in HUB_OFFLINE_VARIABLES}
+    constants = sys.modules.get("huggingface_hub.constants")
+    saved_flag = getattr(constants, "HF_HUB_OFFLINE", None)
+    os.environ.update({name: "1" for name in HUB_OFFLINE_VARIABLES})
+    if constants is not None:
+        constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        if constants is not None:
+            constants.HF_HUB_OFFLINE = saved_flag
+
+
+def _hub_caches() -> list[str]:
+    """Where a hub repository may already be: the Hugging Face cache, and models/clip_guidance (the cache the
+    loader downloads into)."""
+    caches = []
+    constants = sys.modules.get("huggingface_hub.constants")
+    if constants is not None:
+        caches.append(constants.HF_HUB_CACHE)
+    else:
+        home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
+        caches.append(os.environ.get("HF_HUB_CACHE") or os.path.join(home, "hub"))
+    return caches + list(folder_paths.get_folder_paths(FOLDER))
+
+
+def cached_hub_folder(repo: str) -> str | None:
+    """The local snapshot folder of hub repository ``repo`` (files only: no hub call, no token), or None."""
+    if os.path.isdir(repo):
+        return repo
+    for cache in _hub_caches():
+        root = os.path.join(cache, "models--" + repo.replace("/", "--"))
+        snapshots = os.path.join(root, "snapshots")
+        if not os.path.isdir(snapshots):
+            continue
+        try:
+            with open(os.path.join(root, "refs", "main"), encoding="utf-8") as ref:
+                candidates = [ref.read().strip()]
+        except OSError:
+            candidates = sorted(os.listdir(snapshots))
+        for name in candidates:
+            folder = os.path.join(snapshots, name)
+            if os.path.isdir(folder) and os.listdir(folder):
+                return folder
+    return None
+
+
+def offline_config(architecture: str) -> dict:
+    """``architecture``'s open_clip config with every hub repository it names replaced by its local snapshot
+    folder; a clear error when one is not cached (download is off, so the loader never asks the hub)."""
+    config = copy.deepcopy(_open_clip().get_model_config(architecture))
+    text = config.setdefault("text_cfg", {})
+    missing = []
+    for key, what in HUB_SOURCES:
+        repo = text.get(key)
+        if not repo:
+            continue
+        folder = cached_hub_folder(repo)
+        if folder is None:
+            missing.append(f"its {what} ({repo})")
+        else:
+            text[key] = folder
+    if not text.get("hf_tokenizer_name") and "siglip" in architecture.lower():
+        missing.append("its SigLIP sentencepiece vocabulary (open_clip fetches it from the web)")
+    if missing:
+        raise ValueError(f"architecture: {architecture} needs {' and '.join(missing)} from the Hugging Face Hub, "
+                         f"which is not in the local cache, and download is off, so the pack does not fetch it: "
+                         f"switch download on once (it is cached for later offline runs), or choose an "
+                         f"architecture with open_clip's own text tower (e.g. ViT-B-32, ViT-L-14, RN50, coca_ViT-B-32)")
+    return config
+
+
+def _tokenizer(architecture: str, config: dict):
+    """open_clip's tokenizer for ``architecture``, built from ``config`` (local hub folders, see
+    :func:`offline_config`) instead of open_clip's look-up by name."""
+    open_clip = _open_clip()
+    text = config.get("text_cfg", {})
+    if text.get("hf_tokenizer_name"):
+        from open_clip.tokenizer import DEFAULT_CONTEXT_LENGTH, HFTokenizer
+        return HFTokenizer(text["hf_tokenizer_name"], context_length=text.get("context_length", DEFAULT_CONTEXT_LENGTH),
+                           tokenizer_mode=text.get("tokenizer_mode"), **text.get("tokenizer_kwargs", {}))
+    return open_clip.get_tokenizer(architecture)
+
+
+def _create(architecture: str, config: dict, device: str = "cpu") -> torch.nn.Module:
+    """The architecture from ``config``, no weights fetched (pretrained towers off)."""
+    text = dict(config.get("text_cfg", {}))
+    if "hf_model_name" in text:
+        text["hf_model_pretrained"] = False
+    return _open_clip().create_model(architecture, pretrained=None, pretrained_image=False, pretrained_text=False,
+                                     device=device, text_cfg=text, vision_cfg=dict(config.get("vision_cfg", {})))
+
+
+def _shown(checkpoint: str) -> str:
+    return f"{_folder_hint()}/{checkpoint}"
+
+
+def _read_checkpoint(path: str, checkpoint: str, architecture: str) -> dict:
+    """The checkpoint's tensors as an open_clip state dict {name: tensor}; safetensors files by their header
+    only (the tensors are read later, once the names and shapes fit). Clear errors for junk, empty, truncated
+    and pickle-needing files."""
+    shown = _shown(checkpoint)
+    if path.lower().endswith((".safetensors", ".sft")):
+        from safetensors import safe_open
+        try:
+            with safe_open(path, framework="pt") as file:
+                state = {key: _SafetensorsEntry(path, key, tuple(file.get_slice(key).get_shape()))
+                         for key in file.keys()}
+        except Exception as error:
+            first = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
+            raise ValueError(f"checkpoint: {shown} is not a readable safetensors file ({first}): it is empty, "
+                             f"truncated or not safetensors; put {_expected_file(architecture)} there") from None
+    else:
+        loaded = None
+        for mmap in (True, False):  # the legacy (non-zip) format cannot be memory-mapped
+            try:
+                loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+                break
+            except pickle.UnpicklingError as error:
+                if "global" in str(error).lower():  # a class or function the weights-only unpickler refuses
+                    raise ValueError(f"checkpoint: {shown} needs full unpickling (it holds Python objects, not "
+                                     f"only tensors), which can run arbitrary code; convert it to safetensors or "
+                                     f"use a weights-only open_clip file") from None
+                failure = error
+            except Exception as error:
+                failure = error
+        if loaded is None:
+            raise ValueError(f"checkpoint: {shown} is not a readable torch file ({type(failure).__name__}): it is "
+                             f"empty, truncated or not a checkpoint; use safetensors or an open_clip .bin/.pt") from None
+        if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
+            loaded = loaded["state_dict"]
+        if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+            raise ValueError(f"checkpoint: {shown} does not hold a state dict (names -> tensors, or one under "
+                             f"'state_dict'); use an open_clip checkpoint")
+        state = loaded
+    if not state:
+        raise ValueError(f"checkpoint: {shown} holds no tensors (an empty state dict); put "
+                         f"{_expected_file(architecture)} there")
+    if next(iter(state)).startswith("module"):  # saved from DataParallel (as open_clip's own loader strips it)
+        state = {key[7:]: value for key, value in state.items()}
+    return state
+
+
+class _SafetensorsEntry:
+    """A tensor of a safetensors file known by its shape until it is read."""
+
+    def __init__(self, path: str, key: str, shape: tuple):
+        self.path, self.key, self.shape = path, key, shape
+
+
+def _materialise(state: dict) -> dict:
+    paths = {entry.path for entry in state.values() if isinstance(entry, _SafetensorsEntry)}
+    if not paths:
+        return state
+    from safetensors.torch import load_file
+    tensors = {}
+    for path in paths:
+        tensors[path] = load_file(path, device="cpu")
+    return {key: tensors[entry.path][entry.key] if isinstance(entry, _SafetensorsEntry) else entry
+            for key, entry in state.items()}
+
+
+def _dims(shape) -> str:
+    return "[" + ",".join(str(int(v)) for v in shape) + "]"
+
+
+def _listed(keys, limit: int = 3) -> str:
+    keys = list(keys)
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def checkpoint_mismatch(architecture: str, expected: dict, state: dict) -> str | None:
+    """What keeps ``state`` (name -> tensor or entry with a shape) from loading into ``architecture`` whose
+    tensors are ``expected`` (name -> shape), after the conversions open_clip's ``load_checkpoint`` makes; None
+    when it fits."""
+    shapes = {key: tuple(value.shape) for key, value in state.items()}
+    if any(key.startswith("image_encoder.") for key in shapes):
+        return None  # Apple MobileCLIP's own layout: open_clip converts it while loading
+    if "positional_embedding" in shapes and "positional_embedding" not in expected and "text_projection" in shapes:
+        shapes = {("text." + key if key.split(".")[0] in ("text_projection", "positional_embedding",
+                                                           "token_embedding", "transformer", "ln_final") else key): v
+                  for key, v in shapes.items()}
+    for key in DROPPED:
+        if key not in expected:
+            shapes.pop(key, None)
+    order = {key: index for index, key in enumerate(expected)}
+    missing = [key for key in expected if key not in shapes and key not in FILLED]
+    unexpected = [key for key in shapes if key not in expected]
+    differ = [key for key in shapes if key in expected and key not in RESIZED
+              and tuple(expected[key]) != shapes[key]
+              and not (key.startswith("logit_") and math.prod(expected[key]) == math.prod(shapes[key]))]
+    if not missing and not unexpected and not differ:
+        return None
+    if len(unexpected) == len(shapes):
+        return (f"none of its {len(shapes)} tensors is a tensor of {architecture} (it has {_listed(unexpected, 2)}; "
+                f"{architecture} has {_listed(expected, 2)}): it is not an open_clip checkpoint of this "
+                f"architecture")
+    parts = []
+    if differ:  # an image-tower weight of most dimensions first (the patch or stem convolution: most telling)
+        key = min(differ, key=lambda k: (not k.startswith("visual."), -len(expected[k]), order[k]))
+        parts.append(f"{len(differ)} tensor shape{'s' if len(differ) > 1 else ''} differ (the file has {key} "
+                     f"{_dims(shapes[key])}, {architecture} expects {_dims(expected[key])})")
+    if missing:
+        parts.append(f"{len(missing)} of the {len(expected)} tensors of {architecture} are missing "
+                     f"({_listed(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} tensor{'s' if len(unexpected) > 1 else ''} that {architecture} does not "
+                     f"have ({_listed(unexpected)})")
+    return "; ".join(parts)
+
+
+def _expected_shapes(architecture: str, config: dict) -> dict:
+    """Tensor names and shapes of ``architecture``, from a model built on the meta device (no memory, no
+    weights initialised)."""
+    with torch.device("meta"):
+        model = _create(architecture, config, device="meta")
+    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
+
+
+def _load_weights(model: torch.nn.Module, state: dict) -> None:
+    """open_clip's ``load_checkpoint`` steps on an already read state dict (strict)."""
+    from open_clip.convert import convert_state_dict
+    from open_clip.model import convert_to_custom_text_state_dict, resize_pos_embed, resize_text_pos_embed
+    state = convert_state_dict(model, dict(state))
+    if "positional_embedding" in state and not hasattr(model, "positional_embedding"):
+        state = convert_to_custom_text_state_dict(state)
+    for name in ("logit_scale", "logit_bias"):
+        current = getattr(model, name, None)
+        if name in state and current is not None and current.ndim != state[name].ndim:
+            state[name] = state[name].reshape(current.shape)
+    if "logit_bias" not in state and getattr(model, "logit_bias", None) is not None:
+        state["logit_bias"] = torch.zeros_like(model.logit_bias)
+    for key in DROPPED:
+        if key in state and key not in model.state_dict():
+            del state[key]
+    resize_pos_embed(state, model)
+    resize_text_pos_embed(state, model)
+    model.load_state_dict(state, strict=True)
 
 
 def load_open_clip(architecture: str, checkpoint: str, precision: str, download: bool = False,
@@ -201,27 +463,29 @@ def load_open_clip(architecture: str, checkpoint: str, precision: str, download:
             cache = folder_paths.get_folder_paths(FOLDER)[0]
             try:
                 model = open_clip.create_model(architecture, pretrained=pretrained, cache_dir=cache)
+                tokenizer = open_clip.get_tokenizer(architecture)
             except Exception as error:
                 why = f"{type(error).__name__}: {str(error).splitlines()[0][:160]}" if str(error) else type(error).__name__
                 raise ValueError(f"download: could not get {architecture}/{pretrained} ({why}); put {_expected_file(architecture)} "
                                  f"into {_folder_hint()} and switch download off") from None
-        else:
-            path = _checkpoint_path(architecture, checkpoint)
-            model = open_clip.create_model(architecture, pretrained=None)
+            return OpenCLIP.wrap(model, architecture, precision, tokenizer)
+        path = _checkpoint_path(architecture, checkpoint)
+        with hub_offline():
+            state = _read_checkpoint(path, checkpoint, architecture)  # the file first: no architecture is built for a bad one
+            config = offline_config(architecture)
+            mismatch = checkpoint_mismatch(architecture, _expected_shapes(architecture, config), state)
+            if mismatch is not None:
+                raise ValueError(f"checkpoint: {_shown(checkpoint)} does not fit the architecture {architecture}: "
+                                 f"{mismatch}; choose the architecture it was saved from")
+            model = _create(architecture, config)
             try:
-                open_clip.load_checkpoint(model, path, strict=True, weights_only=True)
-            except pickle.UnpicklingError:
-                raise ValueError(f"checkpoint: {_folder_hint()}/{checkpoint} needs full unpickling (it holds Python "
-                                 f"objects, not only tensors), which can run arbitrary code; convert it to "
-                                 f"safetensors or use a weights-only open_clip file") from None
-            except RuntimeError as error:
+                _load_weights(model, _materialise(state))
+            except (RuntimeError, ValueError) as error:
                 first = str(error).splitlines()[0][:200]
-                raise ValueError(f"checkpoint: {_folder_hint()}/{checkpoint} does not fit the architecture "
+                raise ValueError(f"checkpoint: {_shown(checkpoint)} does not fit the architecture "
                                  f"{architecture} ({first}); choose the architecture it was saved from") from None
-            except Exception as error:
-                raise ValueError(f"checkpoint: {_folder_hint()}/{checkpoint} is not a readable open_clip checkpoint "
-                                 f"({type(error).__name__})") from None
-    return OpenCLIP.wrap(model, architecture, precision)
+            tokenizer = _tokenizer(architecture, config)
+    return OpenCLIP.wrap(model, architecture, precision, tokenizer)
 
 
 def _checkpoint_path(architecture: str, checkpoint: str) -> str:
@@ -362,6 +626,7 @@ class SemanticGuidance:
 
     def begin(self, latent_format, shape: tuple, sigmas: torch.Tensor, flow: bool = False) -> None:
         """Build the run's state for latents of ``shape``; ``flow``: the model is a flow (CONST) model."""
+        host.check_image_latent(shape, "CLIP Semantic Guidance")
         self.end()
         run = _Run(sigmas, semantic.gated_indices(sigmas, self.sigma_start, self.sigma_end, self.every))
         run.flow = bool(flow)

@@ -113,6 +113,7 @@ class WindowConditioning:
         key = id(entry)
         if key not in self._weights:
             self._remember(entry)
+            self._check_area(entry)
             probe = {k: v for k, v in entry.items() if k in ("area", "mask", "mask_strength", "strength", "uuid")}
             probe["model_conds"] = {}
             probe.setdefault("uuid", None)
@@ -128,6 +129,20 @@ class WindowConditioning:
                 weights[:, top:top + height, left:left + width] = found.mult[:, 0]
             self._weights[key] = weights
         return self._weights[key]
+
+    def _check_area(self, entry: dict) -> None:
+        """An area conditioning that starts outside the canvas (ComfyUI would fail with a tensor ``narrow`` error)
+        is refused with the area and the canvas in pixels."""
+        area = entry.get("area")
+        if area is None or len(area) < 4 or isinstance(area[0], str):
+            return
+        height, width, top, left = (int(v) for v in (area[0], area[1], area[-2], area[-1]))
+        if top >= self._height or left >= self._width or top < 0 or left < 0 or height <= 0 or width <= 0:
+            px = self._latent_px
+            raise ValueError(f"conditioning area: {width * px}x{height * px} px at x={left * px}, y={top * px} lies "
+                             f"outside the panorama canvas ({self._width * px}x{self._height * px} px, width x "
+                             f"height); ConditioningSetArea's x and y must be inside the canvas (x < "
+                             f"{self._width * px}, y < {self._height * px})")
 
     def _window_adm(self, entry: dict) -> torch.Tensor:
         key = id(entry)

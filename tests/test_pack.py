@@ -25,6 +25,58 @@ def test_every_node_is_prefixed_categorised_described_and_every_input_has_a_tool
         assert host.nodes.NODE_CLASS_MAPPINGS[schema.node_id] is not None
 
 
+def type_check_prompts() -> dict:
+    """(pack node id -> (prompt, the wrong-typed input, the message)); each prompt is otherwise valid."""
+    base = {"1": {"class_type": "GS_TestTinyCheckpoint", "inputs": {"kind": "sd15", "seed": 0}},
+            "6": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 32, "batch_size": 1}}}
+    loader = {"architecture": "GS-Test-Tiny-ViT", "checkpoint": "gs_tiny_vit.safetensors", "precision": "fp32",
+              "pretrained": "laion2b_s34b_b79k"}
+    decode = {"samples": ["6", 0], "vae": ["1", 2], "tile_size": 64, "overlap": 16}
+    return {
+        "download": ({**base, "9": {"class_type": "GS_OpenCLIPLoader", "inputs": {**loader, "download": "false"}},
+                      "10": {"class_type": "GS_TestOpenCLIPProbe", "inputs": {"clip_model": ["9", 0]}}},
+                     "download: expected a boolean (true or false), got the string 'false'"),
+        "circular": ({**base, "9": {"class_type": "GS_SeamlessDecode", "inputs": {**decode, "circular": "false"}},
+                      "10": {"class_type": "GS_TestCapture", "inputs": {"key": "x", "image": ["9", 0]}}},
+                     "circular: expected a boolean (true or false), got the string 'false'"),
+        "tile_size": ({**base, "9": {"class_type": "GS_SeamlessDecode", "inputs": {**decode, "tile_size": "64",
+                                                                                    "circular": False}},
+                       "10": {"class_type": "GS_TestCapture", "inputs": {"key": "x", "image": ["9", 0]}}},
+                      "tile_size: expected a whole number, got the string '64'"),
+    }
+
+
+def test_wrong_typed_widget_values_are_refused_naming_the_input(host, clip_guidance, monkeypatch):
+    """ComfyUI converts widget values with bool()/int()/float() while validating ("false" -> True). The pack's
+    on-prompt check (installed into the server; applied here as POST /prompt applies it) refuses them at
+    validation, naming the input and its type; the node's own check refuses them in a direct call."""
+    import copy
+    extension = harness.loaded_module(f"{harness.PACK_NAME}.nodes.extension")
+    host_module = harness.loaded_module(f"{harness.PACK_NAME}.nodes.host")
+    check = extension.prompt_check(pack_nodes(host))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the control below must not download
+    prompts = type_check_prompts()
+    # without the check ComfyUI runs the loader with download "false" converted to True
+    result, server = host.run(copy.deepcopy(prompts["download"][0]), expect_success=False)
+    assert "validation_error" not in result
+    assert host.node_error(server).startswith("pretrained: 'laion2b_s34b_b79k' is not a published tag")  # download-only
+    for name, (prompt, message) in prompts.items():
+        check({"prompt": prompt})
+        result, _ = host.run(prompt, expect_success=False)
+        assert "validation_error" in result, (name, result)
+        errors = result["node_errors"]["9"]["errors"]
+        assert [error["extra_info"]["input_name"] for error in errors] == [name], errors
+        assert message in errors[0]["details"], errors
+    semantic = harness.loaded_module(f"{harness.PACK_NAME}.nodes.semantic")
+    try:
+        host_module.check_widget_values(semantic.OpenCLIPLoader, {"download": "false"})
+    except ValueError as error:
+        assert str(error) == "download: expected a boolean (true or false), got the string 'false'"
+    else:
+        raise AssertionError("a string for a BOOLEAN input was accepted")
+    host_module.check_widget_values(semantic.OpenCLIPLoader, {"download": False, "precision": "fp32"})
+
+
 def test_pyproject_and_requirements_agree():
     project = tomllib.loads((harness.ROOT / "pyproject.toml").read_text())
     meta = project["project"]

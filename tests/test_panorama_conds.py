@@ -211,3 +211,21 @@ def test_sdxl_size_conditioning_is_the_windows(host):
         y = entries(call)[0]["y"]
         assert y.shape[0] == 1
         assert_close_across_paths(y[0], window_y[0].to(torch.float32), rtol=1e-5, why=PATHS)
+
+
+@pytest.mark.parametrize("x,y", [(WIDTH + 16, 0), (0, HEIGHT)], ids=["right-of", "below"])
+def test_an_area_outside_the_canvas_is_refused_naming_it(host, x, y):
+    """ConditioningSetArea placed beyond the canvas: refused with the area and the canvas in pixels (ComfyUI's
+    own sampler fails there with 'narrow(): length must be non-negative')."""
+    prompt = graphs.base()
+    prompt["40"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a tower"}}
+    prompt["41"] = {"class_type": "ConditioningSetArea", "inputs": {
+        "conditioning": ["40", 0], "width": 64, "height": 64, "x": x, "y": y, "strength": 1.0}}
+    prompt["45"] = {"class_type": "ConditioningCombine", "inputs": {"conditioning_1": ["2", 0],
+                                                                     "conditioning_2": ["41", 0]}}
+    add_panorama(prompt, "55", "pano", positive=["45", 0], width=WIDTH, height=HEIGHT, steps=1, scheduler="normal",
+                 window_size=WINDOW * 8, stride=STRIDE * 8, sync_weight=0.0, window_batch=3)
+    _, server = host.run(prompt, expect_success=False)
+    message = host.node_error(server)
+    assert message.startswith(f"conditioning area: 64x64 px at x={x}, y={y} lies outside the panorama canvas "
+                              f"({WIDTH}x{HEIGHT} px, width x height)"), message

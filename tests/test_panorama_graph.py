@@ -393,3 +393,146 @@ def test_config_checks_each_batch_size_and_accepts_the_smallest_stride(host):
     nodes_panorama.PanoramaConfig(vae=vae, stride=64, window_size=64).validate()
     with pytest.raises(ValueError, match="stride must be a positive multiple of 8"):
         nodes_panorama.PanoramaConfig(vae=vae, stride=4, window_size=64).validate()
+
+
+# --- bad inputs, interrupts and the LPIPS network's lifetime ------------------------------------------------
+
+
+@pytest.mark.parametrize("latent_width,overlap", [(32, 40), (16, 64)])
+def test_circular_seamless_decode_with_an_overlap_wider_than_the_latent_keeps_the_width(host, latent_width, overlap):
+    """The wrapped padding is clamped to the latent's width, and so is the crop: the image is as wide as the
+    plain decode's (before: 16 px instead of 32, and 0 px for a 16 px latent)."""
+    prompt = graphs.base()
+    prompt["4"] = {"class_type": "EmptyLatentImage", "inputs": {"width": latent_width, "height": 64, "batch_size": 1}}
+    prompt["6"] = {"class_type": "VAEDecode", "inputs": {"samples": ["4", 0], "vae": ["1", 2]}}
+    graphs.capture(prompt, "6c", "plain", image=["6", 0])
+    add_decode(prompt, "7", "circular", ["4", 0], tile_size=128, overlap=overlap, circular=True)
+    host.run(prompt)
+    plain, circular = captured()["plain"], captured()["circular"]
+    assert plain.shape == (1, 64, latent_width, 3)
+    assert circular.shape == plain.shape
+
+
+def lpips_folder(tmp_path, name: str, content: bytes | None = None, state=None):
+    """models/lpips holding one file (written raw, or a torch.save of ``state``); returns a cleanup function."""
+    import folder_paths
+    folder = tmp_path / "lpips_bad"
+    folder.mkdir(exist_ok=True)
+    if state is not None:
+        torch.save(state, str(folder / name))
+    else:
+        (folder / name).write_bytes(content)
+    folder_paths.add_model_folder_path("lpips", str(folder), is_default=True)
+    folder_paths.filename_list_cache.pop("lpips", None)
+
+    def cleanup():
+        folder_paths.folder_names_and_paths["lpips"][0].remove(str(folder))
+        folder_paths.filename_list_cache.pop("lpips", None)
+    return cleanup
+
+
+@pytest.mark.parametrize("name,kind", [("alex_bad.safetensors", "junk"), ("alex_bad.safetensors", "empty"),
+                                       ("alex_bad.safetensors", "truncated"), ("alex_bad.pth", "junk"),
+                                       ("alex_bad.pth", "pickle")])
+def test_a_bad_lpips_trunk_file_is_refused_naming_it(host, lpips_models, tmp_path, name, kind):
+    """A junk, empty or truncated trunk file, or a .pth that needs full unpickling, in models/lpips: refused naming
+    lpips_net, the file and what to use (the library's SafetensorError / UnpicklingError before)."""
+    good = lpips_models["alex"].read_bytes()
+    content = {"junk": b"not a weights file", "empty": b"", "truncated": good[: len(good) // 2]}.get(kind)
+    state = {"features.0.weight": torch.zeros(1), "extra": harness.PickleOnly()} if kind == "pickle" else None
+    cleanup = lpips_folder(tmp_path, name, content, state)
+    try:
+        prompt = graphs.base()
+        add_panorama(prompt, "10", "x", lpips_net="alex", steps=2, sync_steps=1)
+        _, server = host.run(prompt, expect_success=False)
+    finally:
+        cleanup()
+    message = host.node_error(server)
+    if kind == "pickle":
+        assert message.startswith(f"lpips_net 'alex': models/lpips/{name} needs full unpickling"), message
+    else:
+        assert message.startswith(f"lpips_net 'alex': models/lpips/{name} is not a readable weights file"), message
+    assert "alexnet-owt-7be5be79.pth" in message and str(tmp_path) not in message
+
+
+def test_the_lpips_network_is_built_once_across_runs(host, lpips_models, monkeypatch):
+    """Two synced runs (and a third with the other form) construct LPIPS once: the frozen network is reused."""
+    import lpips
+    lpips_module = harness.loaded_module(f"{harness.PACK_NAME}.nodes.lpips_model")
+    lpips_module.release_lpips()
+    built = []
+    original = lpips.LPIPS
+
+    def counting(*args, **kwargs):
+        built.append(kwargs.get("net"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(lpips, "LPIPS", counting)
+    for seed in (1, 2):
+        prompt = graphs.base()
+        add_panorama(prompt, "10", f"run{seed}", seed=seed, steps=2, sync_steps=1)
+        host.run(prompt)
+    prompt = graphs.base()
+    add_custom(prompt, "20", "custom", sampler_node(sync_steps=1), steps=2)
+    host.run(prompt)
+    assert built == ["vgg"]
+    assert not torch.equal(captured()["run1"], captured()["run2"])  # two real runs (different seeds)
+    prompt = graphs.base()
+    add_panorama(prompt, "10", "alex", lpips_net="alex", steps=2, sync_steps=1)
+    host.run(prompt)
+    assert built == ["vgg", "alex"]  # another net: built (and the cache holds one network at a time)
+
+
+@pytest.mark.parametrize("interrupt_at", [2, 3, 4, 6])
+def test_an_interrupt_mid_step_ends_the_prompt_before_the_next_window_batch(host, lpips_models, monkeypatch,
+                                                                          interrupt_at):
+    """The interrupt flag is set inside the N-th model call of the first (synced) step: 5 windows, anchor 2 (call
+    1, no gradient), then the gradient passes in batches of 2: the first pass's window batch is two calls, the
+    one-time probe that the model has a backward (call 2) and the batch itself (call 3); the flag is seen before
+    the batch's decode and backward. Then the plain pass in batches of 2 (calls 5-7). After the flag at most the
+    rest of the window batch in flight runs (the probed batch's own call), never another batch, and no sync loss
+    (decode, LPIPS, backward) is computed after the flag."""
+    import comfy.model_management
+    import comfy.samplers
+    calls = []
+    original = comfy.samplers.calc_cond_batch
+
+    def counting(*args, **kwargs):
+        calls.append(comfy.model_management.processing_interrupted())
+        out = original(*args, **kwargs)
+        if len(calls) == interrupt_at:
+            comfy.model_management.interrupt_current_processing(True)
+        return out
+
+    monkeypatch.setattr(comfy.samplers, "calc_cond_batch", counting)
+    distance_class = harness.loaded_module(f"{harness.PACK_NAME}.nodes.lpips_model").LPIPSDistance
+    losses = []  # the sync loss (decode -> LPIPS -> backward) of each gradient batch: the flag when it ran
+    original_distance = distance_class.__call__
+
+    def distance(self, *args, **kwargs):
+        losses.append(comfy.model_management.processing_interrupted())
+        return original_distance(self, *args, **kwargs)
+
+    monkeypatch.setattr(distance_class, "__call__", distance)
+    prompt = graphs.base()
+    add_panorama(prompt, "10", "x", steps=3, sync_steps=2, window_batch=2, sync_batch=2)
+    try:
+        result, server = host.run(prompt, expect_success=False)
+    finally:
+        comfy.model_management.interrupt_current_processing(False)
+    assert any(event == "execution_interrupted" for event, _ in server.messages)
+    in_flight = 1 if interrupt_at == 2 else 0  # the probed window batch's own call
+    assert len(calls) == interrupt_at + in_flight, calls
+    assert calls.count(True) == in_flight
+    assert not any(losses)  # no decode / LPIPS / backward after the flag either
+    assert len(losses) == {2: 0, 3: 0, 4: 1, 6: 2}[interrupt_at]  # the gradient batches that ran before the flag
+
+
+def test_a_nan_noise_mask_is_refused_by_the_sampler_form(host):
+    prompt = graphs.base()
+    add_custom(prompt, "20", "custom", sampler_node(sync_weight=0.0), steps=2)
+    prompt["21"] = {"class_type": "SolidMask", "inputs": {"value": float("nan"), "width": WIDTH, "height": HEIGHT}}
+    prompt["22"] = {"class_type": "SetLatentNoiseMask", "inputs": {"samples": ["20l", 0], "mask": ["21", 0]}}
+    prompt["20k"]["inputs"]["latent_image"] = ["22", 0]
+    _, server = host.run(prompt, expect_success=False)
+    assert host.node_error(server).startswith("noise_mask (of the sampler's latent): it has NaN or infinite values")

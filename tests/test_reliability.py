@@ -136,6 +136,36 @@ def panorama(**inputs) -> dict:
     return prompt
 
 
+def seamless(width=64, **inputs) -> dict:
+    prompt = graphs.base()
+    prompt["6"] = {"class_type": "EmptyLatentImage", "inputs": {"width": width, "height": 32, "batch_size": 1}}
+    prompt["9"] = {"class_type": "GS_SeamlessDecode", "inputs": {
+        "samples": ["6", 0], "vae": ["1", 2], "tile_size": 64, "overlap": 16, "circular": True, **inputs}}
+    graphs.capture(prompt, "10", "x", image=["9", 0])
+    return prompt
+
+
+def nan_noise_mask(prompt: dict, latent: list) -> list:
+    """``latent`` with a noise mask of NaN (SolidMask takes a NaN value: JSON allows it)."""
+    prompt["20"] = {"class_type": "SolidMask", "inputs": {"value": math.nan, "width": 64, "height": 64}}
+    prompt["21"] = {"class_type": "SetLatentNoiseMask", "inputs": {"samples": latent, "mask": ["20", 0]}}
+    return ["21", 0]
+
+
+def sdedit_nan_mask() -> dict:
+    prompt = graphs.base()
+    latent = graphs.encode(prompt, "5", graphs.solid_image(prompt, "4", 64, 64))
+    graphs.sdedit(prompt, "9", latent=nan_noise_mask(prompt, latent), steps=3)
+    graphs.capture(prompt, "10", "x", latent=["9", 0])
+    return prompt
+
+
+def gradop_sampler_nan_mask() -> dict:
+    prompt = gradop_sampler()
+    prompt["8"]["inputs"]["latent_image"] = nan_noise_mask(prompt, ["7", 0])
+    return prompt
+
+
 def canvas(**inputs) -> dict:
     return {"9": {"class_type": "GS_StrokeCanvas", "inputs": {
                 "painting": "", "width": 40, "height": 24, "background_color": "#ffffff", **inputs}},
@@ -202,6 +232,22 @@ BAD_INPUTS = [
      ["lpips_net 'vgg' needs", "vgg16-397923af.pth", "models/lpips/"]),
     ("panorama-lpips-net", panorama(lpips_net="vgg19"), "execution", ["lpips_net: 'vgg19'"]),
     ("panorama-multidiffusion-ok", panorama(), "ok", []),
+    # booleans and numbers of the wrong type (ComfyUI would turn "false" into true, 2.5 steps into 2): refused at
+    # validation, naming the input and the type it takes
+    ("string-download", openclip_loader(download="false"), "validation",
+     ["download", "download: expected a boolean (true or false), got the string 'false'"]),
+    ("string-loop", panorama(loop="false"), "validation", ["loop", "loop: expected a boolean (true or false)"]),
+    ("string-circular", seamless(circular="false"), "validation", ["circular", "circular: expected a boolean"]),
+    ("number-circular", seamless(circular=0), "validation", ["circular", "got int 0"]),
+    ("string-steps", panorama(steps="2"), "validation", ["steps", "steps: expected a whole number, got the string '2'"]),
+    ("fraction-steps", panorama(steps=2.5), "validation", ["steps", "steps: expected a whole number, got float 2.5"]),
+    ("string-cfg", sdedit(cfg="5.0"), "validation", ["cfg", "cfg: expected a number, got the string '5.0'"]),
+    ("boolean-cfg", sdedit(cfg=True), "validation", ["cfg", "cfg: expected a number, got the boolean true"]),
+    ("whole-float-steps-ok", panorama(steps=2.0), "ok", []),
+    # NaN in a noise mask (or a mask): refused by name instead of a NaN result
+    ("sdedit-nan-noise-mask", sdedit_nan_mask(), "execution", ["latent: its noise_mask: it has NaN or infinite values"]),
+    ("gradop-form-nan-noise-mask", gradop_sampler_nan_mask(), "execution",
+     ["noise_mask (of the sampler's latent): it has NaN or infinite values"]),
     # paper semantics at the maximum step count builds its schedule at once
     ("sigmas-10000-paper", sdedit_sigmas(steps=10000), "ok", []),
 ]

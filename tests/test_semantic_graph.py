@@ -3,6 +3,7 @@ models/clip_guidance and read back by the OpenCLIP Loader."""
 from __future__ import annotations
 
 import copy
+import os
 import socket
 
 import pytest
@@ -335,35 +336,248 @@ def loader_prompt(**inputs) -> dict:
     return prompt
 
 
+def semantic_module():
+    return harness.test_nodes_module().semantic_probes._semantic_module()
+
+
+def write_checkpoints(folder) -> None:
+    """Bad files next to the fixture's good ones: junk, empty, truncated, no tensors."""
+    import folder_paths
+    from safetensors.torch import save_file
+    good = (folder / "gs_tiny_vit.safetensors").read_bytes()
+    (folder / "junk.safetensors").write_bytes(b"this is not a safetensors file")
+    (folder / "empty.safetensors").write_bytes(b"")
+    (folder / "truncated.safetensors").write_bytes(good[: len(good) // 2])
+    save_file({}, str(folder / "no_tensors.safetensors"))
+    torch.save({"state_dict": {}}, str(folder / "no_tensors.pt"))
+    (folder / "junk.pt").write_bytes(b"not a torch file either")
+    folder_paths.filename_list_cache.pop("clip_guidance", None)
+
+
+def loader_only(**inputs) -> dict:
+    """The loader and an output node that takes its model: nothing else runs."""
+    return {"l": {"class_type": "GS_OpenCLIPLoader", "inputs": {
+                "precision": "fp32", "download": False, "pretrained": "laion2b_s34b_b79k", **VIT, **inputs}},
+            "p": {"class_type": "GS_TestOpenCLIPProbe", "inputs": {"clip_model": ["l", 0]}}}
+
+
 @pytest.mark.parametrize("inputs,texts", [
     ({"checkpoint": "nope.safetensors"}, ["checkpoint: 'nope.safetensors' is not in models/clip_guidance",
                                           "open_clip checkpoint for GS-Test-Tiny-ViT"]),
+    # a valid file of another architecture: the real mismatch, by tensor name and shape
     ({"checkpoint": "gs_tiny_rn.safetensors"}, ["checkpoint: models/clip_guidance/gs_tiny_rn.safetensors does not "
-                                                "fit the architecture GS-Test-Tiny-ViT"]),
+                                                "fit the architecture GS-Test-Tiny-ViT: ", "expects [",
+                                                "tensors of GS-Test-Tiny-ViT are missing (visual."]),
+    ({"architecture": "ViT-B-32"}, ["gs_tiny_vit.safetensors does not fit the architecture ViT-B-32: ",
+                                    "the file has visual.conv1.weight [64,3,16,16], ViT-B-32 expects [768,3,32,32]"]),
     ({"checkpoint": "needs_pickle.pt"}, ["needs_pickle.pt needs full unpickling"]),
+    ({"checkpoint": "junk.safetensors"}, ["checkpoint: models/clip_guidance/junk.safetensors is not a readable "
+                                          "safetensors file", "empty, truncated or not safetensors"]),
+    ({"checkpoint": "empty.safetensors"}, ["checkpoint: models/clip_guidance/empty.safetensors is not a readable "
+                                           "safetensors file"]),
+    ({"checkpoint": "truncated.safetensors"}, ["checkpoint: models/clip_guidance/truncated.safetensors is not a "
+                                               "readable safetensors file"]),
+    ({"checkpoint": "no_tensors.safetensors"}, ["checkpoint: models/clip_guidance/no_tensors.safetensors holds no "
+                                                "tensors (an empty state dict)"]),
+    ({"checkpoint": "no_tensors.pt"}, ["checkpoint: models/clip_guidance/no_tensors.pt holds no tensors"]),
+    ({"checkpoint": "junk.pt"}, ["checkpoint: models/clip_guidance/junk.pt is not a readable torch file"]),
     ({"precision": "fp8"}, ["precision: 'fp8' is not one of the accepted values"]),
-], ids=["missing", "wrong-architecture", "pickle", "precision"])
+], ids=["missing", "wrong-architecture", "wrong-size", "pickle", "junk", "empty", "truncated", "no-tensors",
+        "no-tensors-pt", "junk-pt", "precision"])
 def test_loader_errors_are_clear(host, clip_guidance, inputs, texts):
-    result, server = host.run(loader_prompt(**inputs), expect_success=False)
+    write_checkpoints(clip_guidance)
+    result, server = host.run(loader_only(**inputs), expect_success=False)
     assert not result["success"]
     message = host.node_error(server)
     for text in texts:
         assert text in message, message
     assert str(clip_guidance) not in message  # no server paths
+    assert "Error" not in message.split(":")[0]  # the pack's message, not a library's exception name
 
 
-def test_no_socket_is_opened_offline(host, clip_guidance, captured, records, monkeypatch):
+def test_the_checkpoint_is_read_before_any_architecture_is_built(host, clip_guidance, monkeypatch):
+    """A junk file is refused before anything is built; a file of another architecture after a build on the meta
+    device only (no memory, no initialisation: ViT-H-14 is 2.3 GiB in fp32)."""
+    write_checkpoints(clip_guidance)
+    module = semantic_module()
+    builds = []
+    create = module._create
+
+    def counting(architecture, config, device="cpu"):
+        builds.append((architecture, str(device)))
+        return create(architecture, config, device)
+
+    monkeypatch.setattr(module, "_create", counting)
+    result, server = host.run(loader_only(architecture="ViT-H-14", checkpoint="junk.safetensors"),
+                              expect_success=False)
+    assert "junk.safetensors is not a readable safetensors file" in host.node_error(server)
+    assert builds == []
+    result, server = host.run(loader_only(architecture="ViT-H-14"), expect_success=False)
+    assert "does not fit the architecture ViT-H-14" in host.node_error(server)
+    assert builds == [("ViT-H-14", "meta")]
+    host.run(loader_only())
+    assert builds[1:] == [("GS-Test-Tiny-ViT", "meta"), ("GS-Test-Tiny-ViT", "cpu")]
+
+
+@pytest.fixture
+def network_guard(monkeypatch, tmp_path):
+    """Every DNS look-up, connection and Hugging Face token read is refused and recorded; the Hugging Face cache
+    is an empty folder (the user's own cache does not decide the outcome)."""
+    import huggingface_hub.constants
+    import huggingface_hub.utils._auth as auth
     attempts = []
 
-    def refuse(self, address, *args):
-        attempts.append(address)
-        raise OSError("network disabled by the test")
+    def refuse(what):
+        def refused(*args, **kwargs):
+            attempts.append((what, args[1:2] if what == "connect" else args[:1]))
+            raise OSError(f"network disabled by the test ({what})")
+        return refused
 
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse("getaddrinfo"))
+    monkeypatch.setattr(socket, "gethostbyname", refuse("gethostbyname"))
+    monkeypatch.setattr(socket, "create_connection", refuse("create_connection"))
+    monkeypatch.setattr(socket.socket, "connect", refuse("connect"))
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse("connect"))
+    for name in ("_get_token_from_file", "_get_token_from_environment", "_get_token_from_oidc"):
+        monkeypatch.setattr(auth, name, refuse(f"hub token ({name})"))
+    cache = tmp_path / "hf_cache"
+    cache.mkdir()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    yield attempts, cache
+
+
+def test_no_socket_is_opened_offline(host, clip_guidance, captured, records, network_guard):
+    attempts, _ = network_guard
     host.run(loader_prompt())
     assert guided_steps(records, "x")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    result, server = host.run(loader_prompt(architecture="ViT-B-32", download=True), expect_success=False)
+    assert attempts == []
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        result, server = host.run(loader_prompt(architecture="ViT-B-32", download=True), expect_success=False)
+    finally:
+        del os.environ["HF_HUB_OFFLINE"]
     assert "HF_HUB_OFFLINE" in host.node_error(server)
     assert attempts == []
+
+
+# one architecture of each family open_clip 3.3 lists (name -> what makes it a family)
+FAMILIES = {
+    "ViT-B-32": "CLIP ViT", "RN50": "CLIP ResNet", "coca_ViT-B-32": "CoCa", "convnext_base": "timm tower",
+    "EVA02-B-16": "EVA (timm)", "MobileCLIP-S1": "MobileCLIP", "PE-Core-B-16": "Perception Encoder",
+    "ViTamin-S": "ViTamin", "ViT-B-16-SigLIP": "SigLIP (hub tokenizer)", "ViT-B-16-SigLIP2": "SigLIP 2",
+    "ViT-H-14-CLIPA": "CLIPA (hub tokenizer)", "roberta-ViT-B-32": "hub text tower",
+    "xlm-roberta-base-ViT-B-32": "hub text tower", "mt5-base-ViT-B-32": "hub text tower (encoder-decoder)",
+    "nllb-clip-base-siglip": "hub text tower + SigLIP", "coca_roberta-ViT-B-32": "CoCa with a hub text tower",
+}
+HUB = {"ViT-B-16-SigLIP", "ViT-B-16-SigLIP2", "ViT-H-14-CLIPA", "roberta-ViT-B-32", "xlm-roberta-base-ViT-B-32",
+       "mt5-base-ViT-B-32", "nllb-clip-base-siglip", "coca_roberta-ViT-B-32"}
+
+
+def test_every_architecture_family_is_loaded_or_refused_without_the_network(host, clip_guidance, network_guard):
+    """Download off, the tiny ViT file chosen for a real architecture of each family: the loader refuses (the
+    file does not fit, or the hub tokenizer / text tower is not cached) and never resolves a name, connects or
+    reads the hub token. Each family's config and tokenizer path are exercised up to the refusal."""
+    attempts, _ = network_guard
+    import open_clip
+    assert set(FAMILIES) <= set(open_clip.list_models())
+    for architecture in FAMILIES:
+        result, server = host.run(loader_only(architecture=architecture), expect_success=False)
+        message = host.node_error(server)
+        if architecture in HUB:
+            assert message.startswith(f"architecture: {architecture} needs its "), message
+            assert "not in the local cache, and download is off" in message and "switch download on" in message
+        else:
+            assert f"does not fit the architecture {architecture}: " in message, message
+        assert attempts == [], (architecture, attempts)
+
+
+HUB_REPO = "gs-test/tiny-roberta"
+HUB_ARCHITECTURE = "GS-Test-Tiny-HubText"
+
+
+def write_tiny_hub_repo(cache, repo: str = HUB_REPO):
+    """A tiny RoBERTa text tower config and a word-level tokenizer as a Hugging Face cache snapshot (the layout a
+    download leaves: models--org--name/refs/main -> snapshots/<commit>/)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, RobertaConfig
+    root = cache / ("models--" + repo.replace("/", "--"))
+    snapshot = root / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (root / "refs").mkdir()
+    (root / "refs" / "main").write_text("0" * 40)
+    words = ["<s>", "<pad>", "</s>", "<unk>", "a", "red", "apple", "castle", "on", "the", "wooden", "table"]
+    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                            unk_token="<unk>").save_pretrained(str(snapshot))
+    RobertaConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                  intermediate_size=64, max_position_embeddings=80, pad_token_id=1).save_pretrained(str(snapshot))
+    return snapshot
+
+
+def register_hub_architecture(folder) -> None:
+    import json
+    import open_clip
+    if HUB_ARCHITECTURE in open_clip.list_models():
+        return
+    vision = harness.test_nodes_module().semantic_probes.CONFIGS["GS-Test-Tiny-ViT"]["vision_cfg"]
+    (folder / f"{HUB_ARCHITECTURE}.json").write_text(json.dumps({
+        "embed_dim": 32, "vision_cfg": vision,
+        "text_cfg": {"hf_model_name": HUB_REPO, "hf_tokenizer_name": HUB_REPO, "hf_pooler_type": "mean_pooler",
+                     "context_length": 16}}))
+    open_clip.add_model_config(folder)
+
+
+def test_a_hub_text_tower_in_the_local_cache_loads_offline(host, clip_guidance, captured, records, network_guard,
+                                                           tmp_path):
+    """An architecture whose tokenizer and text tower come from the hub (as roberta-ViT-B-32) loads with download
+    off when both are in the local Hugging Face cache: no name resolved, no connection, no token read; its weights
+    are the file's and its tokenizer is the cached one."""
+    attempts, cache = network_guard
+    import open_clip
+    from open_clip.tokenizer import HFTokenizer
+    from safetensors.torch import save_file
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    register_hub_architecture(configs)
+    result, server = host.run(loader_only(architecture=HUB_ARCHITECTURE), expect_success=False)
+    assert f"needs its tokenizer ({HUB_REPO}) and its text tower configuration ({HUB_REPO})" in host.node_error(server)
+    snapshot = write_tiny_hub_repo(cache)
+    with torch.inference_mode(False), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        config = copy.deepcopy(open_clip.get_model_config(HUB_ARCHITECTURE))
+        text = {**config["text_cfg"], "hf_model_name": str(snapshot), "hf_tokenizer_name": str(snapshot),
+                "hf_model_pretrained": False}
+        reference = open_clip.create_model(HUB_ARCHITECTURE, pretrained=None, pretrained_text=False, text_cfg=text)
+    state = {k: v.detach().clone().contiguous() for k, v in reference.state_dict().items()}
+    save_file(state, str(clip_guidance / "gs_tiny_hub.safetensors"))
+    import folder_paths
+    folder_paths.filename_list_cache.pop("clip_guidance", None)
+    host.run(loader_prompt(architecture=HUB_ARCHITECTURE, checkpoint="gs_tiny_hub.safetensors"))
+    assert guided_steps(records, "x")
+    assert attempts == []
+    loaded = semantic_module().load_open_clip(HUB_ARCHITECTURE, "gs_tiny_hub.safetensors", "fp32")
+    assert attempts == []
+    assert set(loaded.model.state_dict()) == set(state)
+    for key, value in loaded.model.state_dict().items():
+        assert torch.equal(value, state[key]), key  # the file's tensors, loaded as they are
+    expected = HFTokenizer(str(snapshot), context_length=16)([TEXT])
+    assert torch.equal(loaded.tokenizer([TEXT]), expected)
+    assert int(expected[0, 0]) == 4 and int(expected[0, 1]) == 5  # "a red ...": the cached vocabulary
+    for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):  # restored after the load
+        assert variable not in os.environ
+
+
+def test_a_video_latent_is_refused_naming_the_latent(host, clip_guidance):
+    """A 5-D (video) latent reaches the guidance's run start (before any model call): refused naming the latent
+    and the shape, instead of a convolution's message from inside the decoder."""
+    prompt = graphs.base()
+    prompt["v"] = {"class_type": "EmptyHunyuanLatentVideo", "inputs": {"width": 64, "height": 64, "length": 5,
+                                                                        "batch_size": 1}}
+    add_branch(prompt, "x", VIT, guidance_inputs(cutouts=0), steps=2, latent=["v", 0])
+    _, server = host.run(prompt, expect_success=False)
+    message = host.node_error(server)
+    assert message.startswith("latent: CLIP Semantic Guidance works on image latents [batch, channels, height, "
+                              "width]; this sampler's latent has shape (1, "), message
+    assert message.rstrip().endswith("(a video latent)"), message

@@ -107,4 +107,19 @@ class PostCFGRecorder(io.ComfyNode):
         return io.NodeOutput(patched)
 
 
-NODES = [TinyOpenCLIP, PostCFGRecorder]
+class OpenCLIPProbe(io.ComfyNode):
+    """An output node that takes a GS_OPEN_CLIP and records its name (RECORDS['open_clip']): a prompt that runs a
+    loader and nothing else."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(node_id="GS_TestOpenCLIPProbe", display_name="OpenCLIP Probe (test)", category=CATEGORY,
+                         inputs=[io.Custom("GS_OPEN_CLIP").Input("clip_model")], outputs=[], is_output_node=True)
+
+    @classmethod
+    def execute(cls, clip_model) -> io.NodeOutput:
+        RECORDS.setdefault("open_clip", []).append({"name": clip_model.name})
+        return io.NodeOutput()
+
+
+NODES = [TinyOpenCLIP, PostCFGRecorder, OpenCLIPProbe]
