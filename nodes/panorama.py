@@ -417,8 +417,8 @@ def _method_inputs() -> list:
                                "and time). exact falls back to none with a warning if the model has no backward."),
         io.Boolean.Input("loop", default=False,
                          tooltip="360-degree panorama: windows wrap around the right edge to the left, so the two "
-                                 "edges join. Decode with Seamless Decode (circular). GS_SyncDiffusion then shows "
-                                 "the latent's rough colours in a 360-degree viewer."),
+                                 "edges join. Decode with Seamless Decode (circular). The SyncDiffusion Panorama "
+                                 "Sampler then shows the latent's rough colours in a 360-degree viewer."),
         io.Int.Input("window_batch", default=4, min=1, max=256,
                      tooltip="Windows denoised together in the plain (no gradient) pass: faster, more memory; "
                              "same result."),

@@ -36,8 +36,11 @@ USER_SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Validation.Workflows": 
 PINNED_FRONTEND = "1.32.9"
 NEWER_FRONTEND = "1.58.1"
 FRONTENDS = (PINNED_FRONTEND, NEWER_FRONTEND)
-# "Nodes 2.0": nodes drawn as Vue components (DOM) instead of on the LiteGraph canvas; DOM widgets are moved
-# into the Vue node. The pinned frontend has no such mode.
+# "Nodes 2.0" (the setting "Modern Node Design (Nodes 2.0)", experimental in both frontends): nodes drawn as Vue
+# components (DOM) instead of on the LiteGraph canvas; DOM widgets are moved into the Vue node. Tested on the newer
+# frontend only: 1.32.9's early version of the mode does not set node.imgs on output nodes (run_graph waits for
+# them), logs a TypeError of its own when Load Image names a missing file, and sizes a DOM widget by its content
+# (the widgets there are not yet adapted to that: see docs/frontend.md).
 NODE_MODES = ("classic", "vue")
 VUE_NODES_SETTING = "Comfy.VueNodes.Enabled"
 VUE_NODES_FRONTENDS = (NEWER_FRONTEND,)

@@ -5,9 +5,9 @@ Every test runs on each frontend of browser_support.FRONTENDS (the host's pinned
 release served with --front-end-root), one server (and one baseline) per frontend; the frontend is in the
 test's name, e.g. ``test_x[frontend-1.58.1]``.
 
-A test that asks for the ``nodes`` fixture also runs with the frontend's "Nodes 2.0" (Vue nodes, setting
-``Comfy.VueNodes.Enabled``) on the frontends that have it (browser_support.VUE_NODES_FRONTENDS): ids
-``classic-nodes`` and ``nodes-2.0``. Every page is opened with the mode set explicitly (classic unless the test
+A test that asks for the ``nodes`` fixture runs with classic nodes and with the frontend's "Nodes 2.0" (Vue
+nodes, setting ``Comfy.VueNodes.Enabled``) on the frontends it is tested on (browser_support.VUE_NODES_FRONTENDS):
+ids ``classic-nodes`` and ``nodes-2.0``. Every page is opened with the mode set explicitly (classic unless the test
 asks), so a test's setting never leaks into the next test on the same server.
 """
 import sys
@@ -29,7 +29,7 @@ def pytest_generate_tests(metafunc):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Nodes 2.0 exists only on the newer frontend: its runs on the pinned one are not collected."""
+    """Nodes 2.0 runs on a frontend where that mode is not tested (the pinned 1.32.9) are not collected."""
     def impossible(item):
         params = getattr(getattr(item, "callspec", None), "params", {})
         return params.get("nodes") == "vue" and params.get("frontend") not in bs.VUE_NODES_FRONTENDS
