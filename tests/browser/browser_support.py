@@ -80,6 +80,20 @@ def set_node_mode(server: "Server", mode: str) -> None:
         assert response.status == 200, response.status
 
 
+def empty_cache(server: "Server") -> None:
+    """Empty the server's cache of node outputs (POST /free with free_memory, as the frontend's "Unload models
+    and execution cache" command does). A node whose output comes from the cache sends no UI output (ComfyUI
+    only visits output nodes then), so a test that runs the same prompt as an earlier test on this server (the
+    same test in the other node mode) would otherwise see no background, palette or viewer from its run. The
+    server's worker resets the cache when it wakes for the flag; nothing reports it, hence the short pause."""
+    request = urllib.request.Request(f"{server.url}/free", method="POST",
+                                     data=json.dumps({"free_memory": True}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200, response.status
+    time.sleep(1.5)
+
+
 def node_mode(page: "Page") -> str:
     """The mode the page runs in: "vue" when the frontend has Nodes 2.0 on, else "classic"."""
     on = page.page.evaluate("(id) => { const s = window.app.extensionManager && window.app.extensionManager.setting;"

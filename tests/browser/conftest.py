@@ -93,9 +93,11 @@ def baseline(browser, server, frontend) -> set[str]:
 
 @pytest.fixture
 def page(browser, server, baseline, request):
-    """A fresh page on the server (after the baseline is known), in the node mode the test asks for."""
+    """A fresh page on the server (after the baseline is known), in the node mode the test asks for, with the
+    server's output cache emptied (browser_support.empty_cache)."""
     mode = request.getfixturevalue("nodes") if "nodes" in request.fixturenames else "classic"
     bs.set_node_mode(server, mode)
+    bs.empty_cache(server)
     instance = bs.Page(browser, server)
     instance.open()
     assert bs.node_mode(instance) == mode
