@@ -27,7 +27,7 @@ import comfy.samplers
 import comfy.utils
 
 from ..guidance import panorama
-from . import gradients, host, lpips_model, window_conds
+from . import gradients, host, lpips_model, panorama_view, window_conds
 
 CATEGORY = "guided_synthesis/panorama"
 _log = logging.getLogger(__name__)
@@ -362,7 +362,8 @@ class SeamlessDecode(io.ComfyNode):
                                      "also the wrapped padding on each side when circular."),
                 io.Boolean.Input("circular", default=False,
                                  tooltip="360-degree panorama: the left and right edges are decoded as "
-                                         "neighbours (wrap padding), so the image tiles horizontally."),
+                                         "neighbours (wrap padding), so the image tiles horizontally. The node "
+                                         "then shows it in a 360-degree viewer (drag to turn, wheel to zoom)."),
             ],
             outputs=[io.Image.Output(tooltip="The decoded panorama.")],
         )
@@ -380,7 +381,7 @@ class SeamlessDecode(io.ComfyNode):
             raise ValueError(f"samples must be an image latent [batch, channels, height, width], got shape "
                              f"{tuple(latent.shape)}")
         image = seamless_decode(vae, latent, tile_size // LATENT_PX, overlap // LATENT_PX, circular)
-        return io.NodeOutput(image)
+        return io.NodeOutput(image, ui=panorama_view.panorama_ui(image) if circular else None)
 
 
 # --- node inputs shared by both sampler forms ------------------------------------------------------
@@ -424,7 +425,8 @@ def _method_inputs() -> list:
                                "and time). exact falls back to none with a warning if the model has no backward."),
         io.Boolean.Input("loop", default=False,
                          tooltip="360-degree panorama: windows wrap around the right edge to the left, so the two "
-                                 "edges join. Decode with Seamless Decode (circular)."),
+                                 "edges join. Decode with Seamless Decode (circular). The SyncDiffusion Panorama "
+                                 "Sampler then shows the latent's rough colours in a 360-degree viewer."),
         io.Int.Input("window_batch", default=4, min=1, max=256,
                      tooltip="Windows denoised together in the plain (no gradient) pass: faster, more memory; "
                              "same result."),
@@ -518,7 +520,7 @@ class SyncDiffusionSampler(io.ComfyNode):
         sampler = panorama_sampler(config)
         out = comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas, positive, negative, samples,
                                          disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
-        return io.NodeOutput({"samples": out})
+        return io.NodeOutput({"samples": out}, ui=panorama_view.latent_ui(out, latent_format) if loop else None)
 
 
 class SyncDiffusionSamplerObject(io.ComfyNode):

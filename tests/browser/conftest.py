@@ -4,6 +4,11 @@ errors a stock ComfyUI page logs without the pack, and a server with the pack an
 Every test runs on each frontend of browser_support.FRONTENDS (the host's pinned frontend and a newer
 release served with --front-end-root), one server (and one baseline) per frontend; the frontend is in the
 test's name, e.g. ``test_x[frontend-1.58.1]``.
+
+A test that asks for the ``nodes`` fixture runs with classic nodes and with the frontend's "Nodes 2.0" (Vue
+nodes, setting ``Comfy.VueNodes.Enabled``) on the frontends it is tested on (browser_support.VUE_NODES_FRONTENDS):
+ids ``classic-nodes`` and ``nodes-2.0``. Every page is opened with the mode set explicitly (classic unless the test
+asks), so a test's setting never leaks into the next test on the same server.
 """
 import sys
 from pathlib import Path
@@ -19,6 +24,26 @@ def pytest_generate_tests(metafunc):
     if "frontend" in metafunc.fixturenames:
         metafunc.parametrize("frontend", bs.FRONTENDS, ids=[f"frontend-{v}" for v in bs.FRONTENDS],
                              scope="package", indirect=True)
+    if "nodes" in metafunc.fixturenames:
+        metafunc.parametrize("nodes", bs.NODE_MODES, ids=["classic-nodes", "nodes-2.0"])
+
+
+def pytest_collection_modifyitems(config, items):
+    """Nodes 2.0 runs on a frontend where that mode is not tested (the pinned 1.32.9) are not collected."""
+    def impossible(item):
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        return params.get("nodes") == "vue" and params.get("frontend") not in bs.VUE_NODES_FRONTENDS
+
+    dropped = [item for item in items if impossible(item)]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if not impossible(item)]
+
+
+@pytest.fixture
+def nodes(request) -> str:
+    """"classic" (LiteGraph-drawn nodes) or "vue" (Nodes 2.0); parametrised in pytest_generate_tests."""
+    return request.param
 
 
 @pytest.fixture(scope="package")
@@ -67,17 +92,23 @@ def baseline(browser, server, frontend) -> set[str]:
 
 
 @pytest.fixture
-def page(browser, server, baseline):
-    """A fresh page on the server (after the baseline is known)."""
+def page(browser, server, baseline, request):
+    """A fresh page on the server (after the baseline is known), in the node mode the test asks for, with the
+    server's output cache emptied (browser_support.empty_cache)."""
+    mode = request.getfixturevalue("nodes") if "nodes" in request.fixturenames else "classic"
+    bs.set_node_mode(server, mode)
+    bs.empty_cache(server)
     instance = bs.Page(browser, server)
     instance.open()
+    assert bs.node_mode(instance) == mode
     yield instance
     instance.close()
 
 
 @pytest.fixture(scope="module")
 def shared_page(browser, server, baseline):
-    """One page for a module's tests (each test loads its own graph into it)."""
+    """One page for a module's tests (each test loads its own graph into it), with classic nodes."""
+    bs.set_node_mode(server, "classic")
     instance = bs.Page(browser, server)
     instance.open()
     yield instance

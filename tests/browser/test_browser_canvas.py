@@ -43,6 +43,12 @@ COUNT = """(colors) => {
 }""" % CANVAS
 
 
+def widget_host(page):
+    """Where the painting surface is mounted: inside a Vue node (Nodes 2.0) or the classic DOM widget layer."""
+    return page.page.evaluate("() => document.querySelector('.gs-stroke-canvas-surface').closest('[data-node-id]')"
+                              " ? 'vue node' : 'dom widget layer'")
+
+
 def counts(page):
     return page.page.evaluate(COUNT, [RED, BLUE, YELLOW, "#ffffff"])
 
@@ -90,7 +96,7 @@ def wait_saved(page):
     return counts(page)
 
 
-def test_paint_queue_save_reload(page, baseline, server):
+def test_paint_queue_save_reload(page, baseline, server, nodes):
     workflow = json.loads((harness.WORKFLOWS / "Stroke Canvas into SDEdit.json").read_text())
     page.page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", workflow)
     page.wait("() => (%s)().gsStrokeCanvas.status.textContent.startsWith('loaded')" % CANVAS)
@@ -115,6 +121,9 @@ def test_paint_queue_save_reload(page, baseline, server):
     assert (state["width"], state["height"]) == (SIZE, SIZE) and state["layer"]["painted"] == 0
     assert state["shown"]["#ffffff"] == SIZE * SIZE  # the white background colour shows through
     box = show_canvas_node(page)
+    # Nodes 2.0 moves the widget's element into the node's own DOM (a Vue component); classic nodes keep it
+    # in the layer of DOM widgets over the graph canvas.
+    assert widget_host(page) == ("vue node" if nodes == "vue" else "dom widget layer")
     page.screenshot("canvas-1-empty")
 
     # Two strokes that cross the whole canvas: red horizontal, blue vertical (quarters the canvas).
@@ -187,8 +196,8 @@ def test_paint_queue_save_reload(page, baseline, server):
     canvas_node = next(n for n in saved_workflow["nodes"] if n["type"] == "GS_StrokeCanvas")
     assert canvas_node["widgets_values"][:3] == [saved["reference"], SIZE, SIZE]
     assert "data:image" not in text and len(text) < 30_000  # a reference, not the pixels
-    (bs.ARTIFACTS / server.frontend).mkdir(parents=True, exist_ok=True)
-    (bs.ARTIFACTS / server.frontend / "canvas-saved-workflow.json").write_text(json.dumps(saved_workflow, indent=1))
+    page.artifacts.mkdir(parents=True, exist_ok=True)
+    (page.artifacts / "canvas-saved-workflow.json").write_text(json.dumps(saved_workflow, indent=1))
 
     page.reload()
     page.page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", saved_workflow)
@@ -199,10 +208,29 @@ def test_paint_queue_save_reload(page, baseline, server):
     assert reloaded["layer"] == saved["layer"]
     assert reloaded["shown"][YELLOW] == filled[YELLOW] and reloaded["shown"][RED] == erased[RED]
     page.screenshot("canvas-5-reloaded")
+
+    if server.frontend in bs.VUE_NODES_FRONTENDS:
+        # The user switches Nodes 2.0 off (or on) with the workflow open: the same widget moves to the other
+        # host, still shows the painting, and still paints.
+        other = "classic" if nodes == "vue" else "vue"
+        page.page.evaluate("async ([id, on]) => { await window.app.extensionManager.setting.set(id, on); }",
+                           [bs.VUE_NODES_SETTING, other == "vue"])
+        page.page.wait_for_timeout(500)
+        box = show_canvas_node(page)
+        assert widget_host(page) == ("vue node" if other == "vue" else "dom widget layer")
+        assert counts(page)["shown"][YELLOW] == filled[YELLOW]
+        button(page, f"button[data-color='{BLUE}']")
+        button(page, "button[data-tool=fill]")
+        click_at(page, box, 60, 5)  # fill the unpainted right half (the eraser opened the red wall)
+        switched = counts(page)
+        assert switched["shown"][BLUE] > reloaded["shown"][BLUE] + 200, switched
+        wait_saved(page)
+        page.screenshot(f"canvas-6-switched-to-{'nodes-2.0' if other == 'vue' else 'classic-nodes'}")
+        bs.set_node_mode(server, "classic")
     assert page.new_errors(baseline) == []
 
 
-def test_the_image_input_is_shown_under_the_strokes_after_a_run(page, baseline, server):
+def test_the_image_input_is_shown_under_the_strokes_after_a_run(page, baseline, server, nodes):
     """Stroke-based editing: LoadImage -> Stroke Canvas 'image'; after one run the widget shows it."""
     # the example painting the pack copied into input/ when it loaded
     assert (server.input_dir / "guided_synthesis_strokes.png").is_file()
@@ -229,5 +257,5 @@ def test_the_image_input_is_shown_under_the_strokes_after_a_run(page, baseline, 
     # The example stroke painting (sky blue, sun, mountains, lake, meadow) replaces the white background.
     assert shown["#ffffff"] < SIZE * SIZE / 10, shown
     show_canvas_node(page)
-    page.screenshot("canvas-6-background-from-image-input")
+    page.screenshot("canvas-7-background-from-image-input")
     assert page.new_errors(baseline) == []

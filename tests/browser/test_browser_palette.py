@@ -84,7 +84,7 @@ def type_phrase(page, swatch, text):
     box.press_sequentially(text, delay=5)
 
 
-def test_palette_editor_reads_uploads_writes_the_spec_and_survives_reload(page, baseline, server):
+def test_palette_editor_reads_uploads_writes_the_spec_and_survives_reload(page, baseline, server, nodes):
     first, second = painting(SKY, GRASS, ROOF), painting(SKY, SAND, WALL, split=SIZE // 3)
     (server.input_dir / FIRST).write_bytes(png_bytes(first))
 
@@ -211,7 +211,7 @@ def test_palette_helpers_in_the_page_match_the_node(page, baseline, server):
     assert page.new_errors(baseline) == []
 
 
-def test_palette_editor_follows_the_stroke_canvas_as_the_user_paints(page, baseline, server):
+def test_palette_editor_follows_the_stroke_canvas_as_the_user_paints(page, baseline, server, nodes):
     """Stroke Canvas -> Stroke Regions: the swatches follow the painting before any run."""
     red, blue = "#e03c31", "#1e5bd8"
     page.page.evaluate("""() => {
@@ -261,7 +261,7 @@ def test_palette_editor_follows_the_stroke_canvas_as_the_user_paints(page, basel
     assert page.new_errors(baseline) == []
 
 
-def test_a_missing_painting_is_reported_once(page, baseline, server):
+def test_a_missing_painting_is_reported_once(page, baseline, server, nodes):
     """A workflow whose Load Image names a file that is not in the input folder (a template opened before its
     painting is there): the editor's failed read is reported once, not retried on every connection change or
     redraw; choosing another file reads that one, and a file that is there gives the swatches."""

@@ -26,6 +26,14 @@ const UI_KEY = "gs_palette";
 const PROPERTY = "gs_palette";
 const SPEC_WIDGET = "region_spec";
 const ROW_HEIGHT = 28;
+// Explicit control styles: the frontend's Nodes 2.0 (Vue nodes) mode resets native form styles, and the
+// classic mode leaves them to the browser; these keep the editor alike in both.
+const INPUT_STYLE = { flex: "1", minWidth: "60px", padding: "2px 6px", fontSize: "12px", borderRadius: "4px",
+                      border: "1px solid var(--border-color, #555)", background: "var(--comfy-input-bg, #222)",
+                      color: "var(--input-text, #ddd)" };
+const BUTTON_STYLE = { padding: "2px 8px", fontSize: "11px", cursor: "pointer", borderRadius: "4px",
+                       border: "1px solid var(--border-color, #555)", background: "var(--comfy-input-bg, #222)",
+                       color: "var(--input-text, #ddd)" };
 const CANVAS_SETTLE_MS = 300;
 
 // ---------------------------------------------------------------------------------------------
@@ -265,12 +273,12 @@ class PaletteEditor {
                                                                  fontSize: "11px", color: "#e8a33d" } }, [
       this.staleText,
       el("button", { type: "button", class: "gs-palette-drop", title: "Remove these lines from region_spec",
-                     text: "Remove", on: { click: () => this.dropStale() } }),
+                     text: "Remove", style: BUTTON_STYLE, on: { click: () => this.dropStale() } }),
     ]);
     this.element = el("div", {
       class: "gs-palette-editor",
       style: { display: "flex", flexDirection: "column", gap: "4px", padding: "4px", boxSizing: "border-box",
-               fontFamily: "sans-serif", fontSize: "12px", overflowY: "auto" },
+               fontFamily: "sans-serif", fontSize: "12px", overflowY: "auto", color: "var(--input-text, #ddd)" },
     }, [this.status, this.stale, this.rows]);
     this.inputs = [];
     this.loadingFor = null; // the file being read now
@@ -364,7 +372,7 @@ class PaletteEditor {
       const area = palette.areas?.[i] != null ? ` ${Math.round(palette.areas[i] * 100)}%` : "";
       const input = el("input", {
         type: "text", placeholder: `what is the ${name} region?`, "aria-label": `phrase for ${safeColour}`,
-        style: { flex: "1", minWidth: "60px" },
+        style: INPUT_STYLE,
         on: { input: () => this.writeSpec(), keydown: (event) => event.stopPropagation() },
       });
       input.value = phrases[i];
