@@ -63,7 +63,7 @@ def test_the_scaler_backs_off_until_the_gradient_is_finite_and_keeps_the_lower_s
     (grad,) = scaler.gradient(lambda: calls.append(1) or loss(), [x])
     # 49152 -> 6144 -> 768 -> 96: the first scale with 100 * scale below 65,504
     assert scaler.scale == 96.0 and scaler.backoffs == 3 and len(calls) == 4 and scaler.skipped == 0
-    torch.testing.assert_close(grad, torch.full_like(x, 100.0), rtol=0, atol=0)  # 100 * 96 / 96: exact in fp16
+    torch.testing.assert_close(grad, torch.full_like(x, 100.0), rtol=0, atol=0)  # exact: 100 * 96 / 96: exact in fp16
     scaler.gradient(loss, [x])
     assert scaler.scale == 96.0 and scaler.backoffs == 3  # the lowered scale is kept: no retry this time
 
@@ -118,7 +118,7 @@ def test_a_non_finite_forward_tries_fp32_once_then_skips_with_one_warning_per_ru
 
     rescued = gradients.LossScaler(1024.0, "test").gradient(
         lambda: (x * (3.0 if flag["fp32"] else float("inf"))).sum(), [x], Rescue)
-    torch.testing.assert_close(rescued[0], torch.full_like(x, 3.0), rtol=0, atol=0)  # same call: exact
+    torch.testing.assert_close(rescued[0], torch.full_like(x, 3.0), rtol=0, atol=0)  # exact: same call: exact
 
 
 def test_in_fp32_a_non_finite_gradient_is_skipped_without_retries(host):
@@ -189,7 +189,7 @@ def test_clip_style_guidance_with_an_fp16_decoder_takes_the_fp32_step(host, clip
     reference = records["fp32:before"][0]["denoised"] - records["fp32:after"][0]["denoised"]
     for tag in ("fp16", "old"):
         # before the first guided step every run makes the same calls
-        torch.testing.assert_close(records[f"{tag}:before"][0]["denoised"], records["fp32:before"][0]["denoised"],
+        torch.testing.assert_close(records[f"{tag}:before"][0]["denoised"], records["fp32:before"][0]["denoised"],  # abs: fp16 vs fp32 run, bound stated below relative to the data
                                    rtol=0, atol=0)
         step = records[f"{tag}:before"][0]["denoised"] - records[f"{tag}:after"][0]["denoised"]
         assert torch.isfinite(step).all() and float(step.abs().max()) > 0
@@ -216,7 +216,7 @@ def test_a_gradient_that_stays_non_finite_skips_the_step_with_one_warning(host, 
     assert "CLIP-guided step" in warnings[0]
     assert not guided_steps(records, "nan")
     captured = harness.test_nodes_module().CAPTURED
-    torch.testing.assert_close(captured["nan"], captured["plain"], rtol=0, atol=0)  # the same calls: exact
+    torch.testing.assert_close(captured["nan"], captured["plain"], rtol=0, atol=0)  # exact: the same calls: exact
 
 
 def test_gradop_and_the_panorama_sync_with_fp16_decoders_follow_their_fp32_runs(host, lpips_models, scalers):
@@ -262,7 +262,7 @@ def test_the_normalised_step_inside_a_sixteenth_mask_has_the_documented_size():
     expected = x0.clone()
     expected[..., 2:4, 4:6] -= (0.5 * grad[..., 2:4, 4:6] / masked_rms_reference(grad, 2, 4, 2)
                                 * masked_rms_reference(cond - uncond, 2, 4, 2))
-    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6 * float(x0.abs().max()))
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6 * float(x0.abs().max()))  # abs: rtol 1e-5 with atol scaled to x0
     unweighted = semantic_guidance.guided_x0(x0, grad, 0.5, 3.0, "normalised", cond, uncond)
     ratio = (unweighted - x0)[..., 2:4, 4:6].norm() / (out - x0)[..., 2:4, 4:6].norm()
     # the old whole-latent RMS: 1/sqrt(1/16) = 4 times larger inside (times the correction's RMS ratio)
@@ -288,7 +288,7 @@ def test_a_guided_step_inside_a_sixteenth_mask_through_the_executor(host, clip_g
         assert torch.count_nonzero(delta) == torch.count_nonzero(inside) > 0  # only the 2x2 cells move
         correction = masked_rms_reference(before["cond_denoised"] - before["uncond_denoised"], 4, 2, 2)
         size = masked_rms_reference(delta, 4, 2, 2)
-        torch.testing.assert_close(size, weight * correction, rtol=1e-4, atol=0)
+        torch.testing.assert_close(size, weight * correction, rtol=1e-4, atol=0)  # abs: rtol 1e-4, relative
 
 
 def test_the_paper_step_uses_the_flow_models_ve_equivalent_sigma(host):
@@ -313,15 +313,15 @@ def test_the_paper_step_uses_the_flow_models_ve_equivalent_sigma(host):
     noise = torch.randn(3, 4, 4, 4, generator=gen)
     x_flow = sampling.noise_scaling(sigma, noise, x0)
     ve = sigma / (1 - sigma)
-    torch.testing.assert_close(x_flow / (1 - sigma).view(-1, 1, 1, 1), x0 + ve.view(-1, 1, 1, 1) * noise,
+    torch.testing.assert_close(x_flow / (1 - sigma).view(-1, 1, 1, 1), x0 + ve.view(-1, 1, 1, 1) * noise,  # abs: rtol 1e-5 of the same formula rewritten
                                rtol=1e-5, atol=1e-5)
     out = semantic_guidance.guided_x0(x0, grad, 2.0, sigma, "paper", flow=True)
-    torch.testing.assert_close(out, x0 - 2.0 * ve.view(-1, 1, 1, 1) ** 2 * grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out, x0 - 2.0 * ve.view(-1, 1, 1, 1) ** 2 * grad, rtol=1e-5, atol=1e-5)  # abs: rtol 1e-5 of the same formula rewritten
     vp = semantic_guidance.guided_x0(x0, grad, 2.0, sigma, "paper")  # eps/v/EDM models: sigma itself
-    torch.testing.assert_close(vp, x0 - 2.0 * sigma.view(-1, 1, 1, 1) ** 2 * grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(vp, x0 - 2.0 * sigma.view(-1, 1, 1, 1) ** 2 * grad, rtol=1e-5, atol=1e-5)  # abs: rtol 1e-5 of the same formula rewritten
     # pure noise (sigma 1): no step is defined; x0 stays, never inf/NaN
     edge = semantic_guidance.guided_x0(x0, grad, 2.0, torch.tensor([1.0, 0.5, 1.0]), "paper", flow=True)
-    torch.testing.assert_close(edge[0::2], x0[0::2], rtol=0, atol=0)
+    torch.testing.assert_close(edge[0::2], x0[0::2], rtol=0, atol=0)  # exact: x0 returned unchanged
     assert torch.isfinite(edge).all()
 
 
@@ -332,7 +332,7 @@ def test_a_non_finite_gradient_never_reaches_x0():
     cond, uncond = torch.randn(2, 4, 4, 4), torch.randn(2, 4, 4, 4)
     for mode in ("normalised", "paper"):
         out = semantic_guidance.guided_x0(x0, grad, 1.0, 2.0, mode, cond, uncond)
-        torch.testing.assert_close(out[0], x0[0], rtol=0, atol=0)  # that sample is left as it is
+        torch.testing.assert_close(out[0], x0[0], rtol=0, atol=0)  # exact: that sample is left as it is
         assert not torch.equal(out[1], x0[1]) and torch.isfinite(out).all()
 
 

@@ -67,7 +67,7 @@ def test_looped_panorama_and_circular_decode_name_their_previews_in_temp(host):
         pixels = saved_pixels(entry)
         expected = (image[index].double().numpy() * 255).astype(np.int16)  # as ComfyUI's PNG writer truncates
         assert pixels.shape == (HEIGHT, WIDTH, 3)
-        assert np.abs(pixels - expected).max() <= 1  # 8-bit rounding of the decoded image
+        assert np.abs(pixels - expected).max() <= 1  # abs: 8-bit rounding of the decoded image
 
     sampled = result["outputs"]["10"][UI_KEY]
     assert len(sampled) == 2 and all(e["approximate"] for e in sampled)
@@ -75,7 +75,7 @@ def test_looped_panorama_and_circular_decode_name_their_previews_in_temp(host):
     for index, entry in enumerate(sampled):
         assert (entry["width"], entry["height"]) == (WIDTH // 8, HEIGHT // 8)
         pixels = saved_pixels(entry)
-        assert np.abs(pixels - colours[index]).max() <= 1, np.abs(pixels - colours[index]).max()
+        assert np.abs(pixels - colours[index]).max() <= 1, np.abs(pixels - colours[index]).max()  # abs: one 8-bit step
     assert decoded[0]["filename"] != sampled[0]["filename"]
 
 
@@ -95,7 +95,7 @@ def test_a_very_wide_preview_is_downscaled_keeping_its_aspect(host):
     pixels = saved_pixels(entry)
     expected = torch.nn.functional.avg_pool2d(image.movedim(-1, 1), 2).movedim(1, -1)[0].numpy() * 255
     assert pixels.shape == (32, view.MAX_WIDTH, 3)
-    assert np.abs(pixels - expected).max() <= 1.0 + 1e-6
+    assert np.abs(pixels - expected).max() <= 1.0 + 1e-6  # abs: one 8-bit step
 
 
 @pytest.mark.parametrize("shape", [(1, 16, 4, 4), (1, 4, 4)])
