@@ -64,10 +64,10 @@ def regions_workflow(node_classes) -> dict:
           {"model": (5, 0), "positive": (5, 1), "negative": (3, 0), "vae": (1, 2), "strokes": (4, 0)},
           size=(340, 590))
     # one column of results, top to bottom: text-to-image, SDEdit, GradOP+
-    for decode_id, save_id, source, y, prefix in ((8, 9, 7, 40, "regions_txt2img"), (11, 12, 10, 410, "regions_sdedit"),
-                                                  (15, 16, 14, 780, "regions_gradop")):
+    for decode_id, save_id, source, y, prefix in ((8, 9, 7, 40, "regions_txt2img"), (11, 12, 10, 420, "regions_sdedit"),
+                                                  (15, 16, 14, 800, "regions_gradop")):
         b.add(decode_id, "VAEDecode", (1580, y), {}, {"samples": (source, 0), "vae": (1, 2)}, size=(210, 46))
-        b.add(save_id, "SaveImage", (1580, y + 90), {"filename_prefix": f"guided_synthesis/{prefix}"},
+        b.add(save_id, "SaveImage", (1580, y + 80), {"filename_prefix": f"guided_synthesis/{prefix}"},
               {"images": (decode_id, 0)}, size=(300, 240))
     return b.workflow()
 

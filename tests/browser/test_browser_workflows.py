@@ -131,3 +131,27 @@ def test_example_workflow_loads_and_runs_in_the_browser(shared_page, baseline, s
     if path.stem == "SDEdit strength sweep":
         assert len(result["outputs"][0]["images"]) == 3  # one per strength of the sweep
     assert page.new_errors(baseline, since) == []
+
+
+def test_a_template_lists_its_model_files_when_they_are_missing(browser, server, baseline):
+    """The pinned frontend's "missing models" dialog (on for users, off for the other browser tests) names the
+    model files a template declares in properties.models, so a user without them knows what to fetch and where."""
+    if server.frontend != bs.PINNED_FRONTEND:
+        pytest.skip(f"frontend {server.frontend} has no missing-models dialog setting")
+    path = next(p for p in WORKFLOWS if p.stem == "GradOP+ strokes to photo beside SDEdit")
+    workflow = json.loads(path.read_text())
+    declared = [m for n in workflow["nodes"] for m in n.get("properties", {}).get("models", [])]
+    assert declared, f"{path.name} declares no model files"
+    bs.store_setting(server, bs.MISSING_MODELS_SETTING, True)
+    page = bs.Page(browser, server)
+    try:
+        page.open()
+        page.page.evaluate(OPEN_TEMPLATE, [harness.PACK_NAME, path.stem])
+        dialog = page.page.locator(".p-dialog").filter(has_text=declared[0]["name"])
+        dialog.wait_for(state="visible")
+        text = dialog.inner_text()
+        assert all(model["name"] in text for model in declared), text
+        assert all(model["directory"] in text for model in declared), text
+    finally:
+        page.close()
+        bs.store_setting(server, bs.MISSING_MODELS_SETTING, False)
