@@ -102,3 +102,19 @@ def lpips_models(host, tmp_path_factory):
     yield paths
     folder_paths.folder_names_and_paths["lpips"][0].remove(str(folder))
     folder_paths.filename_list_cache.pop("lpips", None)
+
+
+@pytest.fixture(autouse=True)
+def _recorded_numbers_belong_to(request):
+    """GS_RECORD_NUMBERS: the tensors of each graph a test executes are filed under the test's id."""
+    harness.RECORDING_TEST = request.node.nodeid
+    yield
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import os
+
+    target = os.environ.get("GS_RECORD_NUMBERS")
+    if target and harness.RECORDED:
+        import torch
+        torch.save(harness.RECORDED, target)

@@ -152,11 +152,37 @@ class Host:
             raise PromptFailed(f"execution failed: {message}\n{errors[0].get('traceback', '') if errors else ''}")
         result = dict(executor.history_result or {})
         result["success"] = executor.success
+        if os.environ.get("GS_RECORD_NUMBERS") and executor.success:
+            record_numbers(prompt, executor.caches.outputs)
         return result, server
 
     def node_error(self, server: RecordingServer) -> str:
         errors = [data for event, data in server.messages if event == "execution_error"]
         return errors[0]["exception_message"] if errors else ""
+
+
+RECORDED: list[tuple[str, dict]] = []  # (test id, tensors of one executed prompt)
+RECORDING_TEST = ""
+
+
+def record_numbers(prompt: dict, outputs) -> None:
+    """GS_RECORD_NUMBERS=<file>: the tensors every node of an executed prompt output (LATENT samples, IMAGE,
+    MASK, SIGMAS), kept in order and written by conftest at the session's end, so that a refactor can show the
+    suite's graphs give the same numbers before and after (scripts/compare_numbers.py)."""
+    import torch
+
+    record = {}
+    for node_id, node in sorted(prompt.items()):
+        entry = outputs.get(node_id)
+        if entry is None or entry.outputs is None:
+            continue
+        for slot, values in enumerate(entry.outputs):
+            for index, value in enumerate(values if isinstance(values, list) else [values]):
+                if isinstance(value, dict) and isinstance(value.get("samples"), torch.Tensor):
+                    value = value["samples"]
+                if isinstance(value, torch.Tensor) and value.is_floating_point():
+                    record[f"{node['class_type']}:{node_id}:{slot}:{index}"] = value.detach().float().cpu().clone()
+    RECORDED.append((RECORDING_TEST, record))
 
 
 def run_recording_progress(host, prompt: dict) -> list[tuple]:
