@@ -8,7 +8,9 @@ WEB_DIRECTORY = "./web"
 async def comfy_entrypoint():
     from .nodes.extension import GuidedSynthesisExtension
 
-    return GuidedSynthesisExtension()
+    extension = GuidedSynthesisExtension()
+    await extension.on_load()  # ComfyUI 0.3.75 never calls on_load itself; a later call finds it done
+    return extension
 
 
 __all__ = ["WEB_DIRECTORY", "comfy_entrypoint"]

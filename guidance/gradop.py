@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .checks import check_strength
-from .regions import extract_palette
+from .palette import extract_palette
 from .schedules import vp_from_ve
 
 PAINTING_FUNCTIONS = ("gaussian blur", "median", "median + palette")
@@ -277,8 +277,3 @@ def optimise_strokes(z: torch.Tensor, target: torch.Tensor, decode: Decode, pain
         result.losses.append(float(painting_loss(painting(result.image), target, mask).sum()))
     result.z = z.detach()
     return result
-
-
-def default_loss_scale(reduced_precision: bool, pixels_per_image: int) -> float:
-    """1 in fp32 (the reference); otherwise the per-image element count, i.e. a per-pixel sum loss."""
-    return float(pixels_per_image) if reduced_precision else 1.0

@@ -20,10 +20,9 @@ import folder_paths
 import node_helpers
 
 from ..guidance import checks
-from . import host
+from .toolkit import host
 
 CATEGORY = "guided_synthesis/canvas"
-UPLOAD_SUBFOLDER = "guided_synthesis"  # where the widget uploads (documented in README)
 BACKGROUND_UI_KEY = "gs_canvas_background"  # ui message the widget reads to show the background
 MAX_SIZE = 8192
 
@@ -184,4 +183,3 @@ class StrokeCanvas(io.ComfyNode):
         return io.NodeOutput(composite, mask, ui={BACKGROUND_UI_KEY: saved})
 
 
-NODES = [StrokeCanvas]

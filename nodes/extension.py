@@ -1,33 +1,47 @@
-"""The pack's ComfyExtension: the list of nodes it registers.
+"""The pack's ComfyExtension: the nodes it registers (an explicit list) and its start-up work.
 
-Each capability module in nodes/ exposes ``NODES``, the node classes it contributes. get_node_list is
-also the pack's load-time hook (ComfyUI 0.3.75 calls it once per start and never calls ``on_load``): it
-registers the model folders, copies the example workflows' paintings into the input folder and installs the
-server's check of widget value types (ComfyUI would turn the string "false" into true).
+``get_node_list`` only lists: no files are read or written there. The start-up work (``on_load``: the model
+folders registered with folder_paths, the example workflows' paintings copied into the input folder, the
+server's check of widget value types installed) runs once; ComfyUI 0.3.75 never calls ``on_load``, so the
+entrypoint calls it (``start``) before handing the extension over, and a host that calls it again finds it done.
 """
 from __future__ import annotations
 
-import importlib
 from typing import Callable
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import examples, folders, host
+from . import canvas, gradop, panorama, regions, sdedit, semantic
+from .toolkit import examples, host, model_files
 
-NODE_PREFIX = "GS_"
-CATEGORY_ROOT = "guided_synthesis"
-CAPABILITY_MODULES = ("sdedit", "gradop", "canvas", "regions", "semantic", "panorama")
+NODES: list[type[io.ComfyNode]] = [
+    sdedit.SDEdit,
+    sdedit.SDEditSigmas,
+    gradop.GradOPPlus,
+    gradop.GradOPPlusSampler,
+    canvas.StrokeCanvas,
+    regions.StrokeRegions,
+    semantic.OpenCLIPLoader,
+    semantic.CLIPSemanticGuidance,
+    panorama.SyncDiffusion,
+    panorama.SyncDiffusionSampler,
+    panorama.SeamlessDecode,
+]
 
 
 class GuidedSynthesisExtension(ComfyExtension):
-    async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        folders.register_model_folders()
+    started = False
+
+    async def on_load(self) -> None:
+        if GuidedSynthesisExtension.started:
+            return
+        GuidedSynthesisExtension.started = True
+        model_files.register_model_folders()
         examples.install_example_inputs()  # never raises; logs what it cannot copy
-        nodes: list[type[io.ComfyNode]] = []
-        for name in CAPABILITY_MODULES:
-            nodes.extend(importlib.import_module(f"{__package__}.{name}").NODES)
-        install_prompt_check(nodes)
-        return nodes
+        install_prompt_check(NODES)
+
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODES)
 
 
 def prompt_check(nodes) -> Callable[[dict], dict]:

@@ -8,7 +8,6 @@ through the loss decoder (:class:`gradients.LossDecoderSpec`) inside ``gradients
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 
 import torch
@@ -20,10 +19,10 @@ import comfy.samplers
 import comfy.utils
 
 from ..guidance import checks, gradop
-from . import gradients, host, sampling
+from .toolkit import gradients, host, sampling, log
 
 CATEGORY = "guided_synthesis/gradop"
-_log = logging.getLogger(__name__)
+LOG = log.logger("gradop")
 METHOD = "GradOP+"
 FIT_ADVICE = "Lower width/height or batch_size, or use loss_resolution 'half' or decoder 'taesd'."
 
@@ -164,7 +163,7 @@ def gradop_sampler(config: GradOPConfig) -> comfy.samplers.KSAMPLER:
                         mask=mask, anchor=None if anchor is None else gradients.owned(anchor),
                         gamma=config.gamma if anchor is not None else 0.0, loss_scale=scaler.initial,
                         on_step=on_step, gradient=gradient)
-                _log.info("%s iteration %d at sigma %.4f: painting loss %.5f -> %.5f", config.mode, iteration + 1,
+                LOG.info("%s iteration %d at sigma %.4f: painting loss %.5f -> %.5f", config.mode, iteration + 1,
                           sigma, result.losses[0], result.losses[-1])
                 if config.collect_images:
                     config.optimised_images.append(result.image.movedim(1, -1).clamp(0, 1).cpu())
@@ -265,7 +264,7 @@ def _config(vae, strokes, mask, sampler_name, strength, iterative_steps, grad_st
                         loss_resolution=loss_resolution, decoder_memory=decoder_memory)
 
 
-class GradOPPlusSampler(io.ComfyNode):
+class GradOPPlus(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -320,19 +319,12 @@ class GradOPPlusSampler(io.ComfyNode):
                          painting_function, decoder, loss_resolution, mode, gamma, decoder_memory)
         config.collect_images = True
         width, height = output_size(config.strokes, width, height)
-        latent_format = model.get_model_object("latent_format")
-        batch = config.strokes.shape[0] * batch_size
-        samples = torch.zeros(batch, latent_format.latent_channels, height // 8, width // 8)
-        samples = comfy.sample.fix_empty_latent_channels(model, samples)
-        sigmas = host.schedule_fn(model, sampler_name, scheduler)(steps)
-        noise = host.prepare_noise({}, samples, seed)
-        sampler = gradop_sampler(config)
-        out = comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas, positive, negative, samples,
-                                         disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+        out = sampling.sample_from_empty(model, gradop_sampler(config), positive, negative, seed, steps, cfg,
+                                         sampler_name, scheduler, config.strokes.shape[0] * batch_size, height, width)
         if config.optimised_images:
             images = torch.cat(config.optimised_images, dim=0)
         else:
-            images = stroke_target(config, samples.shape, "cpu")[0].movedim(1, -1)
+            images = stroke_target(config, out.shape, "cpu")[0].movedim(1, -1)
         return io.NodeOutput({"samples": out}, images)
 
 
@@ -347,12 +339,12 @@ def output_size(strokes: torch.Tensor, width: int, height: int) -> tuple[int, in
     if width < 8 or height < 8:
         raise ValueError(f"strokes are {stroke_w}x{stroke_h}; the output needs at least 8x8 pixels")
     if (width, height) != (stroke_w, stroke_h):
-        _log.warning("GradOP+: strokes resized from %dx%d to %dx%d (the output size)", stroke_w, stroke_h,
+        LOG.warning("GradOP+: strokes resized from %dx%d to %dx%d (the output size)", stroke_w, stroke_h,
                      width, height)
     return width, height
 
 
-class GradOPPlusSamplerObject(io.ComfyNode):
+class GradOPPlusSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -381,4 +373,3 @@ class GradOPPlusSamplerObject(io.ComfyNode):
         return io.NodeOutput(gradop_sampler(config))
 
 
-NODES = [GradOPPlusSampler, GradOPPlusSamplerObject]

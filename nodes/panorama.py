@@ -13,7 +13,6 @@ The math is in ``guidance/panorama.py``.
 from __future__ import annotations
 
 import contextlib
-import logging
 from dataclasses import dataclass, field
 
 import torch
@@ -27,10 +26,11 @@ import comfy.samplers
 import comfy.utils
 
 from ..guidance import panorama
-from . import gradients, host, lpips_model, panorama_view, window_conds
+from . import panorama_view, window_conds
+from .toolkit import gradients, host, log, lpips_model, sampling
 
 CATEGORY = "guided_synthesis/panorama"
-_log = logging.getLogger(__name__)
+LOG = log.logger("panorama")
 METHOD = "SyncDiffusion"
 FIT_ADVICE = "Lower sync_batch or window_size, or use loss_decoder 'taesd'."
 UNET_JACOBIAN = ("exact", "none (approximate)")
@@ -457,7 +457,7 @@ def _config(vae, sampler_name, window_size, stride, sync_weight, decay, sync_ste
                           lpips_size=lpips_size)
 
 
-class SyncDiffusionSampler(io.ComfyNode):
+class SyncDiffusion(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -513,17 +513,12 @@ class SyncDiffusionSampler(io.ComfyNode):
         plan(config, height // LATENT_PX, width // LATENT_PX, latent_format)  # input errors before any work
         if config.syncing():
             lpips_model.trunk_file(lpips_net)
-        samples = torch.zeros(batch_size, latent_format.latent_channels, height // LATENT_PX, width // LATENT_PX)
-        samples = comfy.sample.fix_empty_latent_channels(model, samples)
-        sigmas = host.schedule_fn(model, sampler_name, scheduler)(steps)
-        noise = host.prepare_noise({}, samples, seed)
-        sampler = panorama_sampler(config)
-        out = comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas, positive, negative, samples,
-                                         disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+        out = sampling.sample_from_empty(model, panorama_sampler(config), positive, negative, seed, steps, cfg,
+                                         sampler_name, scheduler, batch_size, height, width, LATENT_PX)
         return io.NodeOutput({"samples": out}, ui=panorama_view.latent_ui(out, latent_format) if loop else None)
 
 
-class SyncDiffusionSamplerObject(io.ComfyNode):
+class SyncDiffusionSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -556,4 +551,3 @@ class SyncDiffusionSamplerObject(io.ComfyNode):
         return io.NodeOutput(panorama_sampler(config))
 
 
-NODES = [SyncDiffusionSampler, SyncDiffusionSamplerObject, SeamlessDecode]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import logging
 
 import numpy as np
 import torch
@@ -19,11 +18,11 @@ from comfy_api.latest import io, ui
 
 import comfy.ldm.modules.attention as comfy_attention
 
-from ..guidance import regions
-from . import host
+from ..guidance import palette as palettes, regions
+from .toolkit import host, log
 
 CATEGORY = "guided_synthesis/regions"
-LOG = logging.getLogger("guided_synthesis.regions")
+LOG = log.logger("regions")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -218,7 +217,7 @@ def _label_anchor(mask: torch.Tensor) -> tuple[int, int]:
     current = small
     for _ in range(64):
         depth += current
-        current = regions._erode(current[None])[0] * current
+        current = palettes.erode(current[None])[0] * current
         if not current.any():
             break
     index = int(torch.argmax(depth))
@@ -226,14 +225,14 @@ def _label_anchor(mask: torch.Tensor) -> tuple[int, int]:
     return min(w - 1, x * scale + scale // 2), min(h - 1, y * scale + scale // 2)
 
 
-def preview_image(palette: regions.Palette, phrases: list[str | None]) -> torch.Tensor:
+def preview_image(palette: palettes.Palette, phrases: list[str | None]) -> torch.Tensor:
     """IMAGE [1, H, W, 3]: each region in its colour, region borders dark, '1 phrase' labels."""
     from PIL import Image, ImageDraw, ImageFont
 
     masks = palette.masks
     colours = torch.tensor(palette.colours, dtype=torch.float32) / 255.0
     image = torch.einsum("rhw,rc->hwc", masks, colours)
-    border = (masks - regions._erode(masks)).amax(0) > 0
+    border = (masks - palettes.erode(masks)).amax(0) > 0
     image[border] = image[border] * 0.35
     pil = Image.fromarray((image.clamp(0, 1) * 255).round().byte().numpy())
     draw = ImageDraw.Draw(pil)
@@ -333,7 +332,7 @@ class StrokeRegions(io.ComfyNode):
         pixels = host.image_to_rgb(stroke, "stroke")
         if pixels.shape[0] != 1:
             raise ValueError(f"stroke: expected one painting, got a batch of {pixels.shape[0]}")
-        palette = regions.extract_palette(pixels[0], float(colour_tolerance), float(min_region_percent) / 100.0)
+        palette = palettes.extract_palette(pixels[0], float(colour_tolerance), float(min_region_percent) / 100.0)
         spec = regions.parse_region_spec(region_spec)
         phrases = regions.resolve_regions(spec, palette.colours, float(colour_tolerance))
         named = [i for i, p in enumerate(phrases) if p]
@@ -383,4 +382,3 @@ def _sigma(model, percent: float) -> float:
     return float(sampling.percent_to_sigma(float(percent)))
 
 
-NODES = [StrokeRegions]

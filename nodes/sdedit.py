@@ -9,7 +9,7 @@ import comfy.sample
 import comfy.samplers
 
 from ..guidance import checks, sdedit
-from . import host
+from .toolkit import host
 
 CATEGORY = "guided_synthesis/sdedit"
 
@@ -67,7 +67,7 @@ class SDEditSigmas(io.ComfyNode):
         return io.NodeOutput(sdedit_sigmas(model, "euler", scheduler, steps, strength, semantics))
 
 
-class SDEditSampler(io.ComfyNode):
+class SDEdit(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -181,4 +181,3 @@ def _guide_latent(image, vae, latent, mask) -> tuple[torch.Tensor, torch.Tensor 
     return samples, mask.unsqueeze(1).clone()
 
 
-NODES = [SDEditSampler, SDEditSigmas]

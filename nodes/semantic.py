@@ -14,7 +14,6 @@ import contextlib
 import copy
 import importlib.util
 import json
-import logging
 import math
 import os
 import pickle
@@ -33,10 +32,10 @@ import comfy.patcher_extension
 import folder_paths
 
 from ..guidance import checks, semantic
-from . import gradients, host
+from .toolkit import gradients, host, log
 
 CATEGORY = "guided_synthesis/semantic"
-LOG = logging.getLogger("guided_synthesis.semantic")
+LOG = log.logger("semantic")
 FOLDER = "clip_guidance"
 DEFAULT_ARCHITECTURE = "ViT-B-32"
 DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
@@ -567,7 +566,6 @@ class SemanticGuidance:
     """Post-CFG function (``fn(args) -> denoised``) and OUTER_SAMPLE wrapper of CLIP semantic guidance.
 
     Immutable settings plus the current run's state; its deep copy is itself, so it may sit in model_options.
-    ``guided_calls`` counts the evaluations it guided (all runs).
     """
 
     def __init__(self, clip: OpenCLIP, vae, decoder: str, text: str, text_weight: float, image_weight: float,
@@ -586,7 +584,6 @@ class SemanticGuidance:
         self.sigma_start, self.sigma_end = sigma_start, sigma_end
         self.run: _Run | None = None
         self._depth = 0
-        self.guided_calls = 0
 
     def __deepcopy__(self, memo):
         return self
@@ -700,7 +697,6 @@ class SemanticGuidance:
         grad = self.gradient(run, denoised, index)
         if grad is None:
             return denoised  # the gradient stayed non-finite: the scaler skipped the step (warned once)
-        self.guided_calls += 1
         weight = self.total_weight if self.step_mode == "normalised" else 1.0
         uncond = args.get("uncond_denoised")
         weights = None
@@ -869,4 +865,3 @@ class CLIPSemanticGuidance(io.ComfyNode):
         return io.NodeOutput(patched)
 
 
-NODES = [OpenCLIPLoader, CLIPSemanticGuidance]

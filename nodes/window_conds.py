@@ -22,7 +22,6 @@ GLIGEN position boxes are not cropped (logged once).
 from __future__ import annotations
 
 import copy
-import logging
 
 import torch
 
@@ -32,8 +31,9 @@ import comfy.samplers
 import comfy.utils
 
 from ..guidance import panorama
+from .toolkit import log
 
-_log = logging.getLogger(__name__)
+LOG = log.logger("panorama")
 HOOK = "sampler_calc_cond_batch_function"
 SIZE_CONDITIONED = (comfy.model_base.SDXL, comfy.model_base.SDXLRefiner)
 
@@ -102,7 +102,7 @@ class WindowConditioning:
             out["control"] = self._control(entry["control"], group)
         if "gligen" in entry and not self._warned:
             self._warned = True
-            _log.warning("GLIGEN boxes are given for the whole canvas and are not cropped per window")
+            LOG.warning("GLIGEN boxes are given for the whole canvas and are not cropped per window")
         return out
 
     def _remember(self, entry: dict) -> None:

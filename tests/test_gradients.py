@@ -1,4 +1,4 @@
-"""The gradient recipe (nodes/gradients.py) inside a real PromptExecutor run (inference mode)."""
+"""The gradient recipe (nodes/toolkit/gradients.py) inside a real PromptExecutor run (inference mode)."""
 import pytest
 import torch
 
@@ -64,7 +64,7 @@ def test_naive_backprop_really_fails_in_the_executor(host):
 
 def test_decoder_copy_matches_vae_decode_for_taesd_and_kl_vaes(host):
     """The pack-owned decoder copy gives VAE.decode's image, with autograd, for both VAE families."""
-    gradients = harness.loaded_module(f"{harness.PACK_NAME}.nodes.gradients")
+    gradients = harness.loaded_module(f"{harness.PACK_NAME}.nodes.toolkit.gradients")
     tiny = harness.test_nodes_module().tiny
     for vae_factory in (tiny.tiny_vae, tiny.tiny_kl_vae):
         with torch.inference_mode():  # as the executor runs nodes
@@ -85,7 +85,7 @@ def test_checkpointed_decoder_gives_the_same_gradient_with_less_memory(host):
     peak of tensor memory over forward + backward (measured op by op, CPU)."""
     import memory_probe
 
-    gradients = harness.loaded_module(f"{harness.PACK_NAME}.nodes.gradients")
+    gradients = harness.loaded_module(f"{harness.PACK_NAME}.nodes.toolkit.gradients")
     tiny = harness.test_nodes_module().tiny
     # at most this share of the full peak: the KL decoder is all blocks; TAESD keeps full-size convs between them
     for vae_factory, share in ((tiny.tiny_kl_vae, 0.6), (tiny.tiny_vae, 0.9)):
@@ -120,7 +120,7 @@ def test_loss_decoder_spec_is_cheap_in_model_options_and_follows_the_vae_downsca
     object, never holds a decoder copy, and sizes everything by the VAE's own downscale ratio."""
     from types import SimpleNamespace
 
-    gradients = harness.loaded_module(f"{harness.PACK_NAME}.nodes.gradients")
+    gradients = harness.loaded_module(f"{harness.PACK_NAME}.nodes.toolkit.gradients")
     tiny = harness.test_nodes_module().tiny
     with torch.inference_mode():
         model, vae = tiny.tiny_model("sd15", 0), tiny.tiny_kl_vae(0)

@@ -193,7 +193,7 @@ def test_gradop_reconstruction_mode(host, caplog):
 
 def pack_modules():
     return (harness.loaded_module(f"{harness.PACK_NAME}.nodes.gradop"),
-            harness.loaded_module(f"{harness.PACK_NAME}.nodes.gradients"))
+            harness.loaded_module(f"{harness.PACK_NAME}.nodes.toolkit.gradients"))
 
 
 def test_interrupt_stops_within_one_gradient_step_and_the_decoder_copy_is_released(host, monkeypatch):
@@ -296,7 +296,7 @@ def test_checkpointed_decoder_memory_gives_the_same_result(host, caplog):
     assert_close_across_paths(results["auto"], results["full"], rtol=1e-5, why=PATHS)
     assert caplog.text.count("decoder copy checkpointed (") == 1  # the 'checkpointed' run only:
     assert "checkpointing the decoder copy" not in caplog.text  # tiny latents, so auto keeps all activations
-    gradients = harness.loaded_module(f"{harness.PACK_NAME}.nodes.gradients")
+    gradients = harness.loaded_module(f"{harness.PACK_NAME}.nodes.toolkit.gradients")
     assert gradients.use_checkpointing("auto", 6e9, 8e9) and not gradients.use_checkpointing("auto", 3e9, 8e9)
     assert gradients.use_checkpointing("checkpointed", 0, 1) and not gradients.use_checkpointing("full", 9, 1)
     with pytest.raises(ValueError, match="decoder_memory"):

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from guidance import gradop, regions
+from guidance import gradop, loss_scale, palette as palettes
 from tolerance import FORMULA, PATHS, assert_close_across_paths
 
 
@@ -90,7 +90,7 @@ def strokes(size=32):
 
 def stroke_colours(image: torch.Tensor) -> torch.Tensor:
     """The palette 'median + palette' snaps to: Stroke Regions to Words' colours of one [3,H,W] image, 0..1."""
-    return torch.tensor(regions.extract_palette(image.movedim(0, -1)).colours, dtype=torch.float32) / 255
+    return torch.tensor(palettes.extract_palette(image.movedim(0, -1)).colours, dtype=torch.float32) / 255
 
 
 def test_palette_finds_the_stroke_colours_and_soft_quantise_snaps_to_them():
@@ -243,11 +243,11 @@ def test_loss_scaling_is_exact_in_fp32_and_rescues_an_fp16_gradient():
 
     reference = first_grad(1.0).float()
     unscaled_zero = (reference == 0).float().mean()
-    rescued = first_grad(gradop.default_loss_scale(True, 3 * size * size))
+    rescued = first_grad(loss_scale.default_loss_scale(True, 3 * size * size))
     assert unscaled_zero > 0.9  # the unscaled fp16 gradient is (almost) all zero
     assert (rescued == 0).float().mean() < 0.01
     result = gradop.optimise_strokes(z_big, big_target, decode, identity, 3,
-                                     loss_scale=gradop.default_loss_scale(True, 3 * size * size))
+                                     loss_scale=loss_scale.default_loss_scale(True, 3 * size * size))
     assert result.losses[-1] < result.losses[0]
 
 
@@ -321,7 +321,7 @@ def test_kernel_sizes_are_odd_and_scale_with_the_image():
     assert gradop.median_kernel(1024, 1024) == 29  # 30 -> the odd size below
     assert gradop.median_kernel(64, 64) == 3  # never below 3
     assert gradop.blur_parameters(256, 256) == (17, 3.5)  # int(17.5) = 17
-    assert gradop.default_loss_scale(False, 1000) == 1.0 and gradop.default_loss_scale(True, 1000) == 1000.0
+    assert loss_scale.default_loss_scale(False, 1000) == 1.0 and loss_scale.default_loss_scale(True, 1000) == 1000.0
 
 
 def test_gaussian_kernel_is_a_normalised_sampled_gaussian():

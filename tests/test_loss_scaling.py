@@ -16,7 +16,7 @@ PACK = harness.PACK_NAME
 
 
 def gradients_module():
-    return harness.loaded_module(f"{PACK}.nodes.gradients")
+    return harness.loaded_module(f"{PACK}.nodes.toolkit.gradients")
 
 
 def semantic_nodes():

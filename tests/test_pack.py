@@ -52,7 +52,7 @@ def test_wrong_typed_widget_values_are_refused_naming_the_input(host, clip_guida
     validation, naming the input and its type; the node's own check refuses them in a direct call."""
     import copy
     extension = harness.loaded_module(f"{harness.PACK_NAME}.nodes.extension")
-    host_module = harness.loaded_module(f"{harness.PACK_NAME}.nodes.host")
+    host_module = harness.loaded_module(f"{harness.PACK_NAME}.nodes.toolkit.host")
     check = extension.prompt_check(pack_nodes(host))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the control below must not download
     prompts = type_check_prompts()

@@ -127,7 +127,7 @@ def test_batched_and_unbatched_windows_agree(host, lpips_models):
     those non-differentiable points (clamp edges, tied max-pool inputs in the LPIPS trunk) rounding picks
     which subgradient flows: the sync's effect then differs by about 1.5 % (asserted 3 %). Both are valid
     SyncDiffusion steps; the difference is not an error in the batching."""
-    gradients = harness.test_nodes_module().probes.pack_module("nodes.gradients")
+    gradients = harness.test_nodes_module().probes.pack_module("nodes.toolkit.gradients")
     decode = gradients.DifferentiableDecoder.decode_model_space
     results = {}
     for clamp in (True, False):
@@ -458,7 +458,7 @@ def test_a_bad_lpips_trunk_file_is_refused_naming_it(host, lpips_models, tmp_pat
 def test_the_lpips_network_is_built_once_across_runs(host, lpips_models, monkeypatch):
     """Two synced runs (and a third with the other form) construct LPIPS once: the frozen network is reused."""
     import lpips
-    lpips_module = harness.loaded_module(f"{harness.PACK_NAME}.nodes.lpips_model")
+    lpips_module = harness.loaded_module(f"{harness.PACK_NAME}.nodes.toolkit.lpips_model")
     lpips_module.release_lpips()
     built = []
     original = lpips.LPIPS
@@ -505,7 +505,7 @@ def test_an_interrupt_mid_step_ends_the_prompt_before_the_next_window_batch(host
         return out
 
     monkeypatch.setattr(comfy.samplers, "calc_cond_batch", counting)
-    distance_class = harness.loaded_module(f"{harness.PACK_NAME}.nodes.lpips_model").LPIPSDistance
+    distance_class = harness.loaded_module(f"{harness.PACK_NAME}.nodes.toolkit.lpips_model").LPIPSDistance
     losses = []  # the sync loss (decode -> LPIPS -> backward) of each gradient batch: the flag when it ran
     original_distance = distance_class.__call__
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from guidance import regions
+from guidance import palette as palettes, regions
 from tolerance import FORMULA, assert_close_across_paths
 
 RED, BLUE, YELLOW, GREEN = (220, 40, 30), (40, 90, 200), (250, 210, 80), (70, 150, 60)
@@ -38,7 +38,7 @@ def scene(draw, s):
 
 def test_palette_on_antialiased_strokes_gives_the_right_masks():
     image, hi = antialiased(64, scene, BLUE)
-    palette = regions.extract_palette(image, tolerance=24, min_area=0.002)
+    palette = palettes.extract_palette(image, tolerance=24, min_area=0.002)
     assert sorted(palette.colours) == sorted([RED, BLUE, YELLOW, GREEN])
     # reading order: blue background (row 0) first, then red circle, then yellow, then green
     assert palette.colours[0] == BLUE and palette.colours[1] == RED
@@ -61,17 +61,17 @@ def test_palette_drops_specks_and_edge_bands_and_tolerates_noise():
     image[5, 50] = torch.tensor([0.0, 1.0, 0.0])  # one green speck inside blue
     noisy = (image + 0.03 * torch.randn(image.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
     for picture in (image, noisy):
-        palette = regions.extract_palette(picture, tolerance=40, min_area=0.002)
+        palette = palettes.extract_palette(picture, tolerance=40, min_area=0.002)
         assert len(palette.colours) == 2, palette.colours
         red = palette.masks[[i for i, c in enumerate(palette.colours) if c[0] > 128][0]]
         assert red[:, :31].min() == 1 and red[:, 33:].max() == 0
 
 
 def test_palette_single_colour_and_bad_shape():
-    palette = regions.extract_palette(torch.full((16, 16, 3), 0.5))
+    palette = palettes.extract_palette(torch.full((16, 16, 3), 0.5))
     assert len(palette.colours) == 1 and palette.masks.shape == (1, 16, 16)
     with pytest.raises(ValueError, match="stroke image"):
-        regions.extract_palette(torch.zeros(16, 16))
+        palettes.extract_palette(torch.zeros(16, 16))
 
 
 def test_colour_families():
@@ -306,7 +306,7 @@ def test_resolution_errors_list_the_palette_and_start_with_the_input_name():
 
 
 def test_palette_hex_names_each_colour():
-    palette = regions.Palette(colours=[(255, 0, 16), (1, 2, 3)], masks=torch.zeros(2, 1, 1), areas=[0.5, 0.5])
+    palette = palettes.Palette(colours=[(255, 0, 16), (1, 2, 3)], masks=torch.zeros(2, 1, 1), areas=[0.5, 0.5])
     assert palette.hex(0) == "#ff0010" and palette.hex(1) == "#010203"
 
 
@@ -477,7 +477,7 @@ def stripes(widths, colours, height=16):
 def test_palette_keeps_the_largest_regions_up_to_max_regions():
     colours = [RED, BLUE, YELLOW, GREEN]
     image = stripes([10, 30, 8, 16], colours)
-    palette = regions.extract_palette(image, max_regions=2)
+    palette = palettes.extract_palette(image, max_regions=2)
     # the two widest stripes (blue 30, green 16 columns); red and yellow are nearer green, so green's region
     # starts at column 0 and comes first in reading order (integer colours)
     assert palette.colours == [GREEN, BLUE]
@@ -488,21 +488,21 @@ def test_palette_keeps_the_largest_regions_up_to_max_regions():
 
 def test_palette_merges_colours_within_the_tolerance_and_drops_small_regions():
     near_red = (RED[0] - 10, RED[1] + 5, RED[2])  # 11.2 from red
-    palette = regions.extract_palette(stripes([20, 12, 32], [RED, near_red, BLUE]), tolerance=24)
+    palette = palettes.extract_palette(stripes([20, 12, 32], [RED, near_red, BLUE]), tolerance=24)
     assert palette.colours == [RED, BLUE]  # the most frequent exact shade names the merged region
     assert palette.areas == pytest.approx([0.5, 0.5], rel=1e-6)
-    apart = regions.extract_palette(stripes([20, 12, 32], [RED, near_red, BLUE]), tolerance=8)
+    apart = palettes.extract_palette(stripes([20, 12, 32], [RED, near_red, BLUE]), tolerance=8)
     assert apart.colours == [RED, near_red, BLUE]
     # a 1-pixel-wide line (1/64 of the image, but no interior) is not a region
-    thin = regions.extract_palette(stripes([31, 1, 32], [RED, YELLOW, BLUE]))
+    thin = palettes.extract_palette(stripes([31, 1, 32], [RED, YELLOW, BLUE]))
     assert thin.colours == [RED, BLUE]
-    big_minimum = regions.extract_palette(stripes([8, 56], [RED, BLUE]), min_area=0.2)  # red is 1/8
+    big_minimum = palettes.extract_palette(stripes([8, 56], [RED, BLUE]), min_area=0.2)  # red is 1/8
     assert big_minimum.colours == [BLUE]
 
 
 def test_palette_shape_error_shows_the_shape():
     with pytest.raises(ValueError, match=r"^stroke image must be \[height, width, 3\], got shape \(16, 16, 4\)$"):
-        regions.extract_palette(torch.zeros(16, 16, 4))
+        palettes.extract_palette(torch.zeros(16, 16, 4))
 
 
 def test_layer_bias_is_cached_per_layer_size_in_the_asked_dtype_and_device():
@@ -550,11 +550,11 @@ def test_erosion_is_a_3x3_minimum_with_the_border_counted_as_inside():
                 rows = range(max(i - 1, 0), min(i + 2, 5))  # outside the image: the nearest pixel (inside)
                 cols = range(max(j - 1, 0), min(j + 2, 6))
                 expected[r, i, j] = min(float(masks[r, a, b]) for a in rows for b in cols)
-    torch.testing.assert_close(regions._erode(masks), expected, rtol=0, atol=0)  # exact: a minimum of 0/1 values
+    torch.testing.assert_close(palettes.erode(masks), expected, rtol=0, atol=0)  # exact: a minimum of 0/1 values
 
 
 def test_palette_clamps_overshooting_images_to_the_8_bit_range():
     image = stripes([16, 16], [(255, 0, 0), (0, 0, 255)])
     image[:, :16, 0] = 1.3  # out of range values from a decoder
     image[:, 16:, 1] = -0.2
-    assert regions.extract_palette(image).colours == [(255, 0, 0), (0, 0, 255)]
+    assert palettes.extract_palette(image).colours == [(255, 0, 0), (0, 0, 255)]

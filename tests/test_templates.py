@@ -71,7 +71,7 @@ def folder_widgets(host):
 def loaded_files(workflow: dict, node_classes: dict, folder_widgets: dict) -> dict:
     """node id -> {(file name, folder)} that the node loads when the template runs: the widgets listing a model
     folder, and the files the pack's nodes read by an option's value (the LPIPS trunk, TAESD)."""
-    lpips_model = harness.loaded_module("nodes.lpips_model")
+    lpips_model = harness.loaded_module("nodes.toolkit.lpips_model")
     loads = {}
     for node in workflow["nodes"]:
         values = widget_values(node, node_classes)

@@ -58,7 +58,7 @@ def test_every_painting_a_workflow_names_is_shipped_and_installed_by_the_pack(ho
 
 
 def examples_module():
-    return harness.loaded_module("nodes.examples")
+    return harness.loaded_module("nodes.toolkit.examples")
 
 
 def test_installing_the_examples_never_replaces_a_users_file(host, tmp_path):

@@ -70,7 +70,7 @@ def decoder_peak_bytes(pixels: int, dtype_name: str, checkpointed: bool) -> int:
     import torch
     import memory_probe
     tiny = harness.test_nodes_module().tiny
-    gradients = harness.loaded_module(f"{harness.PACK_NAME}.nodes.gradients")
+    gradients = harness.loaded_module(f"{harness.PACK_NAME}.nodes.toolkit.gradients")
     guidance = harness.loaded_module(f"{harness.PACK_NAME}.guidance.gradop")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
     with torch.inference_mode():

@@ -80,8 +80,8 @@ def full_size(latent: int = 64) -> None:
     from common import FullSizeSD15, forward_only, interleaved
     sys.path.insert(0, str(harness.TESTS))
     import memory_probe
-    gradients = harness.loaded_module(f"{harness.PACK_NAME}.nodes.gradients")
-    lpips_model = harness.loaded_module(f"{harness.PACK_NAME}.nodes.lpips_model")
+    gradients = harness.loaded_module(f"{harness.PACK_NAME}.nodes.toolkit.gradients")
+    lpips_model = harness.loaded_module(f"{harness.PACK_NAME}.nodes.toolkit.lpips_model")
     sd = FullSizeSD15(latent)
     device, sync = sd.device, sd.sync
     with torch.inference_mode(False):

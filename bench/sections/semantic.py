@@ -74,7 +74,7 @@ def full_size(latent: int = 64, cutouts: int = 4) -> None:
     import open_clip
     import torch
     from common import FullSizeSD15, forward_only, interleaved
-    gradients = harness.loaded_module(f"{harness.PACK_NAME}.nodes.gradients")
+    gradients = harness.loaded_module(f"{harness.PACK_NAME}.nodes.toolkit.gradients")
     sd = FullSizeSD15(latent)
     device, sync = sd.device, sd.sync
     pieces = {}

@@ -19,7 +19,7 @@ from PIL import Image
 
 import browser_support as bs
 import harness
-from guidance import regions
+from guidance import palette as palettes
 
 pytestmark = pytest.mark.server
 
@@ -114,9 +114,9 @@ def test_palette_editor_reads_uploads_writes_the_spec_and_survives_reload(page, 
     assert before["palette"]["colours"] == [SKY, GRASS, ROOF], before
     assert before["swatches"] == [f"phrase for {c}" for c in (SKY, GRASS, ROOF)]
     assert before["status"].startswith("3 colour regions from the loaded image"), before["status"]
-    # The browser's extraction agrees with the node's (guidance.regions.extract_palette) on the same file.
-    node_palette = regions.extract_palette(torch.from_numpy(first).float() / 255)
-    assert [regions.rgb_to_hex(c) for c in node_palette.colours] == before["palette"]["colours"]
+    # The browser's extraction agrees with the node's (guidance.palette.extract_palette) on the same file.
+    node_palette = palettes.extract_palette(torch.from_numpy(first).float() / 255)
+    assert [palettes.rgb_to_hex(c) for c in node_palette.colours] == before["palette"]["colours"]
     np.testing.assert_allclose(before["palette"]["areas"], node_palette.areas, atol=0.02)  # abs: fractions in [0, 1]
 
     show_editor(page)

@@ -70,7 +70,7 @@ class DenoiserProbeSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, key, probe_step, step_size, directions, seed) -> io.NodeOutput:
-        gradients = pack_module("nodes.gradients")
+        gradients = pack_module("nodes.toolkit.gradients")
 
         @torch.no_grad()
         def sample(model, x, sigmas, extra_args=None, callback=None, disable=None):

@@ -30,7 +30,7 @@ def oracle_lpips(net: str, path: str):
 
 def oracle_sampler(vae, window: int, stride: int, sync_weight: float, decay: float, sync_steps: int,
                    lpips_file: str, net: str = "vgg", downscale: int = 1):
-    gradients = pack_module("nodes.gradients")
+    gradients = pack_module("nodes.toolkit.gradients")
 
     def sample(model, x, sigmas, extra_args=None, callback=None, disable=None):
         extra_args = extra_args or {}

@@ -25,7 +25,7 @@ def gradient_norms(model, vae, latent, positive, sigma: float, use_recipe: bool 
 
     ``use_recipe=False`` backpropagates through the upstream model as is (the naive path, which fails).
     """
-    gradients = pack_module("nodes.gradients")
+    gradients = pack_module("nodes.toolkit.gradients")
     grad_model = gradients.differentiable_model(model) if use_recipe else model
     comfy.model_management.load_models_gpu([grad_model])
     base = grad_model.model

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import logging
 from typing import Callable, Iterator
 
 import torch
@@ -33,9 +32,10 @@ import comfy.model_management
 import comfy.taesd.taesd
 import folder_paths
 
-from ..guidance.gradop import default_loss_scale
+from ...guidance.loss_scale import default_loss_scale
+from .log import logger
 
-_log = logging.getLogger(__name__)
+LOG = logger("gradients")
 
 # Submodules of a VAE's first_stage_model that decoding never uses; not copied.
 _ENCODER_PARTS = ("encoder", "taesd_encoder", "quant_conv")
@@ -158,11 +158,11 @@ class DifferentiableDenoiser:
         reason = probe_gradient(lambda: self.model(probe_x, sigma, **args))
         if reason is None:
             self.mode = self.UNET
-            _log.info("%s: gradients flow through the UNet (differentiable denoiser)", self.method)
+            LOG.info("%s: gradients flow through the UNet (differentiable denoiser)", self.method)
             return
         self.close()
         self.mode, self.fallback_reason = self.IDENTITY, reason
-        _log.warning("%s: no gradient through this model's UNet (%s); using the identity Jacobian d x0/d x = I "
+        LOG.warning("%s: no gradient through this model's UNet (%s); using the identity Jacobian d x0/d x = I "
                      "instead (approximate)", self.method, reason)
 
     def close(self) -> None:
@@ -432,11 +432,11 @@ def make_loss_decoder(vae, latent_format, precision: str, memory: str, batch: in
     estimate, free = decoder_memory_estimate(vae, precision, batch, latent_hw, method, advice)
     checkpointed = use_checkpointing(memory, estimate, free)
     if memory == "auto" and checkpointed:
-        _log.info("%s: decoder activations need about %.1f GiB, %.1f GiB free: checkpointing the decoder copy "
+        LOG.info("%s: decoder activations need about %.1f GiB, %.1f GiB free: checkpointing the decoder copy "
                   "(same result, slower)", method, estimate / 2 ** 30, free / 2 ** 30)
     decoder = DifferentiableDecoder(vae, DECODERS[precision], checkpointed=checkpointed)
     if decoder.checkpointed_blocks:
-        _log.info("%s: decoder copy checkpointed (%d blocks recomputed in backward)", method,
+        LOG.info("%s: decoder copy checkpointed (%d blocks recomputed in backward)", method,
                   decoder.checkpointed_blocks)
     return decoder
 
@@ -545,7 +545,7 @@ class LossScaler:
                 self.scale /= self.backoff
                 self.backoffs += 1
                 self._good = 0
-                _log.debug("%s: non-finite gradient at loss scale %g; retrying at %g", self.method, scale,
+                LOG.debug("%s: non-finite gradient at loss scale %g; retrying at %g", self.method, scale,
                            self.scale)
         tried_fp32 = full_precision is not None
         if tried_fp32:
@@ -562,7 +562,7 @@ class LossScaler:
                     raise  # OOM_EXCEPTION is Exception itself on builds without CUDA's
                 loss = grads = None
                 comfy.model_management.soft_empty_cache()
-                _log.info("%s: no memory for the fp32 decoder pass", self.method)
+                LOG.info("%s: no memory for the fp32 decoder pass", self.method)
         self._skip(what, tried_fp32)
         return None
 
@@ -579,5 +579,5 @@ class LossScaler:
             tried += ", then an fp32 decoder pass" if tried_fp32 else ""
             hint = (" A higher-precision decoder (fp32, or bf16 for its range) may avoid it."
                     if self.reduced_precision else "")
-            _log.warning("%s: the loss gradient is not finite (%s); this %s is skipped, left unguided. Later "
+            LOG.warning("%s: the loss gradient is not finite (%s); this %s is skipped, left unguided. Later "
                          "skips in this run are not logged.%s", self.method, tried, what, hint)

@@ -12,7 +12,9 @@ from typing import Callable
 
 import torch
 
+import comfy.sample
 import comfy.samplers
+import comfy.utils
 
 from . import host
 
@@ -64,3 +66,19 @@ class SegmentedSampling:
         """Relay the last sampler step to the outer callback (SamplerCustom's denoised_output reads its x0)."""
         if self._outer_callback is not None and self._last is not None:
             self._outer_callback(self._last)
+
+
+def sample_from_empty(model, sampler: comfy.samplers.KSAMPLER, positive, negative, seed: int, steps: int, cfg: float,
+                      sampler_name: str, scheduler: str, batch: int, height_px: int, width_px: int,
+                      latent_px: int = 8) -> torch.Tensor:
+    """The full-node recipe of a sampler node that takes no latent (GradOP+, SyncDiffusion): an empty latent of
+    ``batch`` x ``height_px`` x ``width_px`` in the model's latent format, KSampler's schedule and noise for
+    ``seed``, and ``sampler`` run through ``comfy.sample.sample_custom`` (CFG, conditioning, model patches and
+    the host's progress bar as KSampler does them). Returns the sampled latent."""
+    latent_format = model.get_model_object("latent_format")
+    samples = torch.zeros(batch, latent_format.latent_channels, height_px // latent_px, width_px // latent_px)
+    samples = comfy.sample.fix_empty_latent_channels(model, samples)
+    sigmas = host.schedule_fn(model, sampler_name, scheduler)(steps)
+    noise = host.prepare_noise({}, samples, seed)
+    return comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas, positive, negative, samples,
+                                      disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)

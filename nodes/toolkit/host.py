@@ -15,7 +15,7 @@ import comfy.samplers
 import comfy.utils
 import latent_preview
 
-from ..guidance.schedules import tabulated_inverse
+from ...guidance.schedules import tabulated_inverse
 
 SAMPLER_NAMES = comfy.samplers.SAMPLER_NAMES
 SCHEDULER_NAMES = comfy.samplers.SCHEDULER_NAMES

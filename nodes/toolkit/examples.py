@@ -3,8 +3,7 @@
 The workflows in ``example_workflows/`` (ComfyUI's *Browse Templates*) name their paintings as files of the
 input folder (``guided_synthesis_strokes.png`` in Load Image, ``guided_synthesis_canvas.png [input]`` in
 Stroke Canvas). So that they run as downloaded, every file of ``example_workflows/inputs/`` is copied there
-at load time (``ComfyExtension.get_node_list``, which ComfyUI 0.3.75 calls once per start; it never calls
-``on_load``).
+once when the pack starts (the extension's ``on_load``, see nodes/extension.py).
 
 A file of the same name already in the input folder is never replaced (it may be the user's own); a folder
 that cannot be written is logged, never raised. Users who move workflows elsewhere copy the files by hand
@@ -12,16 +11,14 @@ that cannot be written is logged, never raised. Users who move workflows elsewhe
 """
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
-EXAMPLE_INPUTS = Path(__file__).resolve().parents[1] / "example_workflows" / "inputs"
-# Where each example file goes, relative to the input folder: the form the workflows refer to it by
-# (Load Image "name", Stroke Canvas "name [input]": both the top of the input folder).
-SUBFOLDER = ""
+from .log import logger
 
-LOG = logging.getLogger("guided_synthesis.examples")
+EXAMPLE_INPUTS = Path(__file__).resolve().parents[2] / "example_workflows" / "inputs"
+
+LOG = logger("examples")
 
 
 def install_example_inputs(input_dir: str | os.PathLike | None = None,
@@ -36,7 +33,7 @@ def install_example_inputs(input_dir: str | os.PathLike | None = None,
             import folder_paths
 
             input_dir = folder_paths.get_input_directory()
-        target = Path(input_dir) / SUBFOLDER
+        target = Path(input_dir)  # the top of the input folder: Load Image "name", Stroke Canvas "name [input]"
         files = sorted(p for p in source.iterdir() if p.is_file() and not p.name.startswith("."))
     except Exception as error:  # noqa: BLE001 - loading the pack must never fail here
         LOG.warning("Guided Synthesis: example paintings not copied to the input folder: %s", error)
