@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .checks import check_strength
+from .loss_scale import Gradient, fixed_scale_gradient
 from .palette import extract_palette
 from .schedules import vp_from_ve
 
@@ -206,20 +207,6 @@ class OptimisationResult:
 
 # gradient(loss_fn, inputs) -> [d loss / d input] or None (skip the step): how a method takes a loss's
 # gradient; nodes/ passes a dynamic loss scaler (nodes/gradients.LossScaler), pure callers a fixed scale.
-Gradient = Callable[[Callable[[], torch.Tensor], Sequence[torch.Tensor]], "list[torch.Tensor] | None"]
-
-
-def fixed_scale_gradient(loss_scale: float = 1.0) -> Gradient:
-    """``grad(loss_scale * loss) / loss_scale`` with no back-off; a non-finite gradient raises
-    FloatingPointError (the pure default: never a silent NaN step)."""
-    def gradient(loss_fn, inputs):
-        grads = torch.autograd.grad(loss_fn() * loss_scale, list(inputs))
-        if not all(bool(torch.isfinite(g).all()) for g in grads):
-            raise FloatingPointError(f"the loss gradient is not finite at loss scale {loss_scale:g}")
-        return [g / loss_scale for g in grads]
-    return gradient
-
-
 def optimise_strokes(z: torch.Tensor, target: torch.Tensor, decode: Decode, painting: Painting, steps: int,
                      lr: float = 0.1, mask: torch.Tensor | None = None, anchor: torch.Tensor | None = None,
                      gamma: float = 0.0, loss_scale: float = 1.0,

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import torch
 
-from .gradop import fixed_scale_gradient
+from .loss_scale import fixed_scale_gradient
 
 # The reference's shipped script: weight 20, decay 0.95, sync in the first 10 of 50 steps, every step.
 DEFAULT_SYNC_WEIGHT = 20.0
@@ -193,7 +193,7 @@ def synced_crops(x: torch.Tensor, windows: Sequence[Window], sigma: float, weigh
     gets ``x_v - weight (1 + sigma^2) dL/dx_v`` with ``L = distance(decode(denoise_grad(x_v)), anchor image)``
     (:func:`nudge`). Windows go through in groups of ``batch``; every op is per item, so the gradient of the
     summed loss is each window's own gradient. ``weight`` 0 returns the plain crops (MultiDiffusion).
-    ``gradient(loss_fn, inputs)`` takes each group's gradient (guidance/gradop.py ``Gradient``; default a fixed
+    ``gradient(loss_fn, inputs)`` takes each group's gradient (guidance/loss_scale.py ``Gradient``; default a fixed
     ``loss_scale``: the loss multiplied for backward, the gradient divided after); when it returns None the
     group's windows keep their plain crops (the step is skipped for them, never a NaN nudge).
     ``on_batch(count)`` is called after each group (progress, interrupts).

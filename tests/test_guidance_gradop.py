@@ -373,7 +373,7 @@ def test_without_a_scaler_a_non_finite_gradient_raises_and_a_skipped_step_leaves
     z0 = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(11))
     with pytest.raises(FloatingPointError, match="^the loss gradient is not finite at loss scale 256$"):
         gradop.optimise_strokes(z0, strokes(), toy_decoder(), lambda x: x * float("inf"), 1, loss_scale=256.0)
-    plain = gradop.fixed_scale_gradient(1.0)
+    plain = loss_scale.fixed_scale_gradient(1.0)
     calls = []
 
     def second_skipped(loss_fn, inputs):
