@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import graphs
-import harness
-from tolerance import close_across_paths
+from devkit import graphs
+from devkit import harness
+from devkit.tolerance import close_across_paths
 
 TEST_PREFIX = "GS_Test"
 

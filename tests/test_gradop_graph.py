@@ -7,9 +7,9 @@ import weakref
 import pytest
 import torch
 
-import graphs
-import harness
-from tolerance import PATHS, TWO_RUNS, assert_close_across_paths
+from devkit import graphs
+from devkit import harness
+from devkit.tolerance import PATHS, TWO_RUNS, assert_close_across_paths
 
 LEVEL_LOG = re.compile(r"(GradOP\S*).* iteration (\d+) at sigma ([\d.]+): painting loss ([\d.e+-]+) -> ([\d.e+-]+)")
 

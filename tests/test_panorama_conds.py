@@ -12,10 +12,10 @@ Canvas 160x32 px (20x4 latent), windows 32 px (4) at stride 16 px (2): 9 windows
 import pytest
 import torch
 
-import graphs
-import harness
+from devkit import graphs
+from devkit import harness
 from test_panorama_graph import add_panorama
-from tolerance import PATHS, assert_close_across_paths, close_across_paths
+from devkit.tolerance import PATHS, assert_close_across_paths, close_across_paths
 
 WIDTH, HEIGHT, WINDOW, STRIDE = 160, 32, 4, 2
 LEFTS = list(range(0, WIDTH // 8 - WINDOW + 1, STRIDE))

@@ -6,9 +6,9 @@ Canvas 96x32 px (12x4 latent), windows 32 px (4 latent), stride 16 px: 5 windows
 import pytest
 import torch
 
-import graphs
-import harness
-from tolerance import ORACLE, PATHS, assert_close_across_paths
+from devkit import graphs
+from devkit import harness
+from devkit.tolerance import ORACLE, PATHS, assert_close_across_paths
 
 WIDTH, HEIGHT, WINDOW, STRIDE, STEPS = 96, 32, 32, 16, 4
 SYNC_EFFECT = 0.05  # the least relative change sync (weight 20, one synced step of three) makes; see below

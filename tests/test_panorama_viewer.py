@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-import graphs
-import harness
+from devkit import graphs
+from devkit import harness
 
 WIDTH, HEIGHT = 128, 32
 UI_KEY = "gs_panorama_360"

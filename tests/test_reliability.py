@@ -12,8 +12,8 @@ import math
 import pytest
 import torch
 
-import graphs
-import server_support as ss
+from devkit import graphs
+from devkit import server_support as ss
 
 pytestmark = pytest.mark.server
 

@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-import graphs
-from tolerance import BATCH, PATHS, assert_close_across_paths
+from devkit import graphs
+from devkit.tolerance import BATCH, PATHS, assert_close_across_paths
 
 
 def guide_latent(prompt, batch=1):
@@ -102,7 +102,7 @@ def test_repeats_chain_sdedit_with_the_next_seed(host, captured):
 def test_one_progress_bar_counts_every_repeat_and_every_strength(host, captured):
     """One bar per node over all its runs: 2 repeats x 2 strengths of paper semantics at 6 steps (6 sampler
     steps each) end at 24 of 24 and never go back (each run continues where the previous one stopped)."""
-    import harness
+    from devkit import harness
     prompt = graphs.base()
     latent = guide_latent(prompt)
     graphs.capture(prompt, "30", "x", latent=graphs.sdedit(prompt, "20", latent=latent, repeats=2,
@@ -246,7 +246,7 @@ def test_a_latent_guide_takes_one_mask_per_image_and_names_a_wrong_batch(host, c
 
 def test_a_latent_without_samples_is_refused(host):
     """The guide check itself (no executor can deliver such a LATENT): a dict without 'samples' is refused."""
-    import harness
+    from devkit import harness
     sdedit = harness.loaded_module(f"{harness.PACK_NAME}.nodes.sdedit")
     with pytest.raises(ValueError, match="'latent' must be a LATENT"):
         sdedit._guide_latent(None, None, {"noise_mask": torch.ones(1, 1, 8, 8)}, None)

@@ -14,10 +14,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import harness
+from devkit import harness
 
 from . import reference as ref
-from tolerance import ORACLE, PATHS, assert_close_across_paths
+from devkit.tolerance import ORACLE, PATHS, assert_close_across_paths
 
 from .common import base_prompt, capture, max_difference
 from .test_gradop_oracle import add_gradop, check, logged, oracle
