@@ -52,11 +52,7 @@ def build(prompt: dict, positive=("2", 0), negative=("3", 0), latent=None, sync_
                  width=WIDTH, height=HEIGHT, steps=1, scheduler="normal", window_size=WINDOW * 8,
                  stride=STRIDE * 8, sync_weight=sync_weight, sync_steps=1, window_batch=3, sync_batch=2)
     if latent[0] != "52":
-        prompt["55"]["class_type"] = "GS_SyncDiffusionSampler"
-        inputs = prompt.pop("55")["inputs"]
-        sampler = {k: v for k, v in inputs.items() if k not in (
-            "model", "positive", "negative", "width", "height", "batch_size", "seed", "steps", "cfg", "scheduler")}
-        prompt["55"] = {"class_type": "GS_SyncDiffusionSampler", "inputs": sampler}
+        graphs.syncdiffusion_sampler(prompt, "55", **prompt.pop("55")["inputs"])
         prompt["56"] = {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "normal",
                                                                    "steps": 1, "denoise": 1.0}}
         prompt["57"] = {"class_type": "SamplerCustom", "inputs": {
