@@ -34,7 +34,7 @@ test-perturbed: setup-test
 	PY=$(PY) PERTURB_TESTS="$(PERTURB_TESTS)" PERTURBATIONS="$(PERTURBATIONS)" bash scripts/test_perturbed.sh
 
 bench: setup-test
-	SECTIONS="$(SECTIONS)" $(PY) bench/run.py
+	SECTIONS="$(SECTIONS)" $(PY) -m bench
 
 # Mutation testing of guidance/ (mutmut, [tool.mutmut] in pyproject.toml); slow, not part of `make test`.
 mutate: setup-test

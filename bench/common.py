@@ -2,14 +2,9 @@
 from __future__ import annotations
 
 import statistics
-import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT / "tests") not in sys.path:
-    sys.path.insert(0, str(ROOT / "tests"))
-import harness  # noqa: E402,F401
+from devkit import harness
 
 
 def timed(fn, sync) -> float:

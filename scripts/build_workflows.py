@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import importlib
 import json
-import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-import thumbnails  # noqa: E402
-import workflow_builder  # noqa: E402
-from workflows import canvas, gradop, panorama, regions, sdedit, semantic  # noqa: E402
+import thumbnails
+import workflow_builder
+from workflows import canvas, gradop, panorama, regions, sdedit, semantic
 
+HERE = Path(__file__).resolve().parent
 OUT = workflow_builder.ROOT / "example_workflows"
 ICON = workflow_builder.ROOT / "docs" / "images" / "icon.png"
 

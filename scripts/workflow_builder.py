@@ -9,9 +9,11 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT / "tests") not in sys.path:
-    sys.path.insert(0, str(ROOT / "tests"))
-import harness  # noqa: E402
+# The one path set-up of scripts/: run as a file (python scripts/build_workflows.py), the repository root goes on
+# sys.path for the development package, as pytest (pythonpath) and `python -m bench` (run from the root) have it.
+if str(ROOT) not in sys.path:
+    sys.path.append(str(ROOT))
+from devkit import harness  # noqa: E402
 
 STROKES_FILE = "guided_synthesis_strokes.png"
 

@@ -1,11 +1,9 @@
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import harness  # noqa: E402
+from devkit import harness  # the repository root is on sys.path: pythonpath in pyproject.toml
 
 harness.put_host_first()
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-import harness
-from tolerance import FORMULA, assert_close_across_paths
+from devkit import harness
+from devkit.tolerance import FORMULA, assert_close_across_paths
 
 W, H = 40, 24  # not square, to catch width/height mix-ups
 RED, BLUE = (224, 60, 49), (0, 0, 255)

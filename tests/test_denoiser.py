@@ -1,7 +1,7 @@
 """The differentiable denoiser (nodes/gradients.DifferentiableDenoiser) inside a real sampling run.
 
 GS_TestDenoiserProbeSampler samples with Euler through SamplerCustom and, at one step, compares the
-denoiser with the sampler's own model call (tests/host_nodes/gs_test_nodes/denoiser_probes.py).
+denoiser with the sampler's own model call (devkit/host_nodes/gs_test_nodes/denoiser_probes.py).
 
 Finite differences: f(t) = sum(w * x0(x + t v)) for standard normal w and unit directions v, so the
 derivatives are of size about 1; fourth-order central difference with step h = 0.4 (latent norm units; x has
@@ -13,8 +13,8 @@ Jacobian (no UNet gradient) misses by more than 5x the tolerance: the comparison
 import pytest
 import torch
 
-import graphs
-from tolerance import PATHS, assert_close_across_paths
+from devkit import graphs
+from devkit.tolerance import PATHS, assert_close_across_paths
 
 STEP_SIZE = 0.4
 TOLERANCE = 1e-3  # x max(|derivative|, 1)

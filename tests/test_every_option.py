@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import graphs
-import harness
-from tolerance import close_across_paths
+from devkit import graphs
+from devkit import harness
+from devkit.tolerance import close_across_paths
 
 TEST_PREFIX = "GS_Test"
 
@@ -138,9 +138,7 @@ ENVIRONMENT_LISTS = {
 }
 
 
-PANORAMA_SMALL = {"vae": ["1", 2], "window_size": 32, "stride": 32, "sync_weight": 20.0, "decay": 0.95,
-                  "sync_steps": 1, "sync_every": 1, "anchor": -1, "lpips_net": "vgg", "loss_decoder": "auto",
-                  "unet_jacobian": "exact", "loop": False, "window_batch": 2}
+PANORAMA_SMALL = {"window_size": 32, "stride": 32, "sync_weight": 20.0, "window_batch": 2}  # on graphs.SYNCDIFFUSION
 
 
 def _panorama_sync(option) -> dict:
@@ -154,16 +152,13 @@ def _panorama_sync(option) -> dict:
 
 def panorama_graph(prompt, node_id, option):
     method = {**PANORAMA_SMALL, **_panorama_sync(option), **option}
-    prompt[node_id] = {"class_type": "GS_SyncDiffusion", "inputs": {
-        "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "width": 2 * method["window_size"],
-        "height": method["window_size"], "batch_size": 1, "seed": 3, "steps": 2, "cfg": 5.0, "sampler_name": "euler",
-        "scheduler": "ddim_uniform", **method}}
-    return [node_id, 0]
+    return graphs.syncdiffusion(prompt, node_id, **{"width": 2 * method["window_size"],
+                                                    "height": method["window_size"], "seed": 3, **method})
 
 
 def panorama_sampler_graph(prompt, node_id, option):
     method = {**PANORAMA_SMALL, **_panorama_sync(option), **option}
-    prompt[node_id] = {"class_type": "GS_SyncDiffusionSampler", "inputs": {"sampler_name": "euler", **method}}
+    graphs.syncdiffusion_sampler(prompt, node_id, **method)
     prompt[node_id + "s"] = {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "ddim_uniform",
                                                                        "steps": 2, "denoise": 1.0}}
     prompt[node_id + "l"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 2 * method["window_size"],

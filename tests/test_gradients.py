@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-import graphs
-import harness
-from tolerance import PATHS, assert_close_across_paths
+from devkit import graphs
+from devkit import harness
+from devkit.tolerance import PATHS, assert_close_across_paths
 
 
 def probe_prompt(with_probe: bool) -> dict:
@@ -83,7 +83,7 @@ def test_decoder_copy_matches_vae_decode_for_taesd_and_kl_vaes(host):
 def test_checkpointed_decoder_gives_the_same_gradient_with_less_memory(host):
     """Activation checkpointing of the decoder copy's blocks: identical image and gradient, and a lower
     peak of tensor memory over forward + backward (measured op by op, CPU)."""
-    import memory_probe
+    from devkit import memory_probe
 
     gradients = harness.loaded_module(f"{harness.PACK_NAME}.nodes.toolkit.gradients")
     tiny = harness.test_nodes_module().tiny

@@ -7,15 +7,11 @@ import weakref
 import pytest
 import torch
 
-import graphs
-import harness
-from tolerance import PATHS, TWO_RUNS, assert_close_across_paths
+from devkit import graphs
+from devkit import harness
+from devkit.tolerance import PATHS, TWO_RUNS, assert_close_across_paths
 
 LEVEL_LOG = re.compile(r"(GradOP\S*).* iteration (\d+) at sigma ([\d.]+): painting loss ([\d.e+-]+) -> ([\d.e+-]+)")
-
-
-def captured():
-    return harness.test_nodes_module().CAPTURED
 
 
 def run_gradop(host, kind="sd15", strokes_kw=None, capture_images=False, **overrides):
@@ -26,7 +22,7 @@ def run_gradop(host, kind="sd15", strokes_kw=None, capture_images=False, **overr
     if capture_images:
         graphs.capture(prompt, "13", "optimised", image=["11", 1])
     host.run(prompt)
-    return captured()["gradop"]
+    return harness.test_nodes_module().CAPTURED["gradop"]
 
 
 def optimisation_log(caplog):
@@ -34,7 +30,7 @@ def optimisation_log(caplog):
             for m in (LEVEL_LOG.search(r.getMessage()) for r in caplog.records) if m]
 
 
-def test_defaults_optimise_at_the_reference_levels_and_the_loss_falls(host, caplog):
+def test_defaults_optimise_at_the_reference_levels_and_the_loss_falls(host, captured, caplog):
     caplog.set_level("INFO")
     run_gradop(host, capture_images=True)  # 50 ddim_uniform steps, strength 0.8, 3 x 12 Adam steps
     log = optimisation_log(caplog)
@@ -42,10 +38,10 @@ def test_defaults_optimise_at_the_reference_levels_and_the_loss_falls(host, capl
     assert [entry[2] for entry in log] == pytest.approx([4.69, 4.30, 3.95], abs=0.01)  # t = 781, 761, 741
     for _, _, _, first, last in log:
         assert last < first
-    assert captured()["optimised"].shape == (3, 32, 32, 3)  # one decoded optimisation result per iteration
+    assert captured["optimised"].shape == (3, 32, 32, 3)  # one decoded optimisation result per iteration
 
 
-def test_zero_gradient_steps_reproduce_plain_sampling(host):
+def test_zero_gradient_steps_reproduce_plain_sampling(host, captured):
     ours = run_gradop(host, steps=12, grad_steps=0)
     prompt = graphs.base()
     prompt["20"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 32, "height": 32, "batch_size": 1}}
@@ -54,7 +50,7 @@ def test_zero_gradient_steps_reproduce_plain_sampling(host):
         "steps": 12, "cfg": 5.0, "sampler_name": "euler", "scheduler": "ddim_uniform", "denoise": 1.0}}
     graphs.capture(prompt, "22", "plain", latent=["21", 0])
     host.run(prompt)
-    assert_close_across_paths(ours, captured()["plain"], rtol=1e-5, why=PATHS)
+    assert_close_across_paths(ours, captured["plain"], rtol=1e-5, why=PATHS)
 
 
 def sampler_form(prompt, node_id, strokes_image, **overrides):
@@ -76,7 +72,7 @@ def custom_advanced(prompt, sampler, key, model=("1", 0), steps=12):
     graphs.capture(prompt, "35", key, latent=["34", 0])
 
 
-def test_sampler_form_composes_with_sampler_custom_advanced_and_a_model_patch(host, caplog):
+def test_sampler_form_composes_with_sampler_custom_advanced_and_a_model_patch(host, captured, caplog):
     caplog.set_level("INFO")
     prompt = graphs.base()
     image = graphs.strokes(prompt, "10")
@@ -88,7 +84,7 @@ def test_sampler_form_composes_with_sampler_custom_advanced_and_a_model_patch(ho
     image = graphs.strokes(prompt, "10")
     custom_advanced(prompt, sampler_form(prompt, "40", image, grad_steps=0), "zero")
     host.run(prompt)
-    assert_close_across_paths(captured()["zero"], captured()["plain"], rtol=1e-5, why=PATHS)
+    assert_close_across_paths(captured["zero"], captured["plain"], rtol=1e-5, why=PATHS)
 
     caplog.clear()
     prompt = graphs.base()
@@ -98,10 +94,10 @@ def test_sampler_form_composes_with_sampler_custom_advanced_and_a_model_patch(ho
                     model=("41", 0))
     host.run(prompt)
     assert len(optimisation_log(caplog)) == 2
-    assert (captured()["patched"] - captured()["plain"]).abs().mean() > 1e-3
+    assert (captured["patched"] - captured["plain"]).abs().mean() > 1e-3
 
 
-def test_pixels_outside_the_mask_do_not_enter_the_loss(host):
+def test_pixels_outside_the_mask_do_not_enter_the_loss(host, captured):
     def masked(right):
         prompt = graphs.base()
         image = graphs.strokes(prompt, "10", right=right)
@@ -109,7 +105,7 @@ def test_pixels_outside_the_mask_do_not_enter_the_loss(host):
         prompt["11"]["inputs"]["mask"] = ["10", 1]  # left half only
         graphs.capture(prompt, "12", "masked", latent=out)
         host.run(prompt)
-        return captured()["masked"]
+        return captured["masked"]
 
     a, b = masked(0x2255CC), masked(0x22CC55)  # strokes differ only in the right half
     assert_close_across_paths(a, b, rtol=1e-5, why=TWO_RUNS)  # different strokes outside the mask
@@ -118,7 +114,7 @@ def test_pixels_outside_the_mask_do_not_enter_the_loss(host):
     assert (unmasked_a - unmasked_b).abs().max() > 1e-4  # the comparison can fail
 
 
-def test_rgba_and_greyscale_strokes(host):
+def test_rgba_and_greyscale_strokes(host, captured):
     rgb = run_gradop(host, steps=8, iterative_steps=1, grad_steps=3)
     for channels in (4, 1):
         prompt = graphs.base()
@@ -127,8 +123,8 @@ def test_rgba_and_greyscale_strokes(host):
         out = graphs.gradop(prompt, "11", ["14", 0], steps=8, iterative_steps=1, grad_steps=3)
         graphs.capture(prompt, "12", f"c{channels}", latent=out)
         host.run(prompt)
-    assert_close_across_paths(captured()["c4"], rgb, rtol=1e-5, why=TWO_RUNS)  # alpha is dropped
-    assert torch.isfinite(captured()["c1"]).all() and (captured()["c1"] - rgb).abs().max() > 0
+    assert_close_across_paths(captured["c4"], rgb, rtol=1e-5, why=TWO_RUNS)  # alpha is dropped
+    assert torch.isfinite(captured["c1"]).all() and (captured["c1"] - rgb).abs().max() > 0
 
 
 @pytest.mark.parametrize("overrides, strokes_kw, message", [
@@ -169,11 +165,11 @@ def test_v_prediction_and_sdxl_models(host, kind, caplog):
     assert len(optimisation_log(caplog)) == 2
 
 
-def test_batches_sizes_and_seeds(host):
+def test_batches_sizes_and_seeds(host, captured):
     batch = run_gradop(host, strokes_kw={"batch": 2, "width": 48, "height": 40}, capture_images=True, steps=8,
                        iterative_steps=2, grad_steps=2, batch_size=2, width=32, height=24)
     assert batch.shape == (4, 4, 3, 4)
-    assert captured()["optimised"].shape == (8, 24, 32, 3)  # 2 iterations x (2 strokes x 2 each)
+    assert captured["optimised"].shape == (8, 24, 32, 3)  # 2 iterations x (2 strokes x 2 each)
     again = run_gradop(host, strokes_kw={"batch": 2, "width": 48, "height": 40}, steps=8, iterative_steps=2,
                        grad_steps=2, batch_size=2, width=32, height=24)
     assert_close_across_paths(batch, again, rtol=1e-5, why=TWO_RUNS)
@@ -182,13 +178,13 @@ def test_batches_sizes_and_seeds(host):
     assert (other_seed - batch).abs().mean() > 1e-3
 
 
-def test_gradop_reconstruction_mode(host, caplog):
+def test_gradop_reconstruction_mode(host, captured, caplog):
     caplog.set_level("INFO")
     result = run_gradop(host, steps=10, mode="GradOP (reconstruction)", grad_steps=10, capture_images=True)
     log = optimisation_log(caplog)
     assert len(log) == 1 and log[0][0] == "GradOP" and log[0][2] == 0.0  # optimises the finished text sample
     assert log[0][4] < log[0][3]
-    assert torch.isfinite(result).all() and captured()["optimised"].shape == (1, 32, 32, 3)
+    assert torch.isfinite(result).all() and captured["optimised"].shape == (1, 32, 32, 3)
 
 
 def pack_modules():
@@ -279,7 +275,7 @@ def test_kl_vae_decoder(host, caplog):
     assert len(log) == 2 and all(entry[4] < entry[3] for entry in log)
 
 
-def test_checkpointed_decoder_memory_gives_the_same_result(host, caplog):
+def test_checkpointed_decoder_memory_gives_the_same_result(host, captured, caplog):
     """decoder_memory 'checkpointed' recomputes the decoder blocks in backward: the same latent as 'full'
     (KL VAE), and 'auto' picks it only when the estimate exceeds half the free memory."""
     caplog.set_level("INFO")
@@ -291,7 +287,7 @@ def test_checkpointed_decoder_memory_gives_the_same_result(host, caplog):
                             decoder_memory=memory)
         graphs.capture(prompt, "12", memory, latent=out)
         host.run(prompt)
-        results[memory] = captured()[memory]
+        results[memory] = captured[memory]
     assert_close_across_paths(results["checkpointed"], results["full"], rtol=1e-5, why=PATHS)
     assert_close_across_paths(results["auto"], results["full"], rtol=1e-5, why=PATHS)
     assert caplog.text.count("decoder copy checkpointed (") == 1  # the 'checkpointed' run only:
@@ -303,12 +299,12 @@ def test_checkpointed_decoder_memory_gives_the_same_result(host, caplog):
         gradients.use_checkpointing("tiny", 0, 1)
 
 
-def test_half_resolution_loss(host, caplog):
+def test_half_resolution_loss(host, captured, caplog):
     caplog.set_level("INFO")
     half = run_gradop(host, capture_images=True, steps=8, iterative_steps=2, grad_steps=4, loss_resolution="half")
     log = optimisation_log(caplog)
     assert len(log) == 2 and all(entry[4] < entry[3] for entry in log)
-    assert captured()["optimised"].shape == (2, 16, 16, 3)  # the loss saw a 2x pooled latent
+    assert captured["optimised"].shape == (2, 16, 16, 3)  # the loss saw a 2x pooled latent
     full = run_gradop(host, steps=8, iterative_steps=2, grad_steps=4)
     assert (half - full).abs().mean() > 1e-4
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from guidance import gradop, loss_scale, palette as palettes
-from tolerance import FORMULA, PATHS, assert_close_across_paths
+from devkit.tolerance import FORMULA, PATHS, assert_close_across_paths
 
 
 def test_reference_levels_for_50_steps_strength_0_8():

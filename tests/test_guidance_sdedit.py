@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from guidance import checks, schedules, sdedit
-from tolerance import FORMULA, assert_close_across_paths
+from devkit.tolerance import FORMULA, assert_close_across_paths
 
 
 def karras_like(steps: int) -> torch.Tensor:

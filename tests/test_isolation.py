@@ -3,7 +3,7 @@ import subprocess
 import sys
 import textwrap
 
-from harness import ROOT
+from devkit.harness import ROOT
 
 BLOCKER = textwrap.dedent("""
     import importlib.abc, sys

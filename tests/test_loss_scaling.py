@@ -7,8 +7,8 @@ import logging
 import pytest
 import torch
 
-import graphs
-import harness
+from devkit import graphs
+from devkit import harness
 from guidance import semantic as semantic_guidance
 from test_semantic_graph import RN, VIT, add_branch, guidance_inputs, guided_steps
 

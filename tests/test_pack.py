@@ -3,7 +3,7 @@ import asyncio
 import re
 import tomllib
 
-import harness
+from devkit import harness
 
 
 def pack_nodes(host):

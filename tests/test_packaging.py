@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import harness
+from devkit import harness
 
 ROOT = harness.ROOT
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -26,13 +26,13 @@ def test_loading_the_pack_does_not_import_open_clip():
     """A fresh host loads the pack (as ComfyUI does at start) without importing open_clip, and the OpenCLIP
     Loader's architecture list is there all the same. In a subprocess: this test session may have imported it."""
     script = (
-        "import sys; sys.path.insert(0, sys.argv[1]); import harness\n"
+        "import sys\nfrom devkit import harness\n"
         "host = harness.Host(harness.temp_workdir())\n"
         "spec = host.nodes.NODE_CLASS_MAPPINGS['GS_OpenCLIPLoader'].INPUT_TYPES()['required']['architecture']\n"
         "options = spec[0] if isinstance(spec[0], list) else spec[1]['options']\n"
         "print('open_clip imported:', 'open_clip' in sys.modules)\n"
         "print('architectures:', len(options), 'ViT-B-32' in options)\n")
-    result = subprocess.run([sys.executable, "-c", script, str(ROOT / "tests")], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "open_clip imported: False" in result.stdout, result.stdout
@@ -74,7 +74,7 @@ def archive_files() -> list[str]:
 def test_the_registry_archive_holds_only_what_users_run():
     files = archive_files()
     development = [name for name in files
-                   if name.split("/")[0] in ("tests", "bench", "scripts", ".ci")
+                   if name.split("/")[0] in ("tests", "devkit", "bench", "scripts", ".ci")
                    or name in ("Makefile", "requirements-test.txt", ".gitignore")]
     assert development == [], development
     must = ["__init__.py", "LICENSE", "README.md", "pyproject.toml", "requirements.txt"]

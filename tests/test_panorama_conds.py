@@ -12,10 +12,10 @@ Canvas 160x32 px (20x4 latent), windows 32 px (4) at stride 16 px (2): 9 windows
 import pytest
 import torch
 
-import graphs
-import harness
+from devkit import graphs
+from devkit import harness
 from test_panorama_graph import add_panorama
-from tolerance import PATHS, assert_close_across_paths, close_across_paths
+from devkit.tolerance import PATHS, assert_close_across_paths, close_across_paths
 
 WIDTH, HEIGHT, WINDOW, STRIDE = 160, 32, 4, 2
 LEFTS = list(range(0, WIDTH // 8 - WINDOW + 1, STRIDE))
@@ -52,11 +52,7 @@ def build(prompt: dict, positive=("2", 0), negative=("3", 0), latent=None, sync_
                  width=WIDTH, height=HEIGHT, steps=1, scheduler="normal", window_size=WINDOW * 8,
                  stride=STRIDE * 8, sync_weight=sync_weight, sync_steps=1, window_batch=3, sync_batch=2)
     if latent[0] != "52":
-        prompt["55"]["class_type"] = "GS_SyncDiffusionSampler"
-        inputs = prompt.pop("55")["inputs"]
-        sampler = {k: v for k, v in inputs.items() if k not in (
-            "model", "positive", "negative", "width", "height", "batch_size", "seed", "steps", "cfg", "scheduler")}
-        prompt["55"] = {"class_type": "GS_SyncDiffusionSampler", "inputs": sampler}
+        graphs.syncdiffusion_sampler(prompt, "55", **prompt.pop("55")["inputs"])
         prompt["56"] = {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "normal",
                                                                    "steps": 1, "denoise": 1.0}}
         prompt["57"] = {"class_type": "SamplerCustom", "inputs": {

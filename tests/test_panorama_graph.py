@@ -6,30 +6,21 @@ Canvas 96x32 px (12x4 latent), windows 32 px (4 latent), stride 16 px: 5 windows
 import pytest
 import torch
 
-import graphs
-import harness
-from tolerance import ORACLE, PATHS, assert_close_across_paths
+from devkit import graphs
+from devkit import harness
+from devkit.tolerance import ORACLE, PATHS, assert_close_across_paths
 
 WIDTH, HEIGHT, WINDOW, STRIDE, STEPS = 96, 32, 32, 16, 4
 SYNC_EFFECT = 0.05  # the least relative change sync (weight 20, one synced step of three) makes; see below
 
 
-def captured():
-    return harness.test_nodes_module().CAPTURED
-
-
-def panorama_inputs(**overrides) -> dict:
-    inputs = {"model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "vae": ["1", 2], "width": WIDTH,
-              "height": HEIGHT, "batch_size": 1, "seed": 5, "steps": STEPS, "cfg": 5.0, "sampler_name": "euler",
-              "scheduler": "ddim_uniform", "window_size": WINDOW, "stride": STRIDE, "sync_weight": 20.0,
-              "decay": 0.95, "sync_steps": 2, "sync_every": 1, "anchor": -1, "lpips_net": "vgg",
-              "loss_decoder": "auto", "unet_jacobian": "exact", "loop": False, "window_batch": 8, "sync_batch": 4}
-    inputs.update(overrides)
-    return inputs
+# this file's panorama: graphs.syncdiffusion's inputs with these
+PANORAMA = {"width": WIDTH, "height": HEIGHT, "seed": 5, "steps": STEPS, "window_size": WINDOW, "stride": STRIDE,
+            "sync_weight": 20.0, "sync_steps": 2, "window_batch": 8, "sync_batch": 4}
 
 
 def add_panorama(prompt, node_id, key, **overrides):
-    prompt[node_id] = {"class_type": "GS_SyncDiffusion", "inputs": panorama_inputs(**overrides)}
+    graphs.syncdiffusion(prompt, node_id, **{**PANORAMA, **overrides})
     graphs.capture(prompt, node_id + "c", key, latent=[node_id, 0])
 
 
@@ -52,18 +43,17 @@ def oracle_node(lpips_file, sync_weight=20.0, sync_steps=2, downscale=1, window=
         "sync_steps": sync_steps, "lpips_file": str(lpips_file), "net": "vgg", "downscale": downscale}}
 
 
-def sampler_node(**overrides):
-    inputs = {k: v for k, v in panorama_inputs(**overrides).items()
-              if k not in ("model", "positive", "negative", "width", "height", "batch_size", "seed", "steps", "cfg",
-                           "scheduler")}
-    return {"class_type": "GS_SyncDiffusionSampler", "inputs": inputs}
+def sampler_node(**overrides) -> dict:
+    nodes = {}
+    graphs.syncdiffusion_sampler(nodes, "sampler", **{**PANORAMA, **overrides})
+    return nodes["sampler"]
 
 
 def relative(a, b) -> float:
     return float((a - b).abs().max() / b.abs().max())
 
 
-def test_node_and_sampler_match_a_plain_torch_oracle(host, lpips_models):
+def test_node_and_sampler_match_a_plain_torch_oracle(host, captured, lpips_models):
     """euler in the node form, ddim (ComfyUI's ddim is Euler) in the SAMPLER form, both with ddim_uniform.
 
     At sync_weight 1 to 1e-5 relative: the sync still moves the result by >1 %. The plain pass is batched
@@ -80,16 +70,16 @@ def test_node_and_sampler_match_a_plain_torch_oracle(host, lpips_models):
     add_panorama(prompt, "50", "node_20", sampler_name="euler", sync_weight=20.0, sync_batch=1, window_batch=1)
     add_custom(prompt, "60", "oracle_20", oracle_node(lpips_models["vgg"], sync_weight=20.0))
     host.run(prompt)
-    node, oracle, custom = (captured()[k] for k in ("node", "oracle", "sampler"))
+    node, oracle, custom = (captured[k] for k in ("node", "oracle", "sampler"))
     assert torch.isfinite(node).all()
     assert relative(node, oracle) < 1e-5, relative(node, oracle)
     assert relative(custom, oracle) < 1e-5, relative(custom, oracle)
-    assert relative(captured()["multi"], oracle) > 1e-2  # the sync matters at this weight
-    assert relative(captured()["node_20"], captured()["oracle_20"]) < 5e-5
-    assert relative(captured()["multi"], captured()["oracle_20"]) > 0.3
+    assert relative(captured["multi"], oracle) > 1e-2  # the sync matters at this weight
+    assert relative(captured["node_20"], captured["oracle_20"]) < 5e-5
+    assert relative(captured["multi"], captured["oracle_20"]) > 0.3
 
 
-def test_lpips_at_reduced_size_matches_the_oracle_with_block_means(host, lpips_models):
+def test_lpips_at_reduced_size_matches_the_oracle_with_block_means(host, captured, lpips_models):
     """lpips_size 1/2: the node equals the oracle that averages each 2x2 block of the decoded windows before
     LPIPS (1e-5); it is an approximation, so it differs from the full-size sync. 1/4 of a 32 px window is
     smaller than VGG runs on: a clear error naming lpips_size."""
@@ -98,9 +88,9 @@ def test_lpips_at_reduced_size_matches_the_oracle_with_block_means(host, lpips_m
     add_custom(prompt, "20", "oracle", oracle_node(lpips_models["vgg"], sync_weight=1.0, downscale=2))
     add_panorama(prompt, "30", "full", sync_weight=1.0, sync_batch=1)
     host.run(prompt)
-    half, oracle = captured()["half"], captured()["oracle"]
+    half, oracle = captured["half"], captured["oracle"]
     assert relative(half, oracle) < 1e-5, relative(half, oracle)
-    assert relative(captured()["full"], half) > 1e-4
+    assert relative(captured["full"], half) > 1e-4
     prompt = graphs.base()
     add_panorama(prompt, "10", "quarter", lpips_size="1/4 (approximate)")
     _, server = host.run(prompt, expect_success=False)
@@ -108,15 +98,15 @@ def test_lpips_at_reduced_size_matches_the_oracle_with_block_means(host, lpips_m
     assert "lpips_size" in message and "8 px" in message, message
 
 
-def test_sync_weight_zero_is_independent_multidiffusion(host, lpips_models):
+def test_sync_weight_zero_is_independent_multidiffusion(host, captured, lpips_models):
     prompt = graphs.base()
     add_panorama(prompt, "10", "node", sync_weight=0.0)
     add_custom(prompt, "20", "oracle", oracle_node(lpips_models["vgg"], sync_weight=0.0))
     host.run(prompt)
-    assert relative(captured()["node"], captured()["oracle"]) < 1e-5
+    assert relative(captured["node"], captured["oracle"]) < 1e-5
 
 
-def test_batched_and_unbatched_windows_agree(host, lpips_models):
+def test_batched_and_unbatched_windows_agree(host, captured, lpips_models):
     """The plain pass batched (window_batch) equals one window at a time to 1e-5 with the sync on.
 
     Batched gradient passes (sync_batch) run the same per-item arithmetic, so where the loss is
@@ -143,7 +133,7 @@ def test_batched_and_unbatched_windows_agree(host, lpips_models):
             host.run(prompt)
         finally:
             gradients.DifferentiableDecoder.decode_model_space = decode
-        results[clamp] = dict(captured())
+        results[clamp] = dict(captured)
     for clamp, got in results.items():
         one, multi = got["one"], got["multi"]
         assert relative(got["plain_batched"], one) < 1e-5
@@ -174,7 +164,7 @@ def add_decode(prompt, node_id, key, latent, circular=False, tile_size=64, overl
     graphs.capture(prompt, node_id + "c", key, image=[node_id, 0])
 
 
-def test_sync_makes_the_windows_closer_to_the_anchor(host, lpips_models):
+def test_sync_makes_the_windows_closer_to_the_anchor(host, captured, lpips_models):
     prompt = graphs.base()
     add_panorama(prompt, "10", "off", sync_weight=0.0, steps=6, sync_steps=4)
     add_panorama(prompt, "20", "on", sync_weight=20.0, steps=6, sync_steps=4)
@@ -182,8 +172,8 @@ def test_sync_makes_the_windows_closer_to_the_anchor(host, lpips_models):
         prompt[node_id] = {"class_type": "VAEDecode", "inputs": {"samples": [node_id[0] + "0", 0], "vae": ["1", 2]}}
         graphs.capture(prompt, node_id + "c", key + "_image", image=[node_id, 0])
     host.run(prompt)
-    off = window_lpips_to_anchor(captured()["off_image"], str(lpips_models["vgg"]))
-    on = window_lpips_to_anchor(captured()["on_image"], str(lpips_models["vgg"]))
+    off = window_lpips_to_anchor(captured["off_image"], str(lpips_models["vgg"]))
+    on = window_lpips_to_anchor(captured["on_image"], str(lpips_models["vgg"]))
     assert on < off, (on, off)
 
 
@@ -194,12 +184,12 @@ def seams(image: torch.Tensor) -> tuple[float, torch.Tensor]:
     return float((columns[:, -1] - columns[:, 0]).abs().mean()), interior
 
 
-def test_loop_closes_the_seam(host, lpips_models):
+def test_loop_closes_the_seam(host, captured, lpips_models):
     prompt = graphs.base()
     add_panorama(prompt, "10", "loop", loop=True, sync_weight=0.0)
     add_decode(prompt, "11", "image", ["10", 0], circular=True)
     host.run(prompt)
-    image = captured()["image"]
+    image = captured["image"]
     assert image.shape[1:3] == (HEIGHT, WIDTH)
     seam, interior = seams(image)
     assert seam <= float(interior.max()), (seam, interior)
@@ -257,7 +247,7 @@ def blend_oracle(decode, latent: torch.Tensor, tile: int, overlap: int, circular
 SEAMLESS_CASES = [(64, 16, False), (64, 24, False), (64, 16, True), (256, 16, True)]
 
 
-def test_seamless_decode_equals_a_plain_torch_blend_of_the_vae_tiles(host):
+def test_seamless_decode_equals_a_plain_torch_blend_of_the_vae_tiles(host, captured):
     """On the tiny real VAE (whose tiles differ where they overlap), a 96 x 80 px panorama: the node equals
     blend_oracle over the same VAE's tile decodes; one tile covering the latent is the plain VAE Decode; circular
     in one tile is the plain decode of the latent padded by wrap, cropped. The tiles really differ (so the blend
@@ -277,25 +267,25 @@ def test_seamless_decode_equals_a_plain_torch_blend_of_the_vae_tiles(host):
                    overlap=overlap)
     host.run(prompt)
     vae = tiny.tiny_vae(0)
-    latent, plain = captured()["latent"], captured()["plain"].float()
+    latent, plain = captured["latent"], captured["plain"].float()
 
     def decode(z):
         with torch.no_grad():
             return vae.decode(z).float()
 
     assert_close_across_paths(decode(latent), plain, rtol=1e-5, why=PATHS)  # the oracle's VAE is the graph's
-    assert_close_across_paths(captured()["one"].float(), plain, rtol=1e-5, why=PATHS)  # one tile: a plain decode
+    assert_close_across_paths(captured["one"].float(), plain, rtol=1e-5, why=PATHS)  # one tile: a plain decode
     for index, (tile_size, overlap, circular) in enumerate(SEAMLESS_CASES):
-        got = captured()[f"case{index}"].float()
+        got = captured[f"case{index}"].float()
         expected = blend_oracle(decode, latent, tile_size // 8, overlap // 8, circular)
         assert_close_across_paths(got, expected, rtol=1e-5, why=ORACLE, what=str(SEAMLESS_CASES[index]))
     wrapped = torch.cat([latent[..., -2:], latent, latent[..., :2]], -1)
-    assert_close_across_paths(captured()["case3"].float(), decode(wrapped)[:, :, 16:-16], rtol=1e-5, why=PATHS)
+    assert_close_across_paths(captured["case3"].float(), decode(wrapped)[:, :, 16:-16], rtol=1e-5, why=PATHS)
     # the comparisons can fail: the tiles disagree where they overlap, and another ramp moves the result
     left, right = decode(latent[..., :8, :8]), decode(latent[..., :8, 4:])
     assert float((left[:, :, 32:] - right[:, :, :32]).abs().max()) > 0.01
     other = blend_oracle(decode, latent, 8, 1, False)
-    assert float((other - captured()["case0"].float()).abs().max()) > 1e-3
+    assert float((other - captured["case0"].float()).abs().max()) > 1e-3
 
 
 class LocalVAE:
@@ -357,7 +347,7 @@ def test_a_missing_lpips_file_says_which_file_to_put_where(host, lpips_models, t
 
 
 @pytest.mark.parametrize("sampler", ["euler", "heun", "dpmpp_2m", "euler_ancestral", "euler_cfg_pp", "uni_pc"])
-def test_other_samplers_run_with_sync(host, lpips_models, sampler):
+def test_other_samplers_run_with_sync(host, captured, lpips_models, sampler):
     """Second-order, multistep, ancestral, CFG++ (its post-CFG hook sees the merged uncond) and UniPC: each
     synced result is compared with the same sampler's sync-off run (same seed), which it must differ from by a
     clear relative amount (a sampler whose hook lost the sync would equal it); euler, the oracle's own sampler,
@@ -371,14 +361,14 @@ def test_other_samplers_run_with_sync(host, lpips_models, sampler):
     add_panorama(prompt, "10", "sync", **settings)
     add_panorama(prompt, "20", "off", **dict(settings, sync_weight=0.0))
     host.run(prompt)
-    synced, off = captured()["sync"], captured()["off"]
+    synced, off = captured["sync"], captured["off"]
     assert torch.isfinite(synced).all()
     moved = relative(synced, off)
     print(f"{sampler}: the sync moves the result by {moved:.2f} of its largest value")
     assert moved > SYNC_EFFECT, moved
     if sampler == "euler":
         # weight 20 amplifies gradient rounding (see test_node_and_sampler_match_a_plain_torch_oracle): 5e-5
-        assert_close_across_paths(synced, captured()["oracle"], rtol=5e-5, why=ORACLE)
+        assert_close_across_paths(synced, captured["oracle"], rtol=5e-5, why=ORACLE)
 
 
 def test_config_checks_each_batch_size_and_accepts_the_smallest_stride(host):
@@ -399,7 +389,8 @@ def test_config_checks_each_batch_size_and_accepts_the_smallest_stride(host):
 
 
 @pytest.mark.parametrize("latent_width,overlap", [(32, 40), (16, 64)])
-def test_circular_seamless_decode_with_an_overlap_wider_than_the_latent_keeps_the_width(host, latent_width, overlap):
+def test_circular_seamless_decode_with_an_overlap_wider_than_the_latent_keeps_the_width(host, captured, latent_width,
+                                                                                     overlap):
     """The wrapped padding is clamped to the latent's width, and so is the crop: the image is as wide as the
     plain decode's (before: 16 px instead of 32, and 0 px for a 16 px latent)."""
     prompt = graphs.base()
@@ -408,7 +399,7 @@ def test_circular_seamless_decode_with_an_overlap_wider_than_the_latent_keeps_th
     graphs.capture(prompt, "6c", "plain", image=["6", 0])
     add_decode(prompt, "7", "circular", ["4", 0], tile_size=128, overlap=overlap, circular=True)
     host.run(prompt)
-    plain, circular = captured()["plain"], captured()["circular"]
+    plain, circular = captured["plain"], captured["circular"]
     assert plain.shape == (1, 64, latent_width, 3)
     assert circular.shape == plain.shape
 
@@ -455,7 +446,7 @@ def test_a_bad_lpips_trunk_file_is_refused_naming_it(host, lpips_models, tmp_pat
     assert "alexnet-owt-7be5be79.pth" in message and str(tmp_path) not in message
 
 
-def test_the_lpips_network_is_built_once_across_runs(host, lpips_models, monkeypatch):
+def test_the_lpips_network_is_built_once_across_runs(host, captured, lpips_models, monkeypatch):
     """Two synced runs (and a third with the other form) construct LPIPS once: the frozen network is reused."""
     import lpips
     lpips_module = harness.loaded_module(f"{harness.PACK_NAME}.nodes.toolkit.lpips_model")
@@ -476,7 +467,7 @@ def test_the_lpips_network_is_built_once_across_runs(host, lpips_models, monkeyp
     add_custom(prompt, "20", "custom", sampler_node(sync_steps=1), steps=2)
     host.run(prompt)
     assert built == ["vgg"]
-    assert not torch.equal(captured()["run1"], captured()["run2"])  # two real runs (different seeds)
+    assert not torch.equal(captured["run1"], captured["run2"])  # two real runs (different seeds)
     prompt = graphs.base()
     add_panorama(prompt, "10", "alex", lpips_net="alex", steps=2, sync_steps=1)
     host.run(prompt)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from guidance import panorama
-from tolerance import BATCH, FORMULA, assert_close_across_paths
+from devkit.tolerance import BATCH, FORMULA, assert_close_across_paths
 
 
 @pytest.mark.parametrize("height,width,window,stride,loop", [

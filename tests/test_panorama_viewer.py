@@ -9,24 +9,16 @@ import pytest
 import torch
 from PIL import Image
 
-import graphs
-import harness
+from devkit import graphs
+from devkit import harness
 
 WIDTH, HEIGHT = 128, 32
 UI_KEY = "gs_panorama_360"
 
 
-def captured():
-    return harness.test_nodes_module().CAPTURED
-
-
 def panorama(prompt, loop):
-    prompt["10"] = {"class_type": "GS_SyncDiffusion", "inputs": {
-        "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "vae": ["1", 2], "width": WIDTH,
-        "height": HEIGHT, "batch_size": 2, "seed": 3, "steps": 2, "cfg": 5.0, "sampler_name": "euler",
-        "scheduler": "ddim_uniform", "window_size": 32, "stride": 16, "sync_weight": 0.0, "decay": 0.95,
-        "sync_steps": 0, "sync_every": 1, "anchor": -1, "lpips_net": "vgg", "loss_decoder": "auto",
-        "unet_jacobian": "exact", "loop": loop, "window_batch": 8}}
+    graphs.syncdiffusion(prompt, "10", width=WIDTH, height=HEIGHT, batch_size=2, seed=3, sync_steps=0, loop=loop,
+                         window_batch=8)
     graphs.capture(prompt, "10c", "latent", latent=["10", 0])
     prompt["11"] = {"class_type": "GS_SeamlessDecode", "inputs": {
         "samples": ["10", 0], "vae": ["1", 2], "tile_size": 64, "overlap": 16, "circular": loop}}
@@ -54,11 +46,11 @@ def sd15_colours(latent: torch.Tensor) -> torch.Tensor:
     return ((rgb + 1) / 2).clamp(0, 1)
 
 
-def test_looped_panorama_and_circular_decode_name_their_previews_in_temp(host):
+def test_looped_panorama_and_circular_decode_name_their_previews_in_temp(host, captured):
     prompt = graphs.base()
     panorama(prompt, loop=True)
     result, _ = host.run(prompt)
-    latent, image = captured()["latent"], captured()["image"]
+    latent, image = captured["latent"], captured["image"]
 
     decoded = result["outputs"]["11"][UI_KEY]
     assert len(decoded) == 2  # one per panorama of the batch

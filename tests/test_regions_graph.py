@@ -5,9 +5,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import graphs
-import harness
-from tolerance import PATHS, assert_close_across_paths
+from devkit import graphs
+from devkit import harness
+from devkit.tolerance import PATHS, assert_close_across_paths
 
 # Separate runs are compared with a tolerance, never bit for bit: even the same attention call can round
 # differently on another CPU (AVX2 / AVX-512 kernels, batch-dependent blocking). 1e-5 of the activations' scale

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from guidance import palette as palettes, regions
-from tolerance import FORMULA, assert_close_across_paths
+from devkit.tolerance import FORMULA, assert_close_across_paths
 
 RED, BLUE, YELLOW, GREEN = (220, 40, 30), (40, 90, 200), (250, 210, 80), (70, 150, 60)
 

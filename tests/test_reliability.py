@@ -12,8 +12,8 @@ import math
 import pytest
 import torch
 
-import graphs
-import server_support as ss
+from devkit import graphs
+from devkit import server_support as ss
 
 pytestmark = pytest.mark.server
 
@@ -126,12 +126,7 @@ def openclip_loader(**inputs) -> dict:
 
 def panorama(**inputs) -> dict:
     prompt = graphs.base()
-    prompt["9"] = {"class_type": "GS_SyncDiffusion", "inputs": {
-        "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "vae": ["1", 2], "width": 64, "height": 32,
-        "batch_size": 1, "seed": 1, "steps": 2, "cfg": 5.0, "sampler_name": "euler", "scheduler": "ddim_uniform",
-        "window_size": 32, "stride": 16, "sync_weight": 0.0, "decay": 0.95, "sync_steps": 1, "sync_every": 1,
-        "anchor": -1, "lpips_net": "vgg", "loss_decoder": "auto", "unet_jacobian": "exact", "loop": False,
-        "window_batch": 4, **inputs}}
+    graphs.syncdiffusion(prompt, "9", **inputs)
     graphs.capture(prompt, "10", "x", latent=["9", 0])
     return prompt
 

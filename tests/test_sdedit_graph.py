@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-import graphs
-from tolerance import BATCH, PATHS, assert_close_across_paths
+from devkit import graphs
+from devkit.tolerance import BATCH, PATHS, assert_close_across_paths
 
 
 def guide_latent(prompt, batch=1):
@@ -18,15 +18,6 @@ def run_capture(host, captured, prompt, key="out"):
     return captured[key]
 
 
-def ksampler_advanced(prompt, node_id, latent, steps, start, seed, sampler="euler", scheduler="normal", cfg=5.0):
-    prompt[node_id] = {"class_type": "KSamplerAdvanced", "inputs": {
-        "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": latent,
-        "add_noise": "enable", "noise_seed": seed, "steps": steps, "cfg": cfg, "sampler_name": sampler,
-        "scheduler": scheduler, "start_at_step": start, "end_at_step": 10000,
-        "return_with_leftover_noise": "disable"}}
-    return [node_id, 0]
-
-
 @pytest.mark.parametrize("sampler,scheduler,batch", [("euler", "ddim_uniform", 1), ("dpmpp_2m", "karras", 2)])
 def test_diffusers_semantics_matches_ksampler_advanced(host, captured, sampler, scheduler, batch):
     steps, strength, seed = 10, 0.8, 123
@@ -34,7 +25,8 @@ def test_diffusers_semantics_matches_ksampler_advanced(host, captured, sampler, 
     latent = guide_latent(prompt, batch)
     ours = graphs.sdedit(prompt, "20", latent=latent, steps=steps, strength=strength, semantics="diffusers",
                          seed=seed, sampler_name=sampler, scheduler=scheduler)
-    reference = ksampler_advanced(prompt, "21", latent, steps, steps - int(steps * strength), seed, sampler, scheduler)
+    reference = graphs.ksampler_advanced(prompt, "21", latent, steps, seed, start=steps - int(steps * strength),
+                                         sampler=sampler, scheduler=scheduler)
     graphs.capture(prompt, "30", "ours", latent=ours)
     graphs.capture(prompt, "31", "reference", latent=reference)
     graphs.capture(prompt, "32", "guide", latent=latent)
@@ -102,7 +94,7 @@ def test_repeats_chain_sdedit_with_the_next_seed(host, captured):
 def test_one_progress_bar_counts_every_repeat_and_every_strength(host, captured):
     """One bar per node over all its runs: 2 repeats x 2 strengths of paper semantics at 6 steps (6 sampler
     steps each) end at 24 of 24 and never go back (each run continues where the previous one stopped)."""
-    import harness
+    from devkit import harness
     prompt = graphs.base()
     latent = guide_latent(prompt)
     graphs.capture(prompt, "30", "x", latent=graphs.sdedit(prompt, "20", latent=latent, repeats=2,
@@ -140,9 +132,8 @@ def test_other_model_families(host, captured, kind):
     sampler = {"model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["10", 0],
                "steps": 6, "cfg": 5.0, "sampler_name": "dpmpp_2m", "scheduler": "karras"}
     prompt["40"] = {"class_type": "KSampler", "inputs": dict(sampler, seed=7, denoise=0.7)}
-    prompt["41"] = {"class_type": "KSamplerAdvanced", "inputs": dict(
-        sampler, add_noise="enable", noise_seed=7, start_at_step=6 - int(6 * 0.7), end_at_step=10000,
-        return_with_leftover_noise="disable")}
+    graphs.ksampler_advanced(prompt, "41", ["10", 0], 6, 7, start=6 - int(6 * 0.7), sampler="dpmpp_2m",
+                             scheduler="karras")
     graphs.capture(prompt, "40c", "ksampler", latent=["40", 0])
     graphs.capture(prompt, "41c", "advanced", latent=["41", 0])
     host.run(prompt)
@@ -246,7 +237,7 @@ def test_a_latent_guide_takes_one_mask_per_image_and_names_a_wrong_batch(host, c
 
 def test_a_latent_without_samples_is_refused(host):
     """The guide check itself (no executor can deliver such a LATENT): a dict without 'samples' is refused."""
-    import harness
+    from devkit import harness
     sdedit = harness.loaded_module(f"{harness.PACK_NAME}.nodes.sdedit")
     with pytest.raises(ValueError, match="'latent' must be a LATENT"):
         sdedit._guide_latent(None, None, {"noise_mask": torch.ones(1, 1, 8, 8)}, None)

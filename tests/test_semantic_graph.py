@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import graphs
-import harness
-from tolerance import BATCH, ORACLE, PATHS, TWO_RUNS, assert_close_across_paths
+from devkit import graphs
+from devkit import harness
+from devkit.tolerance import BATCH, ORACLE, PATHS, TWO_RUNS, assert_close_across_paths
 
 VIT = {"architecture": "GS-Test-Tiny-ViT", "checkpoint": "gs_tiny_vit.safetensors"}
 RN = {"architecture": "GS-Test-Tiny-RN", "checkpoint": "gs_tiny_rn.safetensors"}

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from guidance import semantic
-from tolerance import FORMULA, assert_close_across_paths
+from devkit.tolerance import FORMULA, assert_close_across_paths
 
 
 def test_spherical_distance_is_half_the_squared_angle():

@@ -6,8 +6,8 @@ import uuid
 
 import pytest
 
-import harness
-from server_support import http, running_server, wait_for
+from devkit import harness
+from devkit.server_support import http, running_server, wait_for
 
 pytestmark = pytest.mark.server
 

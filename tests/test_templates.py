@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import harness
+from devkit import harness
 
 WORKFLOWS = harness.example_workflows()
 IDS = [p.stem for p in WORKFLOWS]

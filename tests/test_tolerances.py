@@ -1,8 +1,9 @@
-"""The suite keeps to its tolerance rule (README "Comparing numbers in tests"), checked on the source of tests/:
+"""The suite keeps to its tolerance rule (README "Comparing numbers in tests"), checked on the source of tests/ and
+devkit/ (the development package: harness, test nodes, graph builders):
 
 * ``torch.testing.assert_close`` / ``allclose`` / ``isclose`` called directly must carry a comment on the call's
   lines: ``# exact: <why>`` (the very same call, or no float arithmetic) or ``# abs: <why>`` (an absolute bound
-  whose reason names the data's scale). Every other comparison goes through tests/tolerance.py, which refuses a
+  whose reason names the data's scale). Every other comparison goes through devkit/tolerance.py, which refuses a
   relative tolerance below the dtype's resolution at run time. (A ``not allclose`` is a "they differ" check: free.)
   ``math.isclose`` with ``rel_tol`` >= 1e-5 and no ``abs_tol`` is a relative bound on Python floats: free.
 * An upper bound on a difference (``(a - b).abs().max() < 1e-5``, ``max_difference(a, b) < 1e-5``) must be
@@ -16,9 +17,10 @@ from pathlib import Path
 
 import torch
 
-from tolerance import assert_close_across_paths, close_across_paths
+from devkit.tolerance import assert_close_across_paths, close_across_paths
 
 TESTS = Path(__file__).resolve().parent
+CHECKED = (TESTS, TESTS.parent / "devkit")
 DIRECT = {"assert_close", "allclose", "isclose", "assert_allclose"}
 MARKER = re.compile(r"#.*\b(exact|abs):\s*\S")
 
@@ -81,10 +83,10 @@ def violations(source: str, filename: str = "<test>") -> list[str]:
 
 def test_every_comparison_in_tests_keeps_to_the_rule():
     found = []
-    for path in sorted(TESTS.rglob("*.py")):
+    for path in sorted(p for folder in CHECKED for p in folder.rglob("*.py")):
         if path.name in ("tolerance.py", "test_tolerances.py"):
             continue
-        found += violations(path.read_text(), str(path.relative_to(TESTS)))
+        found += violations(path.read_text(), str(path.relative_to(TESTS.parent)))
     assert not found, "\n".join(found)
 
 

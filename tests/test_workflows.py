@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-import harness
+from devkit import harness
 
 WORKFLOWS = harness.example_workflows()
 INPUTS = harness.WORKFLOWS / "inputs"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from common import device_and_sync, device_name, harness, interleaved
+from bench.common import device_and_sync, device_name, harness, interleaved
 
 TITLE = "GradOP+ (defaults: 3 x 12 Adam steps) vs SDEdit node, 50 steps, strength 0.8"
 
@@ -66,9 +66,9 @@ def bench_case(host, label: str, full_size: bool, pixels: int, rounds: int) -> l
 
 def decoder_peak_bytes(pixels: int, dtype_name: str, checkpointed: bool) -> int:
     """Extra peak tensor memory of one optimisation step through the full-size SD VAE decoder
-    (decode -> clamp -> blur -> MSE -> backward), measured op by op (tests/memory_probe.py)."""
+    (decode -> clamp -> blur -> MSE -> backward), measured op by op (devkit/memory_probe.py)."""
     import torch
-    import memory_probe
+    from devkit import memory_probe
     tiny = harness.test_nodes_module().tiny
     gradients = harness.loaded_module(f"{harness.PACK_NAME}.nodes.toolkit.gradients")
     guidance = harness.loaded_module(f"{harness.PACK_NAME}.guidance.gradop")

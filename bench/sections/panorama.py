@@ -4,11 +4,10 @@ overhead). Tiny models on the CPU (a seeded random VGG16 trunk for LPIPS); GPU r
 """
 from __future__ import annotations
 
-import sys
 import tempfile
 from pathlib import Path
 
-from common import device_and_sync, device_name, harness, interleaved
+from bench.common import device_and_sync, device_name, harness, interleaved
 
 TITLE = "SyncDiffusion vs MultiDiffusion (same canvas, steps, windows) and MultiDiffusion vs KSampler at one window"
 # the reference's proportions: sync in the first fifth of the steps (10 of 50 there)
@@ -73,13 +72,12 @@ REFERENCE_SETTING = {"steps": 50, "sync_steps": 10, "windows": 21}  # 512x3072, 
 def full_size(latent: int = 64) -> None:
     """Full-size SD1.5 pieces with random weights, at a 512 px window: the extra peak memory of one window's
     gradient pass at a sync step (UNet CFG pair, x0, the SD VAE decoder, clamp, LPIPS VGG against a fixed
-    anchor, backward to the window's latent), measured op by op in fp32 (tests/memory_probe.py), and the time
+    anchor, backward to the window's latent), measured op by op in fp32 (devkit/memory_probe.py), and the time
     of each piece, from which the reference's setting (512x3072, stride 128 px, sync in 10 of 50 steps) is
     costed against MultiDiffusion for each option. Needs about 20 GB of RAM and some CPU minutes."""
     import torch
-    from common import FullSizeSD15, forward_only, interleaved
-    sys.path.insert(0, str(harness.TESTS))
-    import memory_probe
+    from bench.common import FullSizeSD15, forward_only, interleaved
+    from devkit import memory_probe
     gradients = harness.loaded_module(f"{harness.PACK_NAME}.nodes.toolkit.gradients")
     lpips_model = harness.loaded_module(f"{harness.PACK_NAME}.nodes.toolkit.lpips_model")
     sd = FullSizeSD15(latent)

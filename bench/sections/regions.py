@@ -1,7 +1,7 @@
 """Stroke Regions to Words: the patched model against the unpatched one, same KSampler settings."""
 from __future__ import annotations
 
-from common import device_and_sync, device_name, harness, interleaved
+from bench.common import device_and_sync, device_name, harness, interleaved
 
 TITLE = "Stroke Regions to Words: patched vs unpatched model (KSampler, same steps, 5 regions)"
 
@@ -13,7 +13,7 @@ SPEC = "#6eaaeb: evening sky\n#fad250: setting sun\n#5f5a78: snowy mountains\n#2
 def bench_case(host, label: str, full_size: bool, pixels: int, steps: int, rounds: int, mode: str) -> dict:
     import numpy as np
     import torch
-    from workflow_builder import stroke_painting
+    from scripts.workflow_builder import stroke_painting
 
     tiny = harness.test_nodes_module().tiny
     regions_node = host.nodes.NODE_CLASS_MAPPINGS["GS_StrokeRegions"]
@@ -39,10 +39,7 @@ def bench_case(host, label: str, full_size: bool, pixels: int, steps: int, round
 
 
 def run(host) -> None:
-    import sys
-
     import torch
-    sys.path.insert(0, str(harness.ROOT / "scripts"))
 
     rows = [bench_case(host, f"tiny SD1.x UNet, 256x256, 10 steps, {mode}", False, 256, 10, 4, mode)
             for mode in ("paint_with_words", "dense")]

@@ -1,7 +1,7 @@
 """SDEdit node against KSampler at the same steps (both run `steps` UNet evaluations)."""
 from __future__ import annotations
 
-from common import device_and_sync, device_name, harness, interleaved
+from bench.common import device_and_sync, device_name, harness, interleaved
 
 TITLE = "SDEdit node vs KSampler (same steps; strength 0.8 / denoise 0.8)"
 

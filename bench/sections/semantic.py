@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from common import device_and_sync, device_name, harness, interleaved
+from bench.common import device_and_sync, device_name, harness, interleaved
 
 TITLE = "CLIP Semantic Guidance: guided vs unguided sampling (KSampler, same steps, tiny SD1.x + tiny open_clip)"
 
@@ -73,7 +73,7 @@ def full_size(latent: int = 64, cutouts: int = 4) -> None:
     (guidance adds decode + CLIP with backward at each guided step; no UNet backward)."""
     import open_clip
     import torch
-    from common import FullSizeSD15, forward_only, interleaved
+    from bench.common import FullSizeSD15, forward_only, interleaved
     gradients = harness.loaded_module(f"{harness.PACK_NAME}.nodes.toolkit.gradients")
     sd = FullSizeSD15(latent)
     device, sync = sd.device, sd.sync

@@ -21,7 +21,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-import harness
+from devkit import harness
 
 ARTIFACTS = harness.ROOT / "test-artifacts" / "browser"
 CHROMIUM = os.environ.get("GS_CHROMIUM", "/usr/bin/chromium")
@@ -377,7 +377,7 @@ _INSTALL_RECORDER = """() => {
 
 # Test-only swaps, mirroring harness.TINY_SWAPS: the example workflows name a real checkpoint
 # ("v1-5-pruned-emaonly.safetensors", absent here) and 512 px inputs. In the browser graph each swapped
-# node is replaced by the test node (tests/host_nodes), widget values are copied by name where the test
+# node is replaced by the test node (devkit/host_nodes), widget values are copied by name where the test
 # node has the same widget, and every link is reconnected (inputs by name, outputs by slot).
 BROWSER_SWAPS = {
     "CheckpointLoaderSimple": {"type": "GS_TestTinyCheckpoint", "values": {"kind": "sd15", "seed": 0}},

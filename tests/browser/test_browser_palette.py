@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 import browser_support as bs
-import harness
+from devkit import harness
 from guidance import palette as palettes
 
 pytestmark = pytest.mark.server

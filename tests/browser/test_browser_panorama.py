@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 import browser_support as bs
-import harness
+from devkit import harness
 
 pytestmark = pytest.mark.server
 

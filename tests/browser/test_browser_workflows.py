@@ -18,7 +18,7 @@ import urllib.request
 import pytest
 
 import browser_support as bs
-import harness
+from devkit import harness
 
 pytestmark = pytest.mark.server
 

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import harness
+from devkit import harness
 
 from . import reference
 

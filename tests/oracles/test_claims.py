@@ -14,10 +14,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import harness
+from devkit import graphs
+from devkit import harness
 
 from . import reference as ref
-from tolerance import ORACLE, PATHS, assert_close_across_paths
+from devkit.tolerance import ORACLE, PATHS, assert_close_across_paths
 
 from .common import base_prompt, capture, max_difference
 from .test_gradop_oracle import add_gradop, check, logged, oracle
@@ -155,10 +156,7 @@ def test_greyscale_is_repeated_and_rgba_drops_alpha_in_every_node(host, store):
     images = {"rgb": ["10", 0], "grey3": ["12", 0], "grey1": ["13", 0], "rgba": ["14", 0]}
     for n, (name, image) in enumerate(images.items()):
         add_gradop(prompt, f"2{n}", f"gradop_{name}", image, grad_steps=1, iterative_steps=1)
-        prompt[f"3{n}"] = {"class_type": "GS_SDEdit", "inputs": {
-            "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "seed": 5, "steps": 4, "cfg": 5.0,
-            "sampler_name": "euler", "scheduler": "karras", "strength": 0.6, "semantics": "paper", "repeats": 1,
-            "strength_sweep": "", "image": image, "vae": ["1", 2]}}
+        graphs.sdedit(prompt, f"3{n}", seed=5, steps=4, scheduler="karras", image=image, vae=["1", 2])
         capture(prompt, f"4{n}", f"sdedit_{name}", latent=[f"3{n}", 0])
         prompt[f"5{n}"] = {"class_type": "GS_StrokeRegions", "inputs": {
             "model": ["1", 0], "clip": ["1", 1], "stroke": image, "prompt": "a castle by the river", "region_spec": "",
@@ -233,12 +231,8 @@ def test_no_unet_gradient_is_taken(host, store):
 
 
 def ksampler_advanced(prompt, node_id, latent, sampler, seed, start, end, add_noise, leftover):
-    prompt[node_id] = {"class_type": "KSamplerAdvanced", "inputs": {
-        "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": latent,
-        "add_noise": "enable" if add_noise else "disable", "noise_seed": seed, "steps": 8, "cfg": 5.0,
-        "sampler_name": sampler, "scheduler": "ddim_uniform", "start_at_step": start, "end_at_step": end,
-        "return_with_leftover_noise": "enable" if leftover else "disable"}}
-    return [node_id, 0]
+    return graphs.ksampler_advanced(prompt, node_id, latent, 8, seed, start=start, end=end, sampler=sampler,
+                                    scheduler="ddim_uniform", add_noise=add_noise, leftover=leftover)
 
 
 @pytest.mark.parametrize("sampler", ["euler_ancestral", "dpmpp_2m"])

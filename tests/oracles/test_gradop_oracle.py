@@ -34,7 +34,7 @@ from PIL import Image
 
 
 from . import reference as ref
-from tolerance import ORACLE, assert_close_across_paths
+from devkit.tolerance import ORACLE, assert_close_across_paths
 
 from .common import base_prompt, capture, max_difference
 

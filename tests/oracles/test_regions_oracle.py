@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from . import reference as ref
-from tolerance import ORACLE, assert_close_across_paths
+from devkit.tolerance import ORACLE, assert_close_across_paths
 
 from .common import base_prompt, max_difference
 

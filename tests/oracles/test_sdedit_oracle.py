@@ -22,7 +22,8 @@ import pytest
 import torch
 
 from . import reference as ref
-from tolerance import ORACLE, assert_close_across_paths
+from devkit import graphs
+from devkit.tolerance import ORACLE, assert_close_across_paths
 
 from .common import base_prompt, capture, max_difference
 
@@ -48,13 +49,10 @@ def guide(prompt, batch=1):
 
 
 def sdedit(prompt, node_id, key, latent, **overrides):
-    inputs = {"model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "seed": 5, "steps": 7, "cfg": CFG,
-              "sampler_name": "euler", "scheduler": "ddim_uniform", "strength": 0.55, "semantics": "paper",
-              "repeats": 1, "strength_sweep": "", "latent": latent}
-    inputs.update(overrides)
-    prompt[node_id] = {"class_type": "GS_SDEdit", "inputs": inputs}
+    graphs.sdedit(prompt, node_id, **{"seed": 5, "steps": 7, "cfg": CFG, "scheduler": "ddim_uniform",
+                                      "strength": 0.55, "latent": latent, **overrides})
     capture(prompt, node_id + "c", key, latent=[node_id, 0])
-    return inputs
+    return prompt[node_id]["inputs"]
 
 
 def sigmas_node(prompt, node_id, key, scheduler, steps, strength, semantics):
@@ -218,10 +216,7 @@ def ksampler(prompt, node_id, key, latent, steps, scheduler, seed, denoise):
 
 
 def ksampler_advanced(prompt, node_id, key, latent, steps, scheduler, seed, start):
-    prompt[node_id] = {"class_type": "KSamplerAdvanced", "inputs": {
-        "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": latent, "add_noise": "enable",
-        "noise_seed": seed, "steps": steps, "cfg": CFG, "sampler_name": "euler", "scheduler": scheduler,
-        "start_at_step": start, "end_at_step": 10000, "return_with_leftover_noise": "disable"}}
+    graphs.ksampler_advanced(prompt, node_id, latent, steps, seed, start=start, scheduler=scheduler, cfg=CFG)
     capture(prompt, node_id + "c", key, latent=[node_id, 0])
 
 

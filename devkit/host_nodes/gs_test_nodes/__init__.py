@@ -1,6 +1,6 @@
 """Test-only ComfyUI nodes for the Guided Synthesis suite. Never shipped in the pack's node list.
 
-Loaded from ``tests/host_nodes/`` as a custom_nodes folder (in-process and by the real server).
+Loaded from ``devkit/host_nodes/`` as a custom_nodes folder (in-process and by the real server).
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 The host is the tree ``make test`` installed (``.comfyui/``) or ``$COMFYUI_PATH``. The pack is
 loaded the way ComfyUI loads any custom node: from a ``custom_nodes`` folder holding a link to
-this repository, next to ``tests/host_nodes`` (the test-only tiny-model nodes).
+this repository, next to ``devkit/host_nodes`` (the development-only tiny-model nodes).
 """
 from __future__ import annotations
 
@@ -15,8 +15,7 @@ import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TESTS = ROOT / "tests"
-HOST_NODES = TESTS / "host_nodes"
+HOST_NODES = Path(__file__).resolve().parent / "host_nodes"
 WORKFLOWS = ROOT / "example_workflows"
 PACK_NAME = "guided_synthesis"
 
@@ -232,9 +231,9 @@ WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 TINY_SWAPS = {
     "CheckpointLoaderSimple": ("GS_TestTinyCheckpoint", lambda inputs: {"kind": "sd15", "seed": 0}),
     "LoadImage": ("GS_TestLoadImageSmall", lambda inputs: {"image": inputs["image"], "size": 64}),
-    # the real Stroke Canvas node, its outputs downscaled to 64 px (tests/host_nodes/gs_test_canvas)
+    # the real Stroke Canvas node, its outputs downscaled to 64 px (devkit/host_nodes/gs_test_canvas)
     "GS_StrokeCanvas": ("GS_TestStrokeCanvasSmall", lambda inputs: {**inputs, "size": 64}),
-    # a tiny random open_clip tower (tests/host_nodes/gs_test_nodes/semantic_probes.py) for the real weights file
+    # a tiny random open_clip tower (devkit/host_nodes/gs_test_nodes/semantic_probes.py) for the real weights file
     "GS_OpenCLIPLoader": ("GS_TestTinyOpenCLIP", lambda inputs: {"kind": "vit", "seed": 0}),
     # the same node at the 64 px of the inputs above (the examples' empty latents are the paintings' 512 px)
     "EmptyLatentImage": ("EmptyLatentImage", lambda inputs: {**inputs, "width": 64, "height": 64}),

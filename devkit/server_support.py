@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 from typing import Iterator
 
-import harness
+from devkit import harness
 
 
 def free_port() -> int:

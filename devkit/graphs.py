@@ -64,3 +64,41 @@ def gradop(prompt: dict, node_id: str, strokes_image: list, **overrides) -> list
     inputs.update(overrides)
     prompt[node_id] = {"class_type": "GS_GradOPPlus", "inputs": inputs}
     return [node_id, 0]
+
+
+def ksampler_advanced(prompt: dict, node_id: str, latent: list, steps: int, seed: int, start: int = 0,
+                      end: int = 10000, sampler: str = "euler", scheduler: str = "normal", cfg: float = 5.0,
+                      add_noise: bool = True, leftover: bool = False) -> list:
+    """ComfyUI's KSamplerAdvanced on the tiny model (node 1, conditionings 2 and 3); output 0 LATENT."""
+    prompt[node_id] = {"class_type": "KSamplerAdvanced", "inputs": {
+        "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": latent,
+        "add_noise": "enable" if add_noise else "disable", "noise_seed": seed, "steps": steps, "cfg": cfg,
+        "sampler_name": sampler, "scheduler": scheduler, "start_at_step": start, "end_at_step": end,
+        "return_with_leftover_noise": "enable" if leftover else "disable"}}
+    return [node_id, 0]
+
+
+# GS_SyncDiffusion's inputs on the tiny model: a 64x32 canvas, 32 px windows at stride 16, two euler steps,
+# sync off (MultiDiffusion); tests override what they study.
+SYNCDIFFUSION = {"model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "vae": ["1", 2], "width": 64,
+                 "height": 32, "batch_size": 1, "seed": 1, "steps": 2, "cfg": 5.0, "sampler_name": "euler",
+                 "scheduler": "ddim_uniform", "window_size": 32, "stride": 16, "sync_weight": 0.0, "decay": 0.95,
+                 "sync_steps": 1, "sync_every": 1, "anchor": -1, "lpips_net": "vgg", "loss_decoder": "auto",
+                 "unet_jacobian": "exact", "loop": False, "window_batch": 4}
+# the node form's sampling inputs, which the SAMPLER form takes from the sampling node instead
+SAMPLING_INPUTS = ("model", "positive", "negative", "width", "height", "batch_size", "seed", "steps", "cfg",
+                   "scheduler")
+
+
+def syncdiffusion(prompt: dict, node_id: str, **overrides) -> list:
+    """GS_SyncDiffusion (the full node: empty canvas to LATENT); output 0 LATENT."""
+    prompt[node_id] = {"class_type": "GS_SyncDiffusion", "inputs": {**SYNCDIFFUSION, **overrides}}
+    return [node_id, 0]
+
+
+def syncdiffusion_sampler(prompt: dict, node_id: str, **overrides) -> list:
+    """GS_SyncDiffusionSampler, from the same keywords as ``syncdiffusion`` (its sampling inputs are left out: the
+    sampling node supplies them); output 0 SAMPLER."""
+    inputs = {k: v for k, v in {**SYNCDIFFUSION, **overrides}.items() if k not in SAMPLING_INPUTS}
+    prompt[node_id] = {"class_type": "GS_SyncDiffusionSampler", "inputs": inputs}
+    return [node_id, 0]

@@ -1,4 +1,4 @@
-"""Test-only stand-in for GS_StrokeCanvas at a small size (loaded from tests/host_nodes/, never shipped).
+"""Test-only stand-in for GS_StrokeCanvas at a small size (loaded from devkit/host_nodes/, never shipped).
 
 Example workflows paint at 512 px; tests run the real Stroke Canvas node on that painting and then
 downscale its IMAGE and MASK (longest side ``size``, multiples of 8), as GS_TestLoadImageSmall does for
