@@ -67,6 +67,20 @@ class SegmentedSampling:
         if self._outer_callback is not None and self._last is not None:
             self._outer_callback(self._last)
 
+    def run_counting(self, x: torch.Tensor, model) -> torch.Tensor:
+        """Sample the whole schedule with ``model`` in the place of the sampler's model: a wrapper (a tiled model)
+        that counts its own work on the progress bar with :meth:`advance`. Each sampler step shows its preview
+        at the count reached so far and adds none itself; :meth:`finish` relays the last step as after
+        :meth:`run`."""
+        host.check_interrupt()
+
+        def callback(step: dict) -> None:
+            self._last = dict(step)
+            self.progress.show(step["denoised"])
+
+        return self.sampler.sampler_function(model, x, self.sigmas, extra_args=dict(self.extra_args),
+                                             callback=callback, disable=True, **self.sampler.extra_options)
+
 
 def sample_from_empty(model, sampler: comfy.samplers.KSAMPLER, positive, negative, seed: int, steps: int, cfg: float,
                       sampler_name: str, scheduler: str, batch: int, height_px: int, width_px: int,
