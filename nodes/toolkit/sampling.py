@@ -5,6 +5,8 @@ function on :class:`SegmentedSampling`: any sampler (``comfy.samplers.sampler_ob
 ``sigmas[start:end + 1]``, one progress bar with latent previews across all segments and the method's own
 steps, an interrupt check before each segment, a fresh noise stream per segment for ancestral and SDE
 samplers, and the last step relayed to the outer callback so SamplerCustom's ``denoised_output`` works.
+SyncDiffusion runs the whole schedule on its tiled model with :meth:`SegmentedSampling.run_counting` (the bar
+counts its windows).
 """
 from __future__ import annotations
 
