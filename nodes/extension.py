@@ -11,7 +11,8 @@ from typing import Callable
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import canvas, gradop, panorama, regions, sdedit, semantic
+from . import canvas, gradop, regions, sdedit, semantic
+from .panorama import seamless_decode, sync_diffusion
 from .toolkit import examples, host, model_files
 
 NODES: list[type[io.ComfyNode]] = [
@@ -23,9 +24,9 @@ NODES: list[type[io.ComfyNode]] = [
     regions.StrokeRegions,
     semantic.OpenCLIPLoader,
     semantic.CLIPSemanticGuidance,
-    panorama.SyncDiffusion,
-    panorama.SyncDiffusionSampler,
-    panorama.SeamlessDecode,
+    sync_diffusion.SyncDiffusion,
+    sync_diffusion.SyncDiffusionSampler,
+    seamless_decode.SeamlessDecode,
 ]
 
 

@@ -103,7 +103,7 @@ def test_pyproject_and_requirements_agree():
 
 
 def test_no_device_literals_or_fp16_in_pack_code():
-    for path in list((harness.ROOT / "nodes").glob("*.py")) + list((harness.ROOT / "guidance").glob("*.py")):
+    for path in list((harness.ROOT / "nodes").rglob("*.py")) + list((harness.ROOT / "guidance").rglob("*.py")):
         text = path.read_text()
         assert '"cuda"' not in text and "'cuda'" not in text and "torch.cuda" not in text, path
         assert ".half()" not in text, path

@@ -78,7 +78,7 @@ def test_the_registry_archive_holds_only_what_users_run():
                    or name in ("Makefile", "requirements-test.txt", ".gitignore")]
     assert development == [], development
     must = ["__init__.py", "LICENSE", "README.md", "pyproject.toml", "requirements.txt"]
-    must += [str(p.relative_to(ROOT)) for p in ROOT.glob("nodes/*.py")] + [str(p.relative_to(ROOT))
+    must += [str(p.relative_to(ROOT)) for p in ROOT.glob("nodes/**/*.py")] + [str(p.relative_to(ROOT))
                                                                          for p in ROOT.glob("guidance/*.py")]
     must += [str(p.relative_to(ROOT)) for p in (ROOT / "web").rglob("*") if p.is_file()]
     must += [str(p.relative_to(ROOT)) for p in (ROOT / "example_workflows").rglob("*") if p.is_file()]

@@ -1,4 +1,4 @@
-"""Per-window conditioning in the panorama sampler (nodes/window_conds.py) through the real executor.
+"""Per-window conditioning in the panorama sampler (nodes/panorama/window_conds.py) through the real executor.
 
 A recorder (GS_TestCondRecorder: a ``sampler_calc_cond_batch_function`` on a clone of MODEL, which the
 panorama chains) keeps, for every model call, the input x and what each conditioning entry holds. The same

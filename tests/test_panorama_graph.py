@@ -3,6 +3,8 @@
 Canvas 96x32 px (12x4 latent), windows 32 px (4 latent), stride 16 px: 5 windows in one row, anchor 2.
 (A tiny-UNet call costs about 0.3-0.5 s on a shared CPU whatever its size, so the tests count calls.)
 """
+import re
+
 import pytest
 import torch
 
@@ -304,15 +306,16 @@ def test_seamless_decode_with_a_local_decoder_is_the_plain_decode(host, tile, ov
     """With a per-cell decoder the tiles agree, so the normalised blend must give the plain decode (2-D tiles,
     ramps of several widths, circular padding and its crop); an unnormalised blend, a misplaced tile or a crop
     off by a column would not."""
-    nodes_panorama = harness.loaded_module(f"{harness.PACK_NAME}.nodes.panorama")
+    seamless = harness.loaded_module(f"{harness.PACK_NAME}.nodes.panorama.seamless_decode")
     latent = torch.randn(2, 4, 10, 13, generator=torch.Generator().manual_seed(0)) * 2
     vae = LocalVAE()
-    got = nodes_panorama.seamless_decode(vae, latent, tile, overlap, circular)
+    got = seamless.seamless_decode(vae, latent, tile, overlap, circular)
     assert_close_across_paths(got, vae.decode(latent), rtol=1e-5, why=PATHS)  # blend of equal tiles
 
 
 BAD = [
     ({"width": 24}, "window_size"),
+    ({"height": 36}, "height must be a multiple of 8"),
     ({"stride": 48}, "stride"),
     ({"stride": 12}, "stride"),
     ({"anchor": 20}, "anchor"),
@@ -374,15 +377,55 @@ def test_other_samplers_run_with_sync(host, captured, lpips_models, sampler):
 def test_config_checks_each_batch_size_and_accepts_the_smallest_stride(host):
     """PanoramaConfig.validate (what both forms run first): window_batch 0 or sync_batch 0 alone is an error;
     stride 8 px, the smallest the UI allows, is valid (one latent cell), as is the largest window stride."""
-    nodes_panorama = harness.loaded_module(f"{harness.PACK_NAME}.nodes.panorama")
+    config = harness.loaded_module(f"{harness.PACK_NAME}.nodes.panorama.config")
     vae = harness.test_nodes_module().tiny.tiny_vae(0)
     for overrides in ({"window_batch": 0}, {"sync_batch": 0}):
         with pytest.raises(ValueError, match="window_batch and sync_batch must be at least 1"):
-            nodes_panorama.PanoramaConfig(vae=vae, **overrides).validate()
-    nodes_panorama.PanoramaConfig(vae=vae, stride=8, window_size=64).validate()
-    nodes_panorama.PanoramaConfig(vae=vae, stride=64, window_size=64).validate()
+            config.PanoramaConfig(vae=vae, **overrides).validate()
+    config.PanoramaConfig(vae=vae, stride=8, window_size=64).validate()
+    config.PanoramaConfig(vae=vae, stride=64, window_size=64).validate()
     with pytest.raises(ValueError, match="stride must be a positive multiple of 8"):
-        nodes_panorama.PanoramaConfig(vae=vae, stride=4, window_size=64).validate()
+        config.PanoramaConfig(vae=vae, stride=4, window_size=64).validate()
+
+
+def test_each_option_is_declared_once_and_the_config_is_built_from_the_inputs(host):
+    """Every PanoramaConfig option is an input of both sampler forms with the config field's default (the schema
+    reads it there), and from_inputs builds the config from a node's input values: options sent are taken,
+    options not sent (optional inputs of an older workflow) keep their defaults, other inputs are left out."""
+    import dataclasses
+    config = harness.loaded_module(f"{harness.PACK_NAME}.nodes.panorama.config")
+    options = {f.name: f.default for f in dataclasses.fields(config.PanoramaConfig) if f.init}
+    for node in ("GS_SyncDiffusion", "GS_SyncDiffusionSampler"):
+        spec = host.nodes.NODE_CLASS_MAPPINGS[node].INPUT_TYPES()
+        inputs = {**spec["required"], **spec.get("optional", {})}
+        assert set(options) <= set(inputs), (node, set(options) - set(inputs))
+        for name, default in options.items():
+            if default is not dataclasses.MISSING:
+                assert inputs[name][1]["default"] == default, (node, name)
+    vae = harness.test_nodes_module().tiny.tiny_vae(0)
+    built = config.PanoramaConfig.from_inputs({"vae": vae, "stride": 64, "lpips_size": "1/2 (approximate)",
+                                               "seed": 3, "width": 512})
+    assert (built.vae, built.stride, built.lpips_size) == (vae, 64, "1/2 (approximate)")
+    assert (built.decoder_memory, built.sync_batch, built.window_size) == ("auto", 1, 0)
+
+
+@pytest.mark.parametrize("value,options,message", [
+    (12, {}, "width must be a multiple of 8 pixels, got 12"),
+    (0, {"positive": True}, "width must be a positive multiple of 8 pixels, got 0"),
+    (16, {"positive": True}, None),
+    (0, {"positive": True, "zero": "by model"}, None),
+    (-8, {"positive": True, "zero": "by model"}, "width must be 0 (by model) or a positive multiple of 8 pixels"),
+    (36, {"zero": "by model"}, "width must be 0 (by model) or a positive multiple of 8 pixels, got 36"),
+])
+def test_the_shared_size_check_names_the_input(host, value, options, message):
+    """host.check_multiple (panorama's width / height / stride / window_size / tile_size / overlap): the message
+    names the input and says what it takes; accepted values pass."""
+    toolkit_host = harness.loaded_module(f"{harness.PACK_NAME}.nodes.toolkit.host")
+    if message is None:
+        toolkit_host.check_multiple("width", value, 8, **options)
+    else:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            toolkit_host.check_multiple("width", value, 8, **options)
 
 
 # --- bad inputs, interrupts and the LPIPS network's lifetime ------------------------------------------------

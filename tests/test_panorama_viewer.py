@@ -80,7 +80,7 @@ def test_without_loop_the_nodes_send_no_viewer_output(host):
 
 
 def test_a_very_wide_preview_is_downscaled_keeping_its_aspect(host):
-    view = harness.loaded_module(f"{harness.PACK_NAME}.nodes.panorama_view")
+    view = harness.loaded_module(f"{harness.PACK_NAME}.nodes.panorama.panorama_view")
     image = torch.rand(1, 64, view.MAX_WIDTH * 2, 3)
     entry = view.panorama_ui(image)[UI_KEY][0]
     assert (entry["width"], entry["height"]) == (view.MAX_WIDTH, 32)
@@ -93,5 +93,5 @@ def test_a_very_wide_preview_is_downscaled_keeping_its_aspect(host):
 @pytest.mark.parametrize("shape", [(1, 16, 4, 4), (1, 4, 4)])
 def test_latents_without_matching_colour_factors_get_no_preview(host, shape):
     import comfy.latent_formats
-    view = harness.loaded_module(f"{harness.PACK_NAME}.nodes.panorama_view")
+    view = harness.loaded_module(f"{harness.PACK_NAME}.nodes.panorama.panorama_view")
     assert view.latent_ui(torch.zeros(shape), comfy.latent_formats.SD15()) is None

@@ -177,6 +177,11 @@ class DifferentiableDenoiser:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def use_identity(self) -> None:
+        """Take ``d x0 / d x = I`` from the first call on (an approximation the caller chose): no differentiable
+        clone is loaded and no UNet backward runs; :attr:`mode` reads ``"identity"``."""
+        self.mode = self.IDENTITY
+
 
 # Decoder blocks recomputed in backward when checkpointing (AutoencoderKL-style decoders of SD1/SD2/SDXL/
 # SD3/Flux: comfy.ldm.modules.diffusionmodules.model; TAESD: comfy.taesd.taesd.Block).

@@ -160,10 +160,14 @@ def check_widget_values(node_class, values: dict) -> None:
 def validated(execute):
     """Decorator for a node's ``execute`` (under ``@classmethod``): :func:`check_widget_values` first."""
     signature = inspect.signature(execute)
+    keywords = [p.name for p in signature.parameters.values() if p.kind is inspect.Parameter.VAR_KEYWORD]
 
     @functools.wraps(execute)
     def wrapper(cls, *args, **kwargs):
-        check_widget_values(cls, signature.bind(cls, *args, **kwargs).arguments)
+        values = signature.bind(cls, *args, **kwargs).arguments
+        for name in keywords:  # execute(cls, ..., **options): the options are inputs too
+            values = {**values, **values.pop(name, {})}
+        check_widget_values(cls, values)
         return execute(cls, *args, **kwargs)
     return wrapper
 
@@ -195,6 +199,13 @@ class SamplingProgress:
     def advance(self, steps: int) -> None:
         self.done += int(steps)
         self.pbar.update_absolute(min(self.done, self.total), self.total)
+
+    def show(self, x0: torch.Tensor) -> None:
+        """The bar at the steps done so far, with ``x0``'s latent preview (a step that counts no work itself)."""
+        preview = None
+        if self.previewer is not None:
+            preview = self.previewer.decode_latent_to_preview_image("JPEG", x0)
+        self.pbar.update_absolute(min(self.done, self.total), self.total, preview)
 
 
 def image_to_rgb(image: torch.Tensor, name: str = "image") -> torch.Tensor:
@@ -235,3 +246,16 @@ def mask_to_batch(mask: torch.Tensor, name: str = "mask") -> torch.Tensor:
     if mask.ndim != 3:
         raise ValueError(f"{name} must be a MASK [batch, height, width], got shape {tuple(mask.shape)}")
     return mask
+
+
+def check_multiple(name: str, value: int, unit: int, what: str = "pixels", *, positive: bool = False,
+                   zero: str | None = None) -> None:
+    """A size input must be a multiple of ``unit`` ``what`` (``positive``: at least one unit; ``zero``: 0 is
+    accepted too, meaning ``zero``); the ValueError names the input, e.g. "stride must be a positive multiple of
+    8 pixels, got 12"."""
+    if zero is not None and value == 0:
+        return
+    if value % unit or ((positive or zero is not None) and value < unit):
+        accepted = f"0 ({zero}) or " if zero is not None else ""
+        size = "positive " if positive or zero is not None else ""
+        raise ValueError(f"{name} must be {accepted}a {size}multiple of {unit} {what}, got {value}")

@@ -5,6 +5,8 @@ function on :class:`SegmentedSampling`: any sampler (``comfy.samplers.sampler_ob
 ``sigmas[start:end + 1]``, one progress bar with latent previews across all segments and the method's own
 steps, an interrupt check before each segment, a fresh noise stream per segment for ancestral and SDE
 samplers, and the last step relayed to the outer callback so SamplerCustom's ``denoised_output`` works.
+SyncDiffusion runs the whole schedule on its tiled model with :meth:`SegmentedSampling.run_counting` (the bar
+counts its windows).
 """
 from __future__ import annotations
 
@@ -66,6 +68,20 @@ class SegmentedSampling:
         """Relay the last sampler step to the outer callback (SamplerCustom's denoised_output reads its x0)."""
         if self._outer_callback is not None and self._last is not None:
             self._outer_callback(self._last)
+
+    def run_counting(self, x: torch.Tensor, model) -> torch.Tensor:
+        """Sample the whole schedule with ``model`` in the place of the sampler's model: a wrapper (a tiled model)
+        that counts its own work on the progress bar with :meth:`advance`. Each sampler step shows its preview
+        at the count reached so far and adds none itself; :meth:`finish` relays the last step as after
+        :meth:`run`."""
+        host.check_interrupt()
+
+        def callback(step: dict) -> None:
+            self._last = dict(step)
+            self.progress.show(step["denoised"])
+
+        return self.sampler.sampler_function(model, x, self.sigmas, extra_args=dict(self.extra_args),
+                                             callback=callback, disable=True, **self.sampler.extra_options)
 
 
 def sample_from_empty(model, sampler: comfy.samplers.KSAMPLER, positive, negative, seed: int, steps: int, cfg: float,

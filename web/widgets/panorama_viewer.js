@@ -1,7 +1,7 @@
 // 360-degree panorama viewer for GS_SeamlessDecode (circular) and GS_SyncDiffusion (loop).
 //
 // After a run the node's UI output "gs_panorama_360" names preview files in ComfyUI's temp folder
-// (nodes/panorama_view.py). The viewer shows the first one as seen from the centre of a sphere: the image's
+// (nodes/panorama/panorama_view.py). The viewer shows the first one as seen from the centre of a sphere: the image's
 // width spans 360 degrees of longitude, its height 360 * height / width degrees of latitude around the
 // horizon (capped at 180; a 2:1 image is a full equirectangular sphere). Drag to turn, wheel to zoom,
 // double-click to reset. With Nodes 2.0 the wheel zooms the view once the viewer has been clicked (focused);

@@ -30,8 +30,8 @@ import comfy.model_base
 import comfy.samplers
 import comfy.utils
 
-from ..guidance import panorama
-from .toolkit import log
+from ...guidance import panorama
+from ..toolkit import log
 
 LOG = log.logger("panorama")
 HOOK = "sampler_calc_cond_batch_function"
