@@ -76,7 +76,6 @@ class OpenCLIPLoader(io.ComfyNode):
         return io.NodeOutput(open_clip_model.load_open_clip(architecture, checkpoint, precision, download, pretrained))
 
 
-
 # ----------------------------------------------------------------------------------------------
 # The guidance patch
 
