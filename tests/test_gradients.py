@@ -182,7 +182,8 @@ def test_owned_modules_are_frozen_placed_and_released(host):
     gradients = harness.loaded_module(f"{harness.PACK_NAME}.nodes.toolkit.gradients")
     with torch.inference_mode():
         with gradients.inference_mode_off():
-            module = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Dropout(0.5))
+            module = torch.nn.Sequential(torch.nn.Dropout(0.5))
+            module.weight = torch.nn.Parameter(torch.randn(3, 3))
         owner = gradients.OwnedModule()
         with owner:
             owned = owner.own(module, dtype=torch.float64)
