@@ -24,7 +24,9 @@ from .palette import extract_palette
 from .schedules import vp_from_ve
 
 PAINTING_FUNCTIONS = ("gaussian blur", "median", "median + palette")
-MODES = ("GradOP+", "GradOP (reconstruction)")
+GRADOP_PLUS = "GradOP+"  # the paper's released method: optimise during sampling
+GRADOP_RECONSTRUCTION = "GradOP (reconstruction)"  # its base method, rebuilt from the description
+MODES = (GRADOP_PLUS, GRADOP_RECONSTRUCTION)
 
 REFERENCE_SIZE = 512
 REFERENCE_BLUR_SIGMA = 7.0  # kornia GaussianBlur2d((35, 35), (7, 7)) at 512x512

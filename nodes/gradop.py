@@ -27,28 +27,45 @@ METHOD = "GradOP+"
 FIT_ADVICE = "Lower width/height or batch_size, or use loss_resolution 'half' or decoder 'taesd'."
 
 # "half": decode a 2x average-pooled latent (a quarter of the decoder's work); the blur discards
-# that detail anyway (docs/methods/gradop.md section 6, approximate).
+# that detail anyway (docs/methods/gradop.md section 6, approximate; gradients.decode_for_loss).
 LOSS_RESOLUTIONS = ("full", "half")
+
+# The method's options are declared once: each is one schema input (:func:`method_inputs`, defaults and choices
+# as the named constants below) and the GradOPConfig field of the same name; both nodes build their config from
+# their inputs by name (:func:`config_from_inputs`). Adding an option: its input, its field, its test.
+DEFAULT_SAMPLER = "euler"
+DEFAULT_STRENGTH = 0.8
+DEFAULT_ITERATIVE_STEPS = 3
+DEFAULT_GRAD_STEPS = 12
+DEFAULT_LEARNING_RATE = 0.1
+DEFAULT_PAINTING = "gaussian blur"
+DEFAULT_DECODER = "auto"
+DEFAULT_LOSS_RESOLUTION = "full"
+DEFAULT_MODE = gradop.GRADOP_PLUS
+DEFAULT_GAMMA = 0.001
+DEFAULT_DECODER_MEMORY = "auto"
+FIELDS = {"painting_function": "painting"}  # schema input -> GradOPConfig field, where the names differ
 
 
 @dataclass
 class GradOPConfig:
-    """Everything one GradOP+/GradOP sampler run needs besides the model and the schedule."""
+    """Everything one GradOP+/GradOP sampler run needs besides the model and the schedule (built from the node's
+    inputs: :func:`config_from_inputs`)."""
 
     vae: object
     strokes: torch.Tensor  # IMAGE [B,H,W,3]
     mask: torch.Tensor | None  # MASK [B,H,W] or None
-    sampler_name: str = "euler"
-    mode: str = gradop.MODES[0]
-    strength: float = 0.8
-    iterative_steps: int = 3
-    grad_steps: int = 12
-    learning_rate: float = 0.1
-    painting: str = "gaussian blur"
-    gamma: float = 1e-3
-    decoder: str = "auto"
-    loss_resolution: str = "full"
-    decoder_memory: str = "auto"
+    sampler_name: str
+    mode: str
+    strength: float
+    iterative_steps: int
+    grad_steps: int
+    learning_rate: float
+    painting: str
+    gamma: float
+    decoder: str
+    loss_resolution: str
+    decoder_memory: str
     collect_images: bool = False  # the node form keeps decode(z*) per iteration for its IMAGE output
     optimised_images: list[torch.Tensor] = field(default_factory=list)  # filled per iteration, [B,H,W,3]
     loss_decoder: gradients.LossDecoderSpec | None = field(default=None, init=False)  # set by validate()
@@ -71,7 +88,7 @@ class GradOPConfig:
         self.loss_decoder = gradients.LossDecoderSpec(self.vae, self.decoder, self.decoder_memory, METHOD, FIT_ADVICE)
 
     def total_grad_steps(self) -> int:
-        return self.grad_steps * (self.iterative_steps if self.mode == gradop.MODES[0] else 1)
+        return self.grad_steps * (self.iterative_steps if self.mode == gradop.GRADOP_PLUS else 1)
 
 
 def _match_batch(tensor: torch.Tensor, batch: int, name: str) -> torch.Tensor:
@@ -120,7 +137,7 @@ def gradop_sampler(config: GradOPConfig) -> comfy.samplers.KSAMPLER:
         flow = isinstance(base_model.model_sampling, comfy.model_sampling.CONST)
         steps = len(sigmas) - 1
         levels = gradop.optimisation_indices(steps, config.strength, config.iterative_steps)
-        plus = config.mode == gradop.MODES[0]
+        plus = config.mode == gradop.GRADOP_PLUS
         sampler_steps = steps if plus else steps + (steps - levels[0])
         segments = sampling.SegmentedSampling(config.sampler_name, model, sigmas, extra_args, callback,
                                               sampler_steps + config.total_grad_steps())
@@ -135,8 +152,7 @@ def gradop_sampler(config: GradOPConfig) -> comfy.samplers.KSAMPLER:
         decoder = None
 
         def decode(v):
-            return decoder.decode_model_space(torch.nn.functional.avg_pool2d(v, 2) if half else v, latent_format,
-                                              clamp=True)
+            return gradients.decode_for_loss(decoder, v, latent_format, pooled=half)
 
         try:
             if config.grad_steps:
@@ -198,45 +214,46 @@ def gradop_sampler(config: GradOPConfig) -> comfy.samplers.KSAMPLER:
 
 # --- node inputs shared by both forms ---------------------------------------------------
 
-def _method_inputs() -> list:
+def method_inputs() -> list:
+    """The method's inputs, in both nodes' widget order (decoder_memory: :func:`memory_input`, last)."""
     return [
         io.Vae.Input("vae", tooltip="The VAE whose decoder the optimisation runs through (ignored for "
                                     "decoder 'taesd', except for its latent size)."),
         io.Image.Input("strokes", tooltip="The coarse colour painting to follow. RGBA drops alpha, greyscale is "
                                           "repeated; any size (it is resized to the output size, with a log note)."),
-        io.Float.Input("strength", default=0.8, min=0.01, max=1.0, step=0.01,
+        io.Float.Input("strength", default=DEFAULT_STRENGTH, min=0.01, max=1.0, step=0.01,
                        tooltip="Where the optimisation starts: after sampler step int(steps*(1-strength)), as the "
                                "reference does (0.8 with 50 ddim_uniform steps: t = 781, 761, 741). Higher: the "
                                "strokes shape the image earlier and more strongly."),
-        io.Int.Input("iterative_steps", default=3, min=1, max=50,
+        io.Int.Input("iterative_steps", default=DEFAULT_ITERATIVE_STEPS, min=1, max=50,
                      tooltip="GradOP+: how many consecutive sampler steps are followed by an optimisation "
                              "(paper advice: 2-5). Ignored by GradOP mode."),
-        io.Int.Input("grad_steps", default=12, min=0, max=500,
+        io.Int.Input("grad_steps", default=DEFAULT_GRAD_STEPS, min=0, max=500,
                      tooltip="Adam steps per optimisation (paper advice: 8-16; GradOP mode: the total, the "
                              "reconstruction uses 50). 0 turns the optimisation off: plain sampling."),
-        io.Float.Input("learning_rate", default=0.1, min=0.0001, max=10.0, step=0.001, round=0.0001,
+        io.Float.Input("learning_rate", default=DEFAULT_LEARNING_RATE, min=0.0001, max=10.0, step=0.001, round=0.0001,
                        tooltip="Adam learning rate (reference 0.1). Each Adam step moves a latent value by about "
                                "this much, so learning_rate x grad_steps is the real strength of the guidance."),
-        io.Combo.Input("painting_function", options=list(gradop.PAINTING_FUNCTIONS), default="gaussian blur",
+        io.Combo.Input("painting_function", options=list(gradop.PAINTING_FUNCTIONS), default=DEFAULT_PAINTING,
                        tooltip="f, what makes the decoded image comparable with the strokes. gaussian blur: the "
                                "reference (kernel 35, sigma 7 at 512 px, scaled with the size). median: edge-"
                                "preserving. median + palette: also snaps colours to the strokes' palette (more "
                                "faithful, slower)."),
-        io.Combo.Input("decoder", options=list(gradients.DECODERS), default="auto",
+        io.Combo.Input("decoder", options=list(gradients.DECODERS), default=DEFAULT_DECODER,
                        tooltip="Decoder used inside the optimisation (a private copy; your VAE is untouched). "
                                "auto: the VAE's own precision. fp32: as the reference. bf16/fp16: faster and "
                                "half the memory (the loss is scaled so gradients do not underflow). taesd: the "
                                "fast TAESD decoder from models/vae_approx (taesd_decoder / taesdxl_decoder), "
                                "much cheaper, approximate."),
-        io.Combo.Input("loss_resolution", options=list(LOSS_RESOLUTIONS), default="full",
+        io.Combo.Input("loss_resolution", options=list(LOSS_RESOLUTIONS), default=DEFAULT_LOSS_RESOLUTION,
                        tooltip="full: the reference. half: decode a 2x pooled latent inside the optimisation, a "
                                "quarter of the decoder work (the blur discards that detail anyway); approximate."),
-        io.Combo.Input("mode", options=list(gradop.MODES), default=gradop.MODES[0],
+        io.Combo.Input("mode", options=list(gradop.MODES), default=DEFAULT_MODE,
                        tooltip="GradOP+: the paper's released method (optimise during sampling). GradOP "
                                "(reconstruction): the paper's base method, never released, rebuilt from its "
                                "description: a text-only sample, optimised with a proximity term, then SDEdit "
                                "from the strength level."),
-        io.Float.Input("gamma", default=0.001, min=0.0, max=100.0, step=0.0001, round=0.00001,
+        io.Float.Input("gamma", default=DEFAULT_GAMMA, min=0.0, max=100.0, step=0.0001, round=0.00001,
                        tooltip="GradOP mode only: weight of the proximity term gamma * mean((z - z_text)^2) "
                                "that keeps the optimised latent near the text-only sample."),
         io.Mask.Input("mask", optional=True,
@@ -245,9 +262,10 @@ def _method_inputs() -> list:
     ]
 
 
-def _memory_input():
+def memory_input():
     # last among the widgets, so workflows saved before it existed keep their widget values in place
-    return io.Combo.Input("decoder_memory", options=list(gradients.DECODER_MEMORY), default="auto", optional=True,
+    return io.Combo.Input("decoder_memory", options=list(gradients.DECODER_MEMORY), default=DEFAULT_DECODER_MEMORY,
+                          optional=True,
                           tooltip="Memory of the optimisation's decoder copy. full: keep all activations for "
                                   "backward (SD VAE, fp32: about 5.6 GiB extra at 512x512, 4x that at 1024x1024). "
                                   "checkpointed: keep only each block's input and recompute it in backward: "
@@ -255,13 +273,16 @@ def _memory_input():
                                   "when the full activations would need more than half of the free memory.")
 
 
-def _config(vae, strokes, mask, sampler_name, strength, iterative_steps, grad_steps, learning_rate,
-            painting_function, decoder, loss_resolution, mode, gamma, decoder_memory="auto") -> GradOPConfig:
-    return GradOPConfig(vae=vae, strokes=host.image_to_rgb(strokes, "strokes"),
-                        mask=None if mask is None else host.mask_to_batch(mask, "mask"), sampler_name=sampler_name,
-                        mode=mode, strength=strength, iterative_steps=iterative_steps, grad_steps=grad_steps,
-                        learning_rate=learning_rate, painting=painting_function, gamma=gamma, decoder=decoder,
-                        loss_resolution=loss_resolution, decoder_memory=decoder_memory)
+def config_from_inputs(inputs: dict) -> GradOPConfig:
+    """The run's config from a node's inputs by name: sampler_name and every input of :func:`method_inputs` and
+    :func:`memory_input` (an optional one left out: the schema's default), strokes and mask as checked tensors."""
+    values = {"sampler_name": inputs["sampler_name"]}
+    for spec in (*method_inputs(), memory_input()):
+        values[FIELDS.get(spec.id, spec.id)] = inputs.get(spec.id, getattr(spec, "default", None))
+    values["strokes"] = host.image_to_rgb(values["strokes"], "strokes")
+    if values["mask"] is not None:
+        values["mask"] = host.mask_to_batch(values["mask"], "mask")
+    return GradOPConfig(**values)
 
 
 class GradOPPlus(io.ComfyNode):
@@ -286,12 +307,12 @@ class GradOPPlus(io.ComfyNode):
                              tooltip="Sampler steps (the reference: 50). All of them run."),
                 io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01,
                                tooltip="Classifier-free guidance scale (reference 7.5)."),
-                io.Combo.Input("sampler_name", options=host.SAMPLER_NAMES, default="euler",
+                io.Combo.Input("sampler_name", options=host.SAMPLER_NAMES, default=DEFAULT_SAMPLER,
                                tooltip="Sampler between optimisations. euler or ddim is the reference's DDIM; "
                                        "multistep samplers restart their history at each optimisation."),
                 io.Combo.Input("scheduler", options=host.SCHEDULER_NAMES, default="ddim_uniform",
                                tooltip="Noise schedule. ddim_uniform is the reference's DDIM spacing."),
-                *_method_inputs(),
+                *method_inputs(),
                 io.Int.Input("width", default=0, min=0, max=16384, step=8,
                              tooltip="Output width in pixels (a multiple of 8); 0 = the strokes' width, rounded "
                                      "down to a multiple of 8."),
@@ -299,7 +320,7 @@ class GradOPPlus(io.ComfyNode):
                              tooltip="Output height in pixels (a multiple of 8); 0 = the strokes' height."),
                 io.Int.Input("batch_size", default=1, min=1, max=64,
                              tooltip="Images per stroke painting (each with its own noise)."),
-                _memory_input(),
+                memory_input(),
             ],
             outputs=[
                 io.Latent.Output(display_name="latent", tooltip="The result; decode it with VAE Decode."),
@@ -312,15 +333,15 @@ class GradOPPlus(io.ComfyNode):
 
     @classmethod
     @host.validated
-    def execute(cls, model, positive, negative, seed, steps, cfg, sampler_name, scheduler, vae, strokes,
-                strength, iterative_steps, grad_steps, learning_rate, painting_function, decoder, loss_resolution,
-                mode, gamma, width, height, batch_size, mask=None, decoder_memory="auto") -> io.NodeOutput:
-        config = _config(vae, strokes, mask, sampler_name, strength, iterative_steps, grad_steps, learning_rate,
-                         painting_function, decoder, loss_resolution, mode, gamma, decoder_memory)
+    def execute(cls, model, positive, negative, seed, steps, cfg, scheduler, width, height, batch_size,
+                **options) -> io.NodeOutput:
+        """``options``: sampler_name and the method's inputs (:func:`config_from_inputs`)."""
+        config = config_from_inputs(options)
         config.collect_images = True
         width, height = output_size(config.strokes, width, height)
         out = sampling.sample_from_empty(model, gradop_sampler(config), positive, negative, seed, steps, cfg,
-                                         sampler_name, scheduler, config.strokes.shape[0] * batch_size, height, width)
+                                         config.sampler_name, scheduler, config.strokes.shape[0] * batch_size,
+                                         height, width)
         if config.optimised_images:
             images = torch.cat(config.optimised_images, dim=0)
         else:
@@ -355,21 +376,18 @@ class GradOPPlusSampler(io.ComfyNode):
                         "any guider, LoRA, ControlNet or attention patch. Use an empty latent of the output "
                         "size (or a latent with a noise_mask for stroke-based editing) and ddim_uniform sigmas.",
             inputs=[
-                io.Combo.Input("sampler_name", options=host.SAMPLER_NAMES, default="euler",
+                io.Combo.Input("sampler_name", options=host.SAMPLER_NAMES, default=DEFAULT_SAMPLER,
                                tooltip="Sampler run between the optimisations (euler / ddim: the reference)."),
-                *_method_inputs(),
-                _memory_input(),
+                *method_inputs(),
+                memory_input(),
             ],
             outputs=[io.Sampler.Output(tooltip="Connect to SamplerCustom's or SamplerCustomAdvanced's sampler.")],
         )
 
     @classmethod
     @host.validated
-    def execute(cls, sampler_name, vae, strokes, strength, iterative_steps, grad_steps, learning_rate,
-                painting_function, decoder, loss_resolution, mode, gamma, mask=None,
-                decoder_memory="auto") -> io.NodeOutput:
-        config = _config(vae, strokes, mask, sampler_name, strength, iterative_steps, grad_steps, learning_rate,
-                         painting_function, decoder, loss_resolution, mode, gamma, decoder_memory)
-        return io.NodeOutput(gradop_sampler(config))
+    def execute(cls, **options) -> io.NodeOutput:
+        """``options``: sampler_name and the method's inputs (:func:`config_from_inputs`)."""
+        return io.NodeOutput(gradop_sampler(config_from_inputs(options)))
 
 

@@ -349,8 +349,8 @@ class StrokeRegions(io.ComfyNode):
             token_masks[row, spans] = 1.0
         region = regions.RegionAttention(
             masks=palette.masks[named] if named else palette.masks[:0], token_masks=token_masks,
-            strength=float(strength), mode=mode, sigma_start=_sigma(model, start_percent),
-            sigma_end=_sigma(model, end_percent), sigma_to_t=_sigma_to_t(model) if mode == "dense" else None)
+            strength=float(strength), mode=mode, sigma_start=host.percent_to_sigma(model, start_percent),
+            sigma_end=host.percent_to_sigma(model, end_percent), sigma_to_t=_sigma_to_t(model) if mode == "dense" else None)
         if region.is_noop:
             if not named:
                 LOG.info("Stroke Regions to Words: region_spec names no region; the model is unchanged")
@@ -375,10 +375,5 @@ class StrokeRegions(io.ComfyNode):
         except Exception as error:  # the preview on the node is a convenience; never fail the run for it
             LOG.debug("no node preview: %s", error)
         return io.NodeOutput(patched, conditioning, preview, ui=ui_data)
-
-
-def _sigma(model, percent: float) -> float:
-    sampling = model.get_model_object("model_sampling")
-    return float(sampling.percent_to_sigma(float(percent)))
 
 

@@ -145,3 +145,50 @@ def test_loss_decoder_spec_is_cheap_in_model_options_and_follows_the_vae_downsca
     # the fit error: the largest output that fits, in multiples of the ratio
     with pytest.raises(ValueError, match=r"test: an output of 1024x1024 pixels .* about 496x496 pixels\. Less\."):
         gradients.decoder_fit(1, 1024, 1024, 32, 7200 * 500 * 500, 16, "test", "Less.")
+
+
+def test_model_files_find_file_names_the_input_the_folder_and_the_file(host, tmp_path):
+    """The one model-file lookup: the first listed match, else a fallback path, else an error naming the input, the
+    folder and the file expected (or the method's own wording)."""
+    import folder_paths
+    model_files = harness.loaded_module(f"{harness.PACK_NAME}.nodes.toolkit.model_files")
+    folder = tmp_path / "gs_find_file"
+    folder.mkdir()
+    for name in ("b_vgg.pth", "a_vgg.pth", "other.pth"):
+        (folder / name).write_bytes(b"x")
+    folder_paths.folder_names_and_paths["gs_find_file"] = ([str(folder)], {".pth"})
+    folder_paths.filename_list_cache.pop("gs_find_file", None)
+    try:
+        name, path = model_files.find_entry("gs_find_file", "net", "a vgg file", lambda n: "vgg" in n)
+        assert (name, path) == ("a_vgg.pth", str(folder / "a_vgg.pth"))  # ComfyUI's sorted list: the first match
+        fallback = tmp_path / "hub.pth"
+        fallback.write_bytes(b"x")
+        assert model_files.find_file("gs_find_file", "net", "x", lambda n: False, (str(fallback),)) == str(fallback)
+        with pytest.raises(ValueError) as error:
+            model_files.find_file("gs_find_file", "net", "an alex file", lambda n: "alex" in n)
+        assert str(error.value) == ("net: needs an alex file in models/gs_find_file (files found: a_vgg.pth, "
+                                    "b_vgg.pth, other.pth)")
+        with pytest.raises(ValueError, match="^custom 3$"):
+            model_files.find_file("gs_find_file", "net", "x", lambda n: False, missing=lambda names: f"custom {len(names)}")
+        assert model_files.listed("gs_no_such_folder") == []
+    finally:
+        folder_paths.folder_names_and_paths.pop("gs_find_file", None)
+        folder_paths.filename_list_cache.pop("gs_find_file", None)
+
+
+def test_owned_modules_are_frozen_placed_and_released(host):
+    """The one way the pack owns a frozen copy (decoder, CLIP, LPIPS): no parameter needs grad, eval mode, the
+    requested dtype with normal (non-inference) weights even when owned inside inference mode; close() releases."""
+    gradients = harness.loaded_module(f"{harness.PACK_NAME}.nodes.toolkit.gradients")
+    with torch.inference_mode():
+        with gradients.inference_mode_off():
+            module = torch.nn.Sequential(torch.nn.Dropout(0.5))
+            module.weight = torch.nn.Parameter(torch.randn(3, 3))
+        owner = gradients.OwnedModule()
+        with owner:
+            owned = owner.own(module, dtype=torch.float64)
+            assert owned is module and owner.module is module
+            assert not module.training
+            assert all(not p.requires_grad and not p.is_inference() and p.dtype == torch.float64
+                       for p in module.parameters())
+        assert owner.module is None

@@ -325,3 +325,27 @@ def test_a_decoder_that_cannot_fit_stops_before_the_first_step(host, monkeypatch
     assert error.startswith("GradOP+: an output of 32x32 pixels (batch 1) needs about 0.0 GiB") and \
         "the largest output that fits is about 8x8 pixels" in error and "loss_resolution 'half'" in error, error
     assert steps == []  # no sampler step ran (the same graph with enough memory reports its steps here)
+
+
+def test_the_config_is_built_from_the_schema_inputs_by_name(host):
+    """Each GradOP+ option is declared once: every method input is a GradOPConfig field (by name, or FIELDS), both
+    nodes list the same method inputs, and an optional input left out takes the schema's default."""
+    import dataclasses
+    node_module, _ = pack_modules()
+    fields = {f.name for f in dataclasses.fields(node_module.GradOPConfig)}
+    specs = [*node_module.method_inputs(), node_module.memory_input()]
+    assert {node_module.FIELDS.get(s.id, s.id) for s in specs} <= fields
+    for node in (node_module.GradOPPlus, node_module.GradOPPlusSampler):
+        ids = [i.id for i in node.define_schema().inputs]
+        assert [s.id for s in specs if s.id in ids] == [s.id for s in specs]
+    tiny = harness.test_nodes_module().tiny
+    strokes = torch.rand(1, 16, 16, 3)
+    inputs = {s.id: getattr(s, "default", None) for s in specs if not s.optional}
+    inputs.update(sampler_name="dpmpp_2m", vae=tiny.tiny_vae(0), strokes=strokes, strength=0.5, gamma=0.25)
+    config = node_module.config_from_inputs(inputs)
+    assert (config.sampler_name, config.strength, config.gamma, config.painting) == ("dpmpp_2m", 0.5, 0.25,
+                                                                                     "gaussian blur")
+    assert config.decoder_memory == "auto" and config.mask is None  # absent optional inputs: the schema's defaults
+    assert config.mode == "GradOP+" and config.grad_steps == 12 and config.loss_resolution == "full"
+    config = node_module.config_from_inputs({**inputs, "decoder_memory": "checkpointed", "painting_function": "median"})
+    assert (config.decoder_memory, config.painting) == ("checkpointed", "median")

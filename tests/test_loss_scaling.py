@@ -23,6 +23,10 @@ def semantic_nodes():
     return harness.loaded_module(f"{PACK}.nodes.semantic")
 
 
+def open_clip_model():
+    return harness.loaded_module(f"{PACK}.nodes.toolkit.open_clip_model")
+
+
 @pytest.fixture
 def records():
     store = harness.test_nodes_module().semantic_probes.RECORDS
@@ -357,7 +361,7 @@ def test_an_interrupt_inside_the_guided_step_ends_the_prompt_before_the_next_sta
 
     original_gradient = nodes.SemanticGuidance.gradient
     original_decode = gradients._OwnedDecoder._decode
-    original_features = nodes.OpenCLIP.features
+    original_features = open_clip_model().OpenCLIP.features
 
     def gradient(self, *args, **kwargs):
         flag("step start")
@@ -379,7 +383,7 @@ def test_an_interrupt_inside_the_guided_step_ends_the_prompt_before_the_next_sta
 
     monkeypatch.setattr(nodes.SemanticGuidance, "gradient", gradient)
     monkeypatch.setattr(gradients._OwnedDecoder, "_decode", decode)
-    monkeypatch.setattr(nodes.OpenCLIP, "features", features)
+    monkeypatch.setattr(open_clip_model().OpenCLIP, "features", features)
     prompt = graphs.base()
     add_branch(prompt, "stop", VIT, guidance_inputs(cutouts=0, start_percent=0.3), steps=6)
     try:

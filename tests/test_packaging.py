@@ -41,14 +41,14 @@ def test_loading_the_pack_does_not_import_open_clip():
 
 
 def test_the_architecture_list_read_without_open_clip_is_open_clips_own(host, monkeypatch):
-    """nodes.semantic.architectures() reads open_clip's model configs without importing it; the list must be
+    """nodes.toolkit.open_clip_model.architectures() reads open_clip's model configs without importing it; the list must be
     open_clip.list_models() exactly (names and order), as imported in a fresh process (a test session may have
     registered tiny test configs)."""
-    semantic = harness.loaded_module("nodes.semantic")
+    open_clip_model = harness.loaded_module("nodes.toolkit.open_clip_model")
     listed = subprocess.run([sys.executable, "-c", "import open_clip; print('\\n'.join(open_clip.list_models()))"],
                             capture_output=True, text=True, timeout=300, check=True).stdout.split()
     monkeypatch.delitem(sys.modules, "open_clip", raising=False)
-    assert semantic.architectures() == listed
+    assert open_clip_model.architectures() == listed
     assert "open_clip" not in sys.modules
 
 

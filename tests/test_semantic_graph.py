@@ -224,7 +224,7 @@ def test_the_gradient_of_a_batch_of_two_is_the_gradients_of_each_alone(host, kin
     semantic_nodes = harness.loaded_module("nodes.semantic")
     probes = harness.test_nodes_module().semantic_probes
     import comfy.latent_formats
-    clip = semantic_nodes.OpenCLIP.wrap(probes.tiny_open_clip(kind, 0), probes.KINDS[kind], "fp32")
+    clip = probes.open_clip_module().OpenCLIP.wrap(probes.tiny_open_clip(kind, 0), probes.KINDS[kind], "fp32")
     reference = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(1))
     guidance = semantic_nodes.SemanticGuidance(
         clip, harness.test_nodes_module().tiny.tiny_vae(0), "auto", TEXT, 1.0, 1.0, "both", reference, None, 3,
@@ -336,8 +336,8 @@ def loader_prompt(**inputs) -> dict:
     return prompt
 
 
-def semantic_module():
-    return harness.test_nodes_module().semantic_probes._semantic_module()
+def open_clip_module():
+    return harness.test_nodes_module().semantic_probes.open_clip_module()
 
 
 def write_checkpoints(folder) -> None:
@@ -399,7 +399,7 @@ def test_the_checkpoint_is_read_before_any_architecture_is_built(host, clip_guid
     """A junk file is refused before anything is built; a file of another architecture after a build on the meta
     device only (no memory, no initialisation: ViT-H-14 is 2.3 GiB in fp32)."""
     write_checkpoints(clip_guidance)
-    module = semantic_module()
+    module = open_clip_module()
     builds = []
     create = module._create
 
@@ -557,7 +557,7 @@ def test_a_hub_text_tower_in_the_local_cache_loads_offline(host, clip_guidance, 
     host.run(loader_prompt(architecture=HUB_ARCHITECTURE, checkpoint="gs_tiny_hub.safetensors"))
     assert guided_steps(records, "x")
     assert attempts == []
-    loaded = semantic_module().load_open_clip(HUB_ARCHITECTURE, "gs_tiny_hub.safetensors", "fp32")
+    loaded = open_clip_module().load_open_clip(HUB_ARCHITECTURE, "gs_tiny_hub.safetensors", "fp32")
     assert attempts == []
     assert set(loaded.model.state_dict()) == set(state)
     for key, value in loaded.model.state_dict().items():

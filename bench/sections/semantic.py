@@ -27,11 +27,10 @@ def bench_case(host, label: str, pixels: int, steps: int, rounds: int, decoder: 
 
     test_nodes = harness.test_nodes_module()
     tiny, probes = test_nodes.tiny, test_nodes.semantic_probes
-    semantic_nodes = harness.loaded_module("nodes.semantic")
     node = host.nodes.NODE_CLASS_MAPPINGS["GS_CLIPSemanticGuidance"]
     ksampler = host.nodes.KSampler()
     device, sync = device_and_sync()
-    clip = semantic_nodes.OpenCLIP.wrap(probes.tiny_open_clip("vit", 0), probes.KINDS["vit"], "auto")
+    clip = probes.open_clip_module().OpenCLIP.wrap(probes.tiny_open_clip("vit", 0), probes.KINDS["vit"], "auto")
     with torch.inference_mode():
         model = tiny.tiny_model("sd15", 0)
         vae = tiny.tiny_kl_vae(0) if vae_kind == "kl" else tiny.tiny_vae(0)

@@ -30,9 +30,9 @@ import torch.utils.checkpoint
 
 import comfy.model_management
 import comfy.taesd.taesd
-import folder_paths
 
 from ...guidance.loss_scale import default_loss_scale
+from . import model_files
 from .log import logger
 
 LOG = logger("gradients")
@@ -52,6 +52,64 @@ def owned(tensor: torch.Tensor) -> torch.Tensor:
     """A normal (non-inference), detached copy of an upstream tensor."""
     with torch.inference_mode(False):
         return tensor.detach().clone()
+
+
+@contextlib.contextmanager
+def inference_mode_off() -> Iterator[None]:
+    """Leave ComfyUI's inference mode for the block (tensors made in it are normal tensors), e.g. to build a
+    pack-owned module whose weights autograd may later save for backward."""
+    with torch.inference_mode(False):
+        yield
+
+
+def make_grad_safe(module: torch.nn.Module) -> None:
+    """Parameters and buffers that a device move inside inference mode turned into inference tensors become
+    normal (frozen) tensors again, so activations through them can be saved for backward."""
+    with torch.inference_mode(False):
+        for sub in module.modules():
+            for name, param in list(sub._parameters.items()):
+                if param is not None and param.is_inference():
+                    sub._parameters[name] = torch.nn.Parameter(param.detach().clone(), requires_grad=False)
+            for name, buffer in list(sub._buffers.items()):
+                if buffer is not None and buffer.is_inference():
+                    sub._buffers[name] = buffer.detach().clone()
+
+
+def freeze(module: torch.nn.Module, device: torch.device | str | None = None,
+           dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """Freeze a pack-owned ``module`` (built outside inference mode) for backward through it: no parameter
+    needs grad, eval mode, moved to ``device``/``dtype`` where given (outside inference mode, so the moved
+    weights stay normal tensors). Returns ``module``."""
+    with torch.inference_mode(False):
+        module.requires_grad_(False)
+        module.eval()
+        if device is not None or dtype is not None:
+            module.to(device=device, dtype=dtype)
+    return module
+
+
+class OwnedModule:
+    """A pack-owned, frozen copy of a module a loss backpropagates through (a decoder, CLIP, LPIPS): the one
+    way the pack owns such a copy. :meth:`own` freezes and places it (:func:`freeze`); :meth:`close` (or
+    leaving a ``with`` block) releases it. Upstream modules are never frozen or moved: only copies the pack
+    built are owned."""
+
+    module: torch.nn.Module | None = None
+
+    def own(self, module: torch.nn.Module, device: torch.device | str | None = None,
+            dtype: torch.dtype | None = None) -> torch.nn.Module:
+        self.module = freeze(module, device, dtype)
+        return self.module
+
+    def close(self) -> None:
+        self.module = None
+        comfy.model_management.soft_empty_cache()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _identity_weight(weight: torch.Tensor) -> torch.Tensor:
@@ -218,18 +276,12 @@ def checkpoint_blocks(module: torch.nn.Module) -> int:
     return count
 
 
-class _OwnedDecoder:
+class _OwnedDecoder(OwnedModule):
     """A pack-owned, frozen decoder module on the VAE device; ``_decode`` gives [0, 1] images with autograd."""
-
-    module: torch.nn.Module | None
 
     def _own(self, module: torch.nn.Module) -> None:
         """Freeze ``module`` (built inside inference_mode(False)) and move it to ``self.device``/``self.dtype``."""
-        with torch.inference_mode(False):
-            module.requires_grad_(False)
-            module.eval()
-            module.to(device=self.device, dtype=self.dtype)
-        self.module = module
+        self.own(module, self.device, self.dtype)
 
     def _decode(self, latent: torch.Tensor, clamp: bool) -> torch.Tensor:
         if self.module is None:
@@ -259,16 +311,6 @@ class _OwnedDecoder:
             if self.module is not None:
                 with torch.inference_mode(False):
                     self.module.to(dtype=dtype)
-
-    def close(self) -> None:
-        self.module = None
-        comfy.model_management.soft_empty_cache()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 class DifferentiableDecoder(_OwnedDecoder):
@@ -313,18 +355,17 @@ class TAESDDecoder(_OwnedDecoder):
         name = getattr(latent_format, "taesd_decoder_name", None)
         if not name:
             raise ValueError("decoder 'taesd': this model's latent format has no TAESD decoder; choose another decoder")
-        files = [f for f in folder_paths.get_filename_list("vae_approx") if f.startswith(name)]
-        if not files:
-            raise ValueError(f"decoder 'taesd' needs {name}.safetensors (or .pth) in models/vae_approx; "
-                             f"download it from the TAESD project or choose another decoder")
-        self.path = folder_paths.get_full_path_or_raise("vae_approx", files[0])
+        shown, self.path = model_files.find_entry(
+            "vae_approx", "decoder", f"{name}.safetensors (or .pth)", lambda file: file.startswith(name),
+            missing=f"decoder 'taesd' needs {name}.safetensors (or .pth) in models/vae_approx; download it from "
+                    f"the TAESD project or choose another decoder")
         self.device = comfy.model_management.vae_device()
         self.dtype = dtype or torch.float32
         with torch.inference_mode(False):
             try:
                 module = comfy.taesd.taesd.TAESD(None, self.path, latent_channels=latent_format.latent_channels)
             except Exception as error:  # a junk or truncated file: name it inside models/, not by server path
-                raise ValueError(f"decoder 'taesd': models/vae_approx/{files[0]} is not a readable TAESD decoder "
+                raise ValueError(f"decoder 'taesd': models/vae_approx/{shown} is not a readable TAESD decoder "
                                  f"({type(error).__name__}); replace it with the TAESD project's {name} file or "
                                  f"choose another decoder") from None
             module.taesd_encoder = None
@@ -336,6 +377,15 @@ class TAESDDecoder(_OwnedDecoder):
 
 
 # --- the decoder a loss decodes through ------------------------------------------------------
+
+def decode_for_loss(decoder, x0: torch.Tensor, latent_format, pooled: bool = False,
+                    clamp: bool = True) -> torch.Tensor:
+    """A sampler-space latent decoded for a loss through a pack-owned decoder copy, with autograd. ``pooled``:
+    the decoder runs on the 2x average-pooled latent, about a quarter of its work and half the image size per
+    side (an approximation; GradOP+'s loss_resolution 'half', CLIP guidance's 'downscaled latent')."""
+    latent = torch.nn.functional.avg_pool2d(x0, 2) if pooled else x0
+    return decoder.decode_model_space(latent, latent_format, clamp=clamp)
+
 
 # decoder precision choice -> dtype of the pack-owned decoder copy (None: the VAE's own dtype)
 DECODERS = {

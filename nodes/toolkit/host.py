@@ -28,6 +28,12 @@ def schedule_fn(model, sampler_name: str, scheduler: str) -> Callable[[int], tor
     return lambda steps: ksampler.calculate_sigmas(steps).cpu().float()
 
 
+def percent_to_sigma(model, percent: float) -> float:
+    """The model's sigma at ``percent`` of its noise schedule (0 = pure noise, 1 = clean), as ControlNet's
+    start_percent / end_percent read it (``model_sampling.percent_to_sigma``)."""
+    return float(model.get_model_object("model_sampling").percent_to_sigma(float(percent)))
+
+
 def time_sigma_maps(model) -> tuple[Callable[[float], float], Callable[[float], float]]:
     """(t -> sigma, sigma -> t) on the model's own noise schedule; t in [0, 1], 1 = pure noise."""
     sampling = model.get_model_object("model_sampling")
@@ -158,7 +164,8 @@ def check_widget_values(node_class, values: dict) -> None:
 
 
 def validated(execute):
-    """Decorator for a node's ``execute`` (under ``@classmethod``): :func:`check_widget_values` first."""
+    """Decorator for a node's ``execute`` (under ``@classmethod``): :func:`check_widget_values` first (inputs
+    taken as ``**options`` are checked by name too)."""
     signature = inspect.signature(execute)
     keywords = [p.name for p in signature.parameters.values() if p.kind is inspect.Parameter.VAR_KEYWORD]
 

@@ -17,9 +17,8 @@ import torch
 
 import comfy.model_management
 import comfy.utils
-import folder_paths
 
-from . import gradients
+from . import gradients, model_files
 
 NETS = ("vgg", "alex", "squeeze")
 # the file torchvision downloads for each trunk (torch hub cache name)
@@ -44,30 +43,21 @@ def trunk_file(net: str) -> str:
     ('vgg', 'alex', 'squeeze'), else torchvision's file in the torch hub cache; else a clear error."""
     if net not in NETS:
         raise ValueError(f"lpips_net must be one of {', '.join(NETS)}, got {net!r}")
-    try:
-        names = folder_paths.get_filename_list(FOLDER)
-    except KeyError:
-        names = []
-    matches = sorted(name for name in names if net in os.path.basename(name).lower())
-    if matches:
-        return folder_paths.get_full_path_or_raise(FOLDER, matches[0])
     hub = os.path.join(torch.hub.get_dir(), "checkpoints", HUB_FILES[net])
-    if os.path.isfile(hub):
-        return hub
-    raise ValueError(f"lpips_net '{net}' needs the {TRUNKS[net]} trunk weights, and the pack never downloads: put "
-                     f"torchvision's {HUB_FILES[net]} (or its 'features' state dict, .pth or .safetensors, with "
-                     f"'{net}' in the file name) into models/{FOLDER}/, or {HUB_FILES[net]} into "
-                     f"$TORCH_HOME/hub/checkpoints/")
+    return model_files.find_file(
+        FOLDER, "lpips_net", f"the {TRUNKS[net]} trunk weights", lambda name: net in os.path.basename(name).lower(),
+        fallbacks=(hub,),
+        missing=f"lpips_net '{net}' needs the {TRUNKS[net]} trunk weights, and the pack never downloads: put "
+                f"torchvision's {HUB_FILES[net]} (or its 'features' state dict, .pth or .safetensors, with "
+                f"'{net}' in the file name) into models/{FOLDER}/, or {HUB_FILES[net]} into "
+                f"$TORCH_HOME/hub/checkpoints/")
 
 
 def _shown(path: str) -> str:
     """A trunk file as the user knows it: models/lpips/<name> or the hub cache's file name (no server path)."""
     name = os.path.basename(path)
-    try:
-        if name in folder_paths.get_filename_list(FOLDER):
-            return f"models/{FOLDER}/{name}"
-    except KeyError:
-        pass
+    if name in model_files.listed(FOLDER):
+        return f"models/{FOLDER}/{name}"
     return f"$TORCH_HOME/hub/checkpoints/{name}"
 
 
@@ -132,9 +122,7 @@ def _build(net: str, path: str):
 
     model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
     _load_trunk(model, path, net)
-    model.requires_grad_(False)
-    model.eval()
-    return model.to(dtype=torch.float32)
+    return gradients.freeze(model, dtype=torch.float32)
 
 
 def load_lpips(net: str = "vgg", device=None):
@@ -157,14 +145,14 @@ def load_lpips(net: str = "vgg", device=None):
     return model
 
 
-class LPIPSDistance:
+class LPIPSDistance(gradients.OwnedModule):
     """``distance(images, anchor_images)``: per-item LPIPS between ``images`` [k*B,3,h,w] in [0, 1] and the
     anchor's B images (repeated per window), as ``lpips.LPIPS.forward`` computes it on ``2*img - 1``. The
     anchor's features are computed once per anchor tensor (once per step), not once per window batch.
     ``downscale`` > 1 compares the images area-averaged down by that factor (an approximation)."""
 
     def __init__(self, model, downscale: int = 1):
-        self.model = model
+        self.module = model  # frozen by load_lpips (gradients.freeze)
         self.downscale = int(downscale)
         self.device = next(model.parameters()).device
         self._anchor = None
@@ -190,5 +178,10 @@ class LPIPSDistance:
             total = total + self.model.lins[layer](diff).mean(dim=(2, 3))
         return total.reshape(-1)
 
+    @property
+    def model(self):
+        return self.module
+
     def close(self) -> None:
-        self.model = self._anchor = self._anchor_features = None
+        self._anchor = self._anchor_features = None
+        super().close()

@@ -52,11 +52,11 @@ def tiny_state_dict(kind: str = "vit", seed: int = 0) -> dict:
     return {k: v.detach().clone().contiguous() for k, v in tiny_open_clip(kind, seed).state_dict().items()}
 
 
-def _semantic_module():
+def open_clip_module():
     for name, module in list(sys.modules.items()):
-        if name.endswith("nodes.semantic") and hasattr(module, "OpenCLIP"):
+        if name.endswith("nodes.toolkit.open_clip_model") and hasattr(module, "OpenCLIP"):
             return module
-    raise RuntimeError("the pack's nodes/semantic.py is not loaded")
+    raise RuntimeError("the pack's nodes/toolkit/open_clip_model.py is not loaded")
 
 
 class TinyOpenCLIP(io.ComfyNode):
@@ -71,7 +71,7 @@ class TinyOpenCLIP(io.ComfyNode):
 
     @classmethod
     def execute(cls, kind="vit", seed=0) -> io.NodeOutput:
-        return io.NodeOutput(_semantic_module().OpenCLIP.wrap(tiny_open_clip(kind, seed), KINDS[kind], "fp32"))
+        return io.NodeOutput(open_clip_module().OpenCLIP.wrap(tiny_open_clip(kind, seed), KINDS[kind], "fp32"))
 
 
 class _Recorder:
