@@ -6,7 +6,7 @@ set -u
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 TESTS=${PERTURB_TESTS:-"tests/oracles tests/test_tolerances.py tests/test_canvas.py tests/test_denoiser.py \
-tests/test_gradients.py tests/test_gradop_graph.py tests/test_guidance_gradop.py tests/test_guidance_sdedit.py \
+tests/test_gradients.py tests/test_gradop_graph.py tests/test_gradop_guidance.py tests/test_sdedit_guidance.py \
 tests/test_panorama_conds.py tests/test_panorama_graph.py tests/test_panorama_guidance.py tests/test_regions_graph.py \
 tests/test_regions_guidance.py tests/test_sdedit_graph.py tests/test_semantic_graph.py \
 tests/test_semantic_guidance.py tests/test_every_option.py"}

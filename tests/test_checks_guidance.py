@@ -1,4 +1,4 @@
-"""guidance/checks.py: the input checks every method shares (strength and mask checks: test_guidance_sdedit.py)."""
+"""guidance/checks.py: the input checks every method shares (strength and mask checks: test_sdedit_guidance.py)."""
 import pytest
 
 from guidance import checks
