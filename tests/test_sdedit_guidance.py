@@ -1,11 +1,36 @@
 """Unit tests of guidance/sdedit.py and guidance/schedules.py (pure torch, no host)."""
 import math
+from typing import Callable
 
 import pytest
 import torch
 
 from guidance import checks, schedules, sdedit
 from devkit.tolerance import FORMULA, assert_close_across_paths
+
+
+# Test-side references (the product needs only the forward conversions and the tabulated inverse):
+def alpha_bar_from_sigma(sigma: torch.Tensor | float) -> torch.Tensor:
+    """VP cumulative alpha for a VE sigma: alpha_bar = 1 / (1 + sigma^2)."""
+    sigma = torch.as_tensor(sigma, dtype=torch.float64)
+    return 1.0 / (1.0 + sigma * sigma)
+
+
+def ve_from_vp(z: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Inverse of :func:`vp_from_ve`."""
+    return z * (1.0 + float(sigma) ** 2) ** 0.5
+
+
+def invert_increasing(fn: Callable[[float], float], target: float, lo: float = 0.0, hi: float = 1.0,
+                      iterations: int = 60) -> float:
+    """Bisection for ``u`` in [lo, hi] with ``fn(u) == target``, for ``fn`` non-decreasing in ``u``."""
+    for _ in range(iterations):
+        mid = 0.5 * (lo + hi)
+        if fn(mid) < target:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
 
 
 def karras_like(steps: int) -> torch.Tensor:
@@ -47,7 +72,7 @@ def test_tabulated_inverse_equals_bisection_and_calls_the_schedule_once_per_grid
     assert len(calls) == schedules.INVERSE_TABLE_POINTS + 1  # 10003 sigmas inverted without calling it again
     for sigma, t in zip(sigmas[::997].tolist() + sigmas[-3:].tolist(), times[::997].tolist() + times[-3:].tolist()):
         # the schedule is log-linear between t = k/999, so the table's interpolation is exact there
-        assert t == pytest.approx(schedules.invert_increasing(time_to_sigma, sigma), abs=1e-9)
+        assert t == pytest.approx(invert_increasing(time_to_sigma, sigma), abs=1e-9)
     assert inverse(100.0) == 1.0 and inverse(0.0) == 0.0
     assert 0.0 < inverse(1e-6) <= 1e-12  # below sigma_min: just above t = 0, where the schedule starts
     assert isinstance(inverse(4.6917), float)
@@ -159,10 +184,10 @@ def test_mask_checks_name_the_inputs():
 
 def test_vp_ve_round_trip_and_alpha():
     x = torch.randn(2, 4, 8, 8)
-    assert_close_across_paths(schedules.ve_from_vp(schedules.vp_from_ve(x, 4.69), 4.69), x, rtol=1e-5, why=FORMULA)
+    assert_close_across_paths(ve_from_vp(schedules.vp_from_ve(x, 4.69), 4.69), x, rtol=1e-5, why=FORMULA)
     # diffusers add_noise(x0, eps, t) = sqrt(ab) x0 + sqrt(1-ab) eps equals (x0 + sigma eps) / sqrt(1 + sigma^2)
     x0, eps, sigma = torch.randn(4), torch.randn(4), 4.692
-    ab = schedules.alpha_bar_from_sigma(sigma).float()
+    ab = alpha_bar_from_sigma(sigma).float()
     assert_close_across_paths(ab.sqrt() * x0 + (1 - ab).sqrt() * eps, schedules.vp_from_ve(x0 + sigma * eps, sigma),
                               rtol=1e-5, why=FORMULA)
 
@@ -259,11 +284,11 @@ def test_mask_errors_name_both_sizes_in_height_by_width_order_and_accept_a_share
 
 def test_alpha_bar_is_computed_in_double_precision():
     sigma = 4.692
-    ab = schedules.alpha_bar_from_sigma(sigma)
+    ab = alpha_bar_from_sigma(sigma)
     assert ab.dtype == torch.float64
     assert_close_across_paths(ab, torch.tensor(1.0 / (1.0 + sigma * sigma), dtype=torch.float64),
                               rtol=1e-12, why=FORMULA)
-    assert_close_across_paths(schedules.alpha_bar_from_sigma(torch.tensor([0.0, 1.0])),
+    assert_close_across_paths(alpha_bar_from_sigma(torch.tensor([0.0, 1.0])),
                               torch.tensor([1.0, 0.5], dtype=torch.float64),
                               rtol=1e-12, why=FORMULA)
 
@@ -315,5 +340,5 @@ def test_diffusers_start_index_checks_the_strength():
 
 def test_bisection_stays_inside_the_unit_interval_by_default():
     # a target above fn(1) ends at the top of [0, 1]
-    assert schedules.invert_increasing(lambda u: u, 5.0) == pytest.approx(1.0, abs=1e-12)
-    assert schedules.invert_increasing(lambda u: u * u, 0.25) == pytest.approx(0.5, abs=1e-12)
+    assert invert_increasing(lambda u: u, 5.0) == pytest.approx(1.0, abs=1e-12)
+    assert invert_increasing(lambda u: u * u, 0.25) == pytest.approx(0.5, abs=1e-12)
