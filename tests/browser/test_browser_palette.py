@@ -19,7 +19,7 @@ from PIL import Image
 
 import browser_support as bs
 from devkit import harness
-from guidance import palette as palettes
+from guidance import palette as palettes, regions
 
 pytestmark = pytest.mark.server
 
