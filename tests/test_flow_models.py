@@ -1,0 +1,84 @@
+"""The tiny flow transformers of the test host (devkit/host_nodes/gs_test_nodes/tiny_flow.py): each family is
+built through ComfyUI's own supported_models class and model_base, so it carries the family's real sampling
+(flow-matching CONST with its shift), latent format and patch grid, and it samples and decodes through the real
+executor. The first step of the flow-models work: the capabilities' flow tests build on these."""
+import math
+
+import pytest
+import torch
+
+from devkit import harness
+from devkit.tolerance import FORMULA, assert_close_across_paths
+
+# family -> (model_base class, latent format, its sampling schedule: (kind, shift)). The shifts are the
+# families' own defaults (supported_models.*.sampling_settings), which ComfyUI's ModelSampling nodes override.
+FAMILIES = {
+    "flux_dev": ("Flux", "Flux", ("flux", 1.15)),
+    "flux_schnell": ("Flux", "Flux", ("discrete_flow", 1.0)),
+    "sd35": ("SD3", "SD3", ("discrete_flow", 3.0)),
+    "chroma": ("Chroma", "Flux", ("flux", 1.15)),
+    "qwen_image": ("QwenImage", "Wan21", ("flux", 1.15)),  # ModelType.FLUX: the exponential shift
+    "z_image": ("Lumina2", "Flux", ("discrete_flow", 3.0)),
+}
+
+
+def flow_sigma(kind: str, shift: float, t: float) -> float:
+    """sigma at time t in (0, 1], written from the two flow schedules' definitions: SD3-style time shift
+    ``shift t / (1 + (shift - 1) t)``; Flux-style exponential shift ``e^mu / (e^mu + 1/t - 1)`` with mu = shift."""
+    if kind == "flux":
+        return math.exp(shift) / (math.exp(shift) + (1.0 / t - 1.0))
+    return shift * t / (1.0 + (shift - 1.0) * t)
+
+
+@pytest.fixture(scope="module")
+def tiny_flow(host):
+    return harness.test_nodes_module().tiny_flow
+
+
+@pytest.mark.parametrize("kind", list(FAMILIES))
+def test_each_family_is_built_with_its_own_sampling_latent_format_and_patch_grid(tiny_flow, kind):
+    import comfy.model_sampling
+
+    base_name, latent_name, (schedule, shift) = FAMILIES[kind]
+    patcher = tiny_flow.tiny_flow_model(kind, 0)
+    model = patcher.model
+    assert type(model).__name__ == base_name
+    assert type(model.latent_format).__name__ == latent_name and model.latent_format.latent_channels == 16
+    sampling = model.model_sampling
+    assert isinstance(sampling, comfy.model_sampling.CONST), type(sampling).__mro__
+    assert getattr(model.diffusion_model, "patch_size", 2) == 2
+    for percent in (0.1, 0.5, 0.9):  # percent_to_sigma(p) is sigma at t = 1 - p
+        expected = flow_sigma(schedule, shift, 1.0 - percent)
+        assert_close_across_paths(torch.tensor(float(sampling.percent_to_sigma(percent))), torch.tensor(expected),
+                                  rtol=1e-4, why=FORMULA)
+
+
+def test_an_unknown_family_is_refused(tiny_flow):
+    with pytest.raises(ValueError, match="kind must be one of"):
+        tiny_flow.tiny_flow_model("sd15", 0)
+
+
+def txt2img(kind: str) -> dict:
+    return {
+        "ck": {"class_type": "GS_TestTinyFlowCheckpoint", "inputs": {"kind": kind, "seed": 0}},
+        "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": "a castle on a hill", "clip": ["ck", 1]}},
+        "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["ck", 1]}},
+        "guided": {"class_type": "FluxGuidance", "inputs": {"conditioning": ["pos", 0], "guidance": 3.5}},
+        "latent": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "sample": {"class_type": "KSampler", "inputs": {
+            "model": ["ck", 0], "seed": 1, "steps": 2, "cfg": 1.0 if kind.startswith("flux") else 2.0,
+            "sampler_name": "euler", "scheduler": "simple", "positive": ["guided", 0], "negative": ["neg", 0],
+            "latent_image": ["latent", 0], "denoise": 1.0}},
+        "decode": {"class_type": "VAEDecode", "inputs": {"samples": ["sample", 0], "vae": ["ck", 2]}},
+        "out": {"class_type": "GS_TestCapture", "inputs": {"key": "image", "image": ["decode", 0]}},
+        "out_latent": {"class_type": "GS_TestCapture", "inputs": {"key": "latent", "latent": ["sample", 0]}},
+    }
+
+
+@pytest.mark.parametrize("kind", list(FAMILIES))
+def test_each_family_samples_and_decodes_through_the_executor(host, captured, kind):
+    host.run(txt2img(kind))
+    image, latent = captured["image"], captured["latent"]
+    assert tuple(image.shape) == (1, 64, 64, 3) and bool(torch.isfinite(image).all())
+    assert latent.shape[1] == 16 and latent.shape[-2:] == (8, 8) and bool(torch.isfinite(latent).all())
+    assert float(latent.std()) > 0
