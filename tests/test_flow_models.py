@@ -82,3 +82,32 @@ def test_each_family_samples_and_decodes_through_the_executor(host, captured, ki
     assert tuple(image.shape) == (1, 64, 64, 3) and bool(torch.isfinite(image).all())
     assert latent.shape[1] == 16 and latent.shape[-2:] == (8, 8) and bool(torch.isfinite(latent).all())
     assert float(latent.std()) > 0
+
+
+def panorama(kind: str, window_size: int, stride: int, width: int = 96) -> dict:
+    prompt = txt2img(kind)
+    del prompt["latent"], prompt["sample"], prompt["out_latent"]
+    prompt["pano"] = {"class_type": "GS_SyncDiffusion", "inputs": {
+        "model": ["ck", 0], "positive": ["guided", 0], "negative": ["neg", 0], "vae": ["ck", 2], "width": width,
+        "height": 64, "batch_size": 1, "seed": 1, "steps": 2, "cfg": 1.0, "sampler_name": "euler",
+        "scheduler": "simple", "window_size": window_size, "stride": stride, "sync_weight": 0.0, "decay": 0.95,
+        "sync_steps": 1, "sync_every": 1, "anchor": -1, "lpips_net": "vgg", "loss_decoder": "taesd",
+        "unet_jacobian": "exact", "loop": False, "window_batch": 2}}
+    prompt["decode"]["inputs"]["samples"] = ["pano", 0]
+    prompt["out_latent"] = {"class_type": "GS_TestCapture", "inputs": {"key": "latent", "latent": ["pano", 0]}}
+    return prompt
+
+
+@pytest.mark.parametrize("name, window_size, stride", [("stride", 64, 40), ("window_size", 56, 16)])
+def test_panorama_windows_off_the_patch_grid_are_refused_by_name(host, name, window_size, stride):
+    result, server = host.run(panorama("flux_dev", window_size, stride), expect_success=False)
+    assert not result["success"]
+    message = host.node_error(server)
+    assert message.startswith(f"{name} (") and "multiple of 16 px on this model" in message, message
+
+
+def test_panorama_on_the_patch_grid_runs_and_the_native_window_is_1024_px(host, captured):
+    host.run(panorama("flux_dev", 64, 16))  # three 64-px windows over 96 px
+    assert tuple(captured["latent"].shape) == (1, 16, 8, 12) and bool(torch.isfinite(captured["latent"]).all())
+    result, server = host.run(panorama("sd35", 0, 128, width=512), expect_success=False)
+    assert "smaller than one window (1024 px" in host.node_error(server)
