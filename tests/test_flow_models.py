@@ -111,3 +111,35 @@ def test_panorama_on_the_patch_grid_runs_and_the_native_window_is_1024_px(host, 
     assert tuple(captured["latent"].shape) == (1, 16, 8, 12) and bool(torch.isfinite(captured["latent"]).all())
     result, server = host.run(panorama("sd35", 0, 128, width=512), expect_success=False)
     assert "smaller than one window (1024 px" in host.node_error(server)
+
+
+def sdedit_sigmas_prompt(kind: str, steps: int, strength: float) -> dict:
+    prompt = {"ck": {"class_type": "GS_TestTinyFlowCheckpoint", "inputs": {"kind": kind, "seed": 0}},
+              "full": {"class_type": "BasicScheduler", "inputs": {"model": ["ck", 0], "scheduler": "simple",
+                                                                  "steps": steps, "denoise": 1.0}},
+              "denoise": {"class_type": "BasicScheduler", "inputs": {"model": ["ck", 0], "scheduler": "simple",
+                                                                     "steps": steps, "denoise": strength}}}
+    for name in ("full", "denoise"):
+        prompt[f"c_{name}"] = {"class_type": "GS_TestCapture", "inputs": {"key": name, "sigmas": [name, 0]}}
+    for semantics in ("paper", "diffusers", "comfy"):
+        prompt[semantics] = {"class_type": "GS_SDEditSigmas", "inputs": {
+            "model": ["ck", 0], "scheduler": "simple", "steps": steps, "strength": strength, "semantics": semantics}}
+        prompt[f"c_{semantics}"] = {"class_type": "GS_TestCapture", "inputs": {"key": semantics,
+                                                                               "sigmas": [semantics, 0]}}
+    return prompt
+
+
+@pytest.mark.parametrize("kind", ["flux_dev", "flux_schnell", "sd35"])
+def test_sdedit_strength_semantics_on_shifted_flow_schedules(host, captured, kind):
+    """paper: the run starts at the model's own sigma(t0 = strength) (the flow shift formula above) and ends at 0;
+    comfy: KSampler's denoise (BasicScheduler with denoise = strength, another node); diffusers: the last
+    steps - int(steps * (1 - strength)) levels of the full schedule."""
+    steps, strength = 8, 0.6
+    host.run(sdedit_sigmas_prompt(kind, steps, strength))
+    _, _, (schedule, shift) = FAMILIES[kind]
+    paper = captured["paper"]
+    assert_close_across_paths(paper[0], torch.tensor(flow_sigma(schedule, shift, strength)), rtol=1e-5, why=FORMULA)
+    assert float(paper[-1]) == 0.0 and bool((paper[1:] < paper[:-1]).all()) and len(paper) == steps + 1
+    assert_close_across_paths(captured["comfy"], captured["denoise"], rtol=1e-5, why=FORMULA)
+    start = steps - int(steps * strength)  # diffusers img2img: int(steps * strength) steps are run
+    assert_close_across_paths(captured["diffusers"], captured["full"][start:], rtol=1e-5, why=FORMULA)
