@@ -198,3 +198,23 @@ def test_gradop_with_the_families_fast_decoders(host, captured, flow_vae_approx,
 def test_gradop_refuses_a_video_vae_by_name(host):
     result, server = host.run(gradop("qwen_image", "auto"), expect_success=False)
     assert "downscale ratio" in host.node_error(server) and "image VAE" in host.node_error(server)
+
+
+@pytest.mark.parametrize("kind, cfg, step_mode", [("flux_dev", 1.0, "normalised"), ("sd35", 3.0, "paper")])
+def test_clip_guidance_runs_on_a_distilled_and_a_cfg_flow_model(host, clip_guidance, captured, kind, cfg, step_mode):
+    """The post-CFG hook on Flux.1 dev (cfg 1: no unconditional prediction, the normalised step falls back on the
+    predicted noise's size) and on SD3.5 with CFG (paper step, sigma/(1-sigma) on flow models)."""
+    prompt = txt2img(kind)
+    prompt["clip"] = {"class_type": "GS_OpenCLIPLoader", "inputs": {
+        "architecture": "GS-Test-Tiny-ViT", "checkpoint": "gs_tiny_vit.safetensors", "precision": "fp32",
+        "download": False, "pretrained": "laion2b_s34b_b79k"}}
+    prompt["guide"] = {"class_type": "GS_CLIPSemanticGuidance", "inputs": {
+        "model": ["ck", 0], "vae": ["ck", 2], "clip_model": ["clip", 0], "text": "a red castle", "text_weight": 0.3,
+        "image_weight": 0.0, "image_loss": "content", "cutouts": 2, "start_percent": 0.0, "end_percent": 1.0,
+        "every": 1, "decoder": "auto", "step_mode": step_mode}}
+    prompt["sample"]["inputs"].update(model=["guide", 0], cfg=cfg, steps=3)
+    host.run(prompt)
+    guided = captured["latent"]
+    prompt["sample"]["inputs"]["model"] = ["ck", 0]
+    host.run(prompt)
+    assert bool(torch.isfinite(guided).all()) and not torch.equal(guided, captured["latent"])
