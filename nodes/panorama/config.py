@@ -110,10 +110,12 @@ def method_inputs() -> list:
     """The options both forms take, after the VAE (their order is the nodes' widget order: keep it)."""
     return [
         _option(io.Int, "window_size", min=0, max=4096, step=8,
-                tooltip="Window side in pixels (a multiple of 8). 0 = the model's native size: 512 px for "
-                        "SD1/SD2, 1024 px for SDXL."),
+                tooltip="Window side in pixels (a multiple of 8; of 16 on 2x2-patch transformers such as Flux "
+                        "and SD3.5). 0 = the model's native size: 512 px for SD1/SD2, 1024 px for SDXL, Flux, "
+                        "SD3.5, Chroma, Qwen-Image and Z-Image."),
         _option(io.Int, "stride", min=8, max=4096, step=8,
-                tooltip="Distance between windows in pixels (a multiple of 8, at most the window). The "
+                tooltip="Distance between windows in pixels (a multiple of 8, of 16 on 2x2-patch transformers; "
+                        "at most the window). The "
                         "SyncDiffusion scripts use 128 px (16 latent), MultiDiffusion 64 px. Smaller: more "
                         "windows, smoother, slower."),
         _option(io.Float, "sync_weight", min=0.0, max=1000.0, step=0.5,

@@ -14,7 +14,7 @@ from ...guidance import panorama
 from ..toolkit import gradients, host, lpips_model, sampling
 from . import window_conds
 from .config import LATENT_PX, LPIPS_SIZES, METHOD, UNET_EXACT, PanoramaConfig
-from .tiled_model import TiledModel, plan
+from .tiled_model import TiledModel, patch_cells, plan
 
 
 def panorama_sampler(config: PanoramaConfig) -> comfy.samplers.KSAMPLER:
@@ -27,7 +27,8 @@ def panorama_sampler(config: PanoramaConfig) -> comfy.samplers.KSAMPLER:
         base_model = model.inner_model.inner_model
         latent_format = base_model.latent_format
         flow = isinstance(base_model.model_sampling, comfy.model_sampling.CONST)
-        windows, anchor = plan(config, x.shape[-2], x.shape[-1], latent_format)
+        windows, anchor = plan(config, x.shape[-2], x.shape[-1], latent_format,
+                               patch_cells(base_model.diffusion_model))
         conds = window_conds.WindowConditioning(base_model, windows, x.shape, LATENT_PX)
         steps = len(sigmas) - 1
         sync_steps = [i for i in range(steps) if config.syncing()

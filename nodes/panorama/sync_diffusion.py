@@ -9,7 +9,7 @@ from . import config as options
 from . import panorama_view
 from .config import CATEGORY, LATENT_PX, PanoramaConfig
 from .sampler import panorama_sampler
-from .tiled_model import plan
+from .tiled_model import patch_cells, plan
 
 
 def _checked_sampler(config: PanoramaConfig):
@@ -64,7 +64,8 @@ class SyncDiffusion(io.ComfyNode):
         config = PanoramaConfig.from_inputs(inputs)
         latent_format = model.get_model_object("latent_format")
         config.validate()
-        plan(config, height // LATENT_PX, width // LATENT_PX, latent_format)  # input errors before any work
+        plan(config, height // LATENT_PX, width // LATENT_PX, latent_format,  # input errors before any work
+             patch_cells(model.get_model_object("diffusion_model")))
         sampler = _checked_sampler(config)
         out = sampling.sample_from_empty(model, sampler, positive, negative, seed, steps, cfg, config.sampler_name,
                                          scheduler, batch_size, height, width, LATENT_PX)

@@ -21,14 +21,29 @@ from .config import LATENT_PX, LPIPS_SIZES, PanoramaConfig
 
 
 def model_window(latent_format) -> int:
-    """window_size 0: the model's native size in latent cells (SDXL 128 = 1024 px; else 64 = 512 px)."""
-    return 128 if isinstance(latent_format, comfy.latent_formats.SDXL) else 64
+    """window_size 0: the model's native size in latent cells: 64 (512 px) for SD1.x/SD2 (their latent format),
+    128 (1024 px) for SDXL and the flow transformers (SD3.5, Flux.1, Chroma, Qwen-Image, Z-Image)."""
+    return 64 if type(latent_format) is comfy.latent_formats.SD15 else 128
 
 
-def plan(config: PanoramaConfig, latent_h: int, latent_w: int, latent_format) -> tuple[list, int]:
-    """(windows, anchor index) for a latent canvas; errors name the input to change."""
+def patch_cells(diffusion_model) -> int:
+    """Latent cells per side of one transformer patch: 2 on the 2x2-patch DiTs (Flux.1, SD3.5, Chroma,
+    Qwen-Image, Z-Image), 1 on UNets (no patch_size)."""
+    size = getattr(diffusion_model, "patch_size", 1) or 1
+    return int(size[-1] if isinstance(size, (tuple, list)) else size)
+
+
+def plan(config: PanoramaConfig, latent_h: int, latent_w: int, latent_format, patch: int = 1) -> tuple[list, int]:
+    """(windows, anchor index) for a latent canvas; errors name the input to change. ``patch``: the model's patch
+    side in latent cells (:func:`patch_cells`); windows and strides off that grid are refused, since the model
+    would pad each window to its patch grid on its own and the windows would no longer line up with its tokens."""
     window = config.window_size // LATENT_PX if config.window_size else model_window(latent_format)
     stride = config.stride // LATENT_PX
+    grid = patch * LATENT_PX
+    for name, cells in (("window_size", window if config.window_size else 0), ("stride", stride)):
+        if cells % patch:
+            raise ValueError(f"{name} ({cells * LATENT_PX} px) must be a multiple of {grid} px on this model: it "
+                             f"works on {patch}x{patch}-cell ({grid} px) patches")
     if stride > window:
         raise ValueError(f"stride ({config.stride} px) must not be larger than the window "
                          f"({window * LATENT_PX} px, window_size)")

@@ -9,7 +9,8 @@ import hashlib
 import torch
 from comfy_api.latest import ComfyExtension, io
 
-from . import denoiser_probes, oracle_probes, panorama_oracle, probes, regions_probes, semantic_probes, tiny, window_probes
+from . import (denoiser_probes, oracle_probes, panorama_oracle, probes, regions_probes, semantic_probes, tiny, tiny_flow,
+               window_probes)
 
 CATEGORY = "guided_synthesis_tests"
 CAPTURED: dict[str, torch.Tensor] = {}
@@ -29,6 +30,24 @@ class TinyCheckpoint(io.ComfyNode):
     def execute(cls, kind, seed, vae_kind="taesd") -> io.NodeOutput:
         vae = tiny.tiny_kl_vae(seed) if vae_kind == "kl" else tiny.tiny_vae(seed)
         return io.NodeOutput(tiny.tiny_model(kind, seed), tiny.tiny_clip(seed), vae)
+
+
+class TinyFlowCheckpoint(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(node_id="GS_TestTinyFlowCheckpoint", display_name="Tiny Flow Checkpoint (test)",
+                         category=CATEGORY,
+                         description="Seeded random tiny flow transformer (Flux.1 dev/schnell, SD3.5, Chroma, "
+                                     "Qwen-Image, Z-Image) with the tiny CLIP and a 16-channel VAE (Wan 2.1 layout "
+                                     "for Qwen-Image); stands in for CheckpointLoaderSimple.",
+                         inputs=[io.Combo.Input("kind", options=list(tiny_flow.FLOW_KINDS), default="flux_dev"),
+                                 io.Int.Input("seed", default=0, min=0, max=2**31)],
+                         outputs=[io.Model.Output(), io.Clip.Output(), io.Vae.Output()])
+
+    @classmethod
+    def execute(cls, kind, seed) -> io.NodeOutput:
+        return io.NodeOutput(tiny_flow.tiny_flow_model(kind, seed), tiny.tiny_clip(seed),
+                             tiny_flow.tiny_flow_vae_for(kind, seed))
 
 
 class LoadImageSmall(io.ComfyNode):
@@ -177,7 +196,7 @@ class GradientProbe(io.ComfyNode):
 
 class TestNodes(ComfyExtension):
     async def get_node_list(self):
-        return [TinyCheckpoint, LoadImageSmall, RandomConditioning, ImageChannels, Strokes, Capture, Fingerprint,
+        return [TinyCheckpoint, TinyFlowCheckpoint, LoadImageSmall, RandomConditioning, ImageChannels, Strokes, Capture, Fingerprint,
                 GradientProbe, *regions_probes.NODES, *denoiser_probes.NODES, *oracle_probes.NODES,
                 *semantic_probes.NODES, *panorama_oracle.NODES, *window_probes.NODES]
 

@@ -138,9 +138,10 @@ def tiny_kl_vae(seed: int = 0, full_size: bool = False) -> comfy.sd.VAE:
     return comfy.sd.VAE(sd=sd, config={"params": params})
 
 
-def taesd_decoder_state_dict(seed: int = 0) -> dict:
-    """A seeded random state dict in the layout of models/vae_approx/taesd_decoder.safetensors."""
-    reference = comfy.taesd.taesd.TAESD(latent_channels=4).taesd_decoder.state_dict()
+def taesd_decoder_state_dict(seed: int = 0, latent_channels: int = 4) -> dict:
+    """A seeded random state dict in the layout of models/vae_approx/taesd_decoder.safetensors (16 latent
+    channels: taesd3_decoder / taef1_decoder, the SD3 and Flux decoders)."""
+    reference = comfy.taesd.taesd.TAESD(latent_channels=latent_channels).taesd_decoder.state_dict()
     gen = torch.Generator().manual_seed(seed)
     return {key: (torch.randn(v.shape, generator=gen) / math.sqrt(v[0].numel()) if v.ndim >= 2
                   else torch.randn(v.shape, generator=gen) * 0.02).contiguous() for key, v in reference.items()}
