@@ -115,6 +115,21 @@ TINY_KL_CONFIG = {"double_z": True, "z_channels": 4, "resolution": 256, "in_chan
                   "ch_mult": [1, 1, 1, 1], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}
 
 
+def seeded_state_dict(shapes: dict, seed: int, unit_suffixes: tuple[str, ...] = ("weight",)) -> dict:
+    """Seeded random values for a module's state dict ``shapes``: fan-in scaled matrices and kernels, ones for
+    the 1-D tensors whose name ends with ``unit_suffixes`` (norm scales), small biases."""
+    gen = torch.Generator().manual_seed(seed)
+    sd = {}
+    for key, value in shapes.items():
+        if value.ndim >= 2:
+            sd[key] = torch.randn(value.shape, generator=gen) / math.sqrt(value[0].numel())
+        elif key.endswith(unit_suffixes):
+            sd[key] = torch.ones(value.shape)
+        else:
+            sd[key] = torch.randn(value.shape, generator=gen) * 0.02
+    return sd
+
+
 def tiny_kl_vae(seed: int = 0, full_size: bool = False) -> comfy.sd.VAE:
     """An AutoencoderKL-shaped comfy.sd.VAE (the SD1/SDXL VAE architecture at toy width), seeded random.
 
@@ -126,15 +141,7 @@ def tiny_kl_vae(seed: int = 0, full_size: bool = False) -> comfy.sd.VAE:
     params = {"ddconfig": config, "embed_dim": 4}
     import comfy.ldm.models.autoencoder
     shapes = comfy.ldm.models.autoencoder.AutoencoderKL(**params).state_dict()
-    gen = torch.Generator().manual_seed(seed)
-    sd = {}
-    for key, value in shapes.items():
-        if value.ndim >= 2:
-            sd[key] = torch.randn(value.shape, generator=gen) / math.sqrt(value[0].numel())
-        elif key.endswith("weight"):
-            sd[key] = torch.ones(value.shape)
-        else:
-            sd[key] = torch.randn(value.shape, generator=gen) * 0.02
+    sd = seeded_state_dict(shapes, seed)
     return comfy.sd.VAE(sd=sd, config={"params": params})
 
 

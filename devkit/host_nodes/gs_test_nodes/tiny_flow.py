@@ -8,7 +8,6 @@ pooled vector (real Flux: CLIP-L 768, so that one matches).
 """
 from __future__ import annotations
 
-import math
 
 import torch
 
@@ -18,7 +17,7 @@ import comfy.model_patcher
 import comfy.sd
 import comfy.supported_models as supported
 
-from .tiny import seeded_init_
+from .tiny import seeded_init_, seeded_state_dict
 
 TEXT_WIDTH = 768  # the tiny CLIP's hidden size and pooled size
 _FLUX = dict(image_model="flux", in_channels=16, out_channels=16, patch_size=2, hidden_size=64, num_heads=2,
@@ -69,15 +68,7 @@ def tiny_flow_vae(seed: int = 0) -> comfy.sd.VAE:
               "ch_mult": [1, 1, 1, 1], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}
     params = {"ddconfig": config, "embed_dim": 16}
     shapes = comfy.ldm.models.autoencoder.AutoencoderKL(**params).state_dict()
-    gen = torch.Generator().manual_seed(seed)
-    sd = {}
-    for key, value in shapes.items():
-        if value.ndim >= 2:
-            sd[key] = torch.randn(value.shape, generator=gen) / math.sqrt(value[0].numel())
-        elif key.endswith("weight"):
-            sd[key] = torch.ones(value.shape)
-        else:
-            sd[key] = torch.randn(value.shape, generator=gen) * 0.02
+    sd = seeded_state_dict(shapes, seed)
     vae = comfy.sd.VAE(sd=sd, config={"params": params})
     vae.latent_channels = 16  # what the loader detects for a real 16-channel VAE file
     return vae
@@ -89,15 +80,7 @@ def tiny_wan_vae(seed: int = 0) -> comfy.sd.VAE:
     import comfy.ldm.wan.vae
     shapes = comfy.ldm.wan.vae.WanVAE(dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
                                       temperal_downsample=[False, True, True], dropout=0.0).state_dict()
-    gen = torch.Generator().manual_seed(seed)
-    sd = {}
-    for key, value in shapes.items():
-        if value.ndim >= 2:
-            sd[key] = torch.randn(value.shape, generator=gen) / math.sqrt(value[0].numel())
-        elif key.endswith(("weight", "gamma")):
-            sd[key] = torch.ones(value.shape)
-        else:
-            sd[key] = torch.randn(value.shape, generator=gen) * 0.02
+    sd = seeded_state_dict(shapes, seed, ("weight", "gamma"))
     return comfy.sd.VAE(sd=sd)
 
 
