@@ -375,6 +375,30 @@ class RegionAttention:
         times = [self.sigma_to_t(float(s)) for s in sigma]
         return self.strength * torch.tensor([t ** 5 if t >= DENSE_T_END else 0.0 for t in times], device=sigma.device)
 
+    def joint_offset(self, q_image: torch.Tensor, k_text: torch.Tensor, grid: tuple[int, int],
+                     sigma: torch.Tensor) -> torch.Tensor | None:
+        """The term added to the unscaled scores QK^T of a joint (text + image) attention on its image-query x
+        text-key block, from [B, heads, h*w, d] image queries and [B, heads, T, d] text keys.
+
+        paint_with_words: ``w(sigma) max(QK^T) M`` ([B, 1, h*w, T]), the max taken per image over the heads,
+        the image queries and the text keys (the block that plays the role of a UNet's cross-attention).
+        dense: ``f_in (max_row - S) - f_out (S - min_row)`` ([B, heads, h*w, T]), rows over the text keys only.
+        The text queries and the image keys are left alone. None if T is not a whole number of prompt lengths.
+        """
+        cached = self.layer_bias(grid[0], grid[1], k_text.shape[-2], q_image.device, torch.float32)
+        if cached is None:
+            return None
+        bias, size_factor = cached
+        scores = q_image.float() @ k_text.float().transpose(-1, -2)  # [B, heads, hw, T]
+        weight = self.weight(sigma).to(q_image.device).view(-1, 1, 1, 1)
+        if self.mode == "paint_with_words":
+            peak = scores.amax(dim=(-3, -2, -1), keepdim=True).clamp_min(0)
+            return (weight * peak) * bias
+        factor = weight * size_factor
+        f_in = factor * bias
+        f_out = factor - f_in
+        return f_in * (scores.amax(-1, keepdim=True) - scores) - f_out * (scores - scores.amin(-1, keepdim=True))
+
     def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, grid: tuple[int, int],
                   sigma: torch.Tensor, with_plain: bool = False):
         """Biased attention of [B, Lq, heads*d] queries; returns [B, Lq, heads*d] in q's dtype.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import functools
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -34,59 +35,152 @@ def _ids(chunks) -> list[list[int | None]]:
     return [[t[0] if isinstance(t[0], int) else None for t in chunk] for chunk in chunks]
 
 
+def _key_tokenizer(clip, key: str):
+    """The tokenizer behind one key of ``clip.tokenize`` ('l' -> clip_l, 't5xxl', 'qwen25_7b', ...), or None."""
+    for value in getattr(getattr(clip, "tokenizer", None), "__dict__", {}).values():
+        if getattr(value, "embedding_key", None) in (key, f"clip_{key}"):
+            return value
+    return None
+
+
 def _special_tokens(clip, key: str) -> tuple[int | None, int | None]:
+    tokenizer = _key_tokenizer(clip, key)
+    if tokenizer is not None and hasattr(tokenizer, "start_token") and hasattr(tokenizer, "end_token"):
+        return tokenizer.start_token, tokenizer.end_token
     empty = _ids(clip.tokenize("")[key])[0]
     if len(empty) < 2:
-        raise ValueError("clip: its tokenizer has no start/end tokens; Stroke Regions to Words needs a CLIP text "
-                         "encoder (SD1.x, SD2, SDXL)")
+        raise ValueError("clip: its tokenizer has no start/end tokens; Stroke Regions to Words cannot find the "
+                         "prompt's words in it")
     return empty[0], empty[1]
 
 
+QWEN_IM_START, QWEN_IM_END, QWEN_USER, QWEN_NEWLINE = 151644, 151645, 872, 198
+
+
+def _qwen_user_text(ids: list[int | None]) -> tuple[int, int]:
+    """(first, end) token index of the user's text in a Qwen-Image chat-template prompt. ``first`` is where
+    ComfyUI's Qwen-Image encoder cuts the template off (after the second '<|im_start|>' and 'user\\n'), so
+    the token at index i sits at context position i - first."""
+    starts = [i for i, t in enumerate(ids) if t == QWEN_IM_START][:2]
+    if not starts:
+        return 0, len(ids)
+    first = starts[-1]
+    if len(ids) > first + 3 and ids[first + 1] == QWEN_USER and ids[first + 2] == QWEN_NEWLINE:
+        first += 3
+    end = next((i for i in range(first, len(ids)) if ids[i] == QWEN_IM_END), len(ids))
+    return first, end
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Tokenizer keys whose encodings fill one stretch of the model's context, all at the same positions."""
+    keys: tuple[str, ...]
+    chat_template: bool = False  # Qwen-Image: the encoder drops the template's system part
+
+    def content(self, clip, key: str, tokens) -> list[tuple[int, int | None]]:
+        """(position in this segment, id) of every content token of ``tokens[key]`` (no start/end/padding,
+        no chat template)."""
+        ids = _ids(tokens[key])
+        if self.chat_template:
+            flat = [t for chunk in ids for t in chunk]
+            first, end = _qwen_user_text(flat)
+            return [(i - first, flat[i]) for i in range(first, end)]
+        return regions.content_positions(ids, *_special_tokens(clip, key))
+
+    def length(self, tokens) -> int:
+        flat = [t for chunk in _ids(tokens[self.keys[0]]) for t in chunk]
+        return len(flat) - (_qwen_user_text(flat)[0] if self.chat_template else 0)
+
+
+def context_layout(keys) -> list[Segment] | None:
+    """Where a text encoder with these tokenizer keys puts the prompt in the model's context, as segments
+    laid one after another: CLIP-only encoders (SD1 'l', SD2 'h', SDXL 'l' + 'g') put every key at the same
+    positions; SD3 lays its CLIP-L/G chunks before its T5 tokens; Flux.1 and Chroma condition on T5 alone
+    (CLIP-L only gives the pooled vector); Qwen-Image on its chat-template tokens after the system part.
+    None for an encoder the node does not know."""
+    keys = set(keys)
+    clip_keys = tuple(sorted(keys & {"l", "g", "h"}, key=lambda k: (k != "l", k)))
+    if keys == {"qwen25_7b"}:
+        return [Segment(("qwen25_7b",), chat_template=True)]
+    if "t5xxl" in keys and keys <= {"l", "g", "t5xxl"}:
+        return [Segment(clip_keys), Segment(("t5xxl",))] if "g" in keys else [Segment(("t5xxl",))]
+    if clip_keys and keys == set(clip_keys):
+        return [Segment(clip_keys)]
+    return None
+
+
+def _spans(content: list[tuple[int, int | None]], patterns: list[list[list[int]]]) -> list[list[int]]:
+    """Positions of each phrase (given as its token patterns) among ``content``'s tokens."""
+    flat, owner = [], []
+    for row, variants in enumerate(patterns):
+        for variant in variants:
+            flat.append(variant)
+            owner.append(row)
+    found = [set() for _ in patterns]
+    for row, span in zip(owner, regions.phrase_token_positions([[t for _, t in content]], flat, None, None)):
+        found[row].update(content[k][0] for k in span)
+    return [sorted(row) for row in found]
+
+
 def token_spans(clip, prompt: str, phrases: list[str], missing: str) -> tuple[dict, str, list[list[int]], int]:
-    """Tokenise ``prompt`` and find every phrase's token positions (the same positions for every text
-    encoder of the model, e.g. SDXL's clip_l and clip_g). Missing phrases are appended to the prompt
+    """Tokenise ``prompt`` and find every phrase's positions in the context the text encoder makes of it
+    (the same positions for every encoder of one segment, e.g. SDXL's clip_l and clip_g; every segment
+    that holds the prompt, e.g. both SD3's CLIP and T5 parts). Missing phrases are appended to the prompt
     (``missing='append'``) or reported (``'error'``).
 
-    Returns (tokens, final prompt, positions per phrase, prompt length in tokens).
+    Returns (tokens, final prompt, positions per phrase, context length in tokens).
     """
     if missing not in regions.MISSING_PHRASES:
         raise ValueError(f"missing_phrases must be one of {regions.MISSING_PHRASES}, got {missing!r}")
-    keys = sorted(clip.tokenize(prompt).keys(), key=lambda k: (k != "l", k))
-    specials = {key: _special_tokens(clip, key) for key in keys}
-    phrase_ids = {}
+    keys = sorted(clip.tokenize(prompt).keys())
+    layout = context_layout(keys)
+    if layout is None:
+        raise ValueError(f"clip: Stroke Regions to Words does not know where this text encoder (tokenizer keys "
+                         f"{keys}) puts the prompt's words in the model's context")
+    patterns = {}
     for phrase in set(phrases):
-        ids = {key: [i for _, i in regions.content_positions(_ids(chunks), *specials[key])]
-               for key, chunks in clip.tokenize(phrase).items()}
-        if not any(ids.values()):
-            raise ValueError(f"region_spec: the phrase {phrase!r} has no tokens")
-        phrase_ids[phrase] = ids
+        patterns[phrase] = {}
+        for segment in layout:
+            for key in segment.keys:
+                variants = []
+                for text in (phrase, " " + phrase):  # byte-level BPE (Qwen) tokenises a word first and inside apart
+                    ids = [t for _, t in segment.content(clip, key, clip.tokenize(text))]
+                    if ids and ids not in variants:
+                        variants.append(ids)
+                if not variants:
+                    raise ValueError(f"region_spec: the phrase {phrase!r} has no tokens")
+                patterns[phrase][key] = variants
 
     def locate(text: str):
         tokens = clip.tokenize(text)
-        found = {}
-        for key in keys:
-            found[key] = regions.phrase_token_positions(_ids(tokens[key]), [phrase_ids[p][key] for p in phrases],
-                                                        *specials[key])
-        return tokens, found
+        found, present, offset = [[] for _ in phrases], [True] * len(phrases), 0
+        for segment in layout:
+            per_key = {key: _spans(segment.content(clip, key, tokens), [patterns[p][key] for p in phrases])
+                       for key in segment.keys}
+            reference = per_key[segment.keys[0]]
+            for key in segment.keys[1:]:
+                if per_key[key] != reference:
+                    raise ValueError(f"clip: the text encoders '{segment.keys[0]}' and '{key}' tokenise the prompt "
+                                     f"differently; region-token attention cannot line up the phrases")
+            for row, positions in enumerate(reference):
+                present[row] = present[row] and bool(positions)
+                found[row].extend(offset + i for i in positions)
+            offset += segment.length(tokens)
+        return tokens, found, present, offset
 
-    tokens, found = locate(prompt)
-    absent = [p for p, positions in zip(phrases, found[keys[0]]) if not positions]
+    tokens, found, present, length = locate(prompt)
+    absent = [p for p, ok in zip(phrases, present) if not ok]
     if absent:
         if missing == "error":
             raise ValueError(f"prompt: the phrase(s) {', '.join(repr(p) for p in absent)} of region_spec are not in "
                              f"the prompt; add them or set missing_phrases to 'append'")
         prompt = ", ".join([prompt.rstrip().rstrip(",")] + list(dict.fromkeys(absent))) if prompt.strip() \
             else ", ".join(dict.fromkeys(absent))
-        tokens, found = locate(prompt)
-        still = [p for p, positions in zip(phrases, found[keys[0]]) if not positions]
+        tokens, found, present, length = locate(prompt)
+        still = [p for p, ok in zip(phrases, present) if not ok]
         if still:
             raise ValueError(f"region_spec: the phrase(s) {still} could not be placed in the prompt")
-    for key in keys[1:]:
-        if found[key] != found[keys[0]]:
-            raise ValueError(f"clip: the text encoders '{keys[0]}' and '{key}' tokenise the prompt differently; "
-                             f"region-token attention cannot line up the phrases")
-    length = sum(len(chunk) for chunk in tokens[keys[0]])
-    return tokens, prompt, found[keys[0]], length
+    return tokens, prompt, found, length
 
 
 # ----------------------------------------------------------------------------------------------
@@ -114,6 +208,26 @@ def _plain_attention(q, k, v, extra_options):
     return comfy_attention.optimized_attention(q, k, v, extra_options["n_heads"],
                                                attn_precision=extra_options.get("attn_precision"),
                                                transformer_options=extra_options)
+
+
+def positive_rows(region: regions.RegionAttention, batch: int, extra_options) -> tuple:
+    """(the batch rows of the positive conditioning inside the region's sigma window, their sigmas), or
+    (None, None). The negative rows and rows outside the window are never biased."""
+    kinds = list(extra_options.get("cond_or_uncond") or [])
+    sigmas = extra_options.get("sigmas")
+    if region.is_noop or not kinds or sigmas is None or batch % len(kinds):
+        return None, None
+    chunk = batch // len(kinds)
+    rows = torch.tensor([c * chunk + i for c, kind in enumerate(kinds) if kind == 0 for i in range(chunk)],
+                        dtype=torch.long)
+    sigmas = sigmas.reshape(-1)
+    sigma = sigmas[rows.to(sigmas.device)] if sigmas.numel() == batch else sigmas[:1].expand(len(rows))
+    if len(rows):
+        keep = region.active(sigma.float().cpu())
+        rows, sigma = rows[keep], sigma[keep.to(sigma.device)]
+    if not len(rows):
+        return None, None
+    return rows, sigma
 
 
 class RegionAttentionPatch:
@@ -164,19 +278,8 @@ class RegionAttentionPatch:
 
     def _biased_rows(self, q, k, extra_options):
         """(positive rows inside the sigma window, their sigmas, the layer's grid), or Nones."""
-        kinds = list(extra_options.get("cond_or_uncond") or [])
-        sigmas = extra_options.get("sigmas")
-        if self.region.is_noop or not kinds or sigmas is None or q.shape[0] % len(kinds):
-            return None, None, None
-        chunk = q.shape[0] // len(kinds)
-        rows = torch.tensor([c * chunk + i for c, kind in enumerate(kinds) if kind == 0 for i in range(chunk)],
-                            dtype=torch.long)
-        sigmas = sigmas.reshape(-1)
-        sigma = sigmas[rows.to(sigmas.device)] if sigmas.numel() == q.shape[0] else sigmas[:1].expand(len(rows))
-        if len(rows):
-            keep = self.region.active(sigma.float().cpu())
-            rows, sigma = rows[keep], sigma[keep.to(sigma.device)]
-        if not len(rows):
+        rows, sigma = positive_rows(self.region, q.shape[0], extra_options)
+        if rows is None:
             return None, None, None
         latent_hw = (extra_options.get("original_shape") or [0, 0, 0, 0])[-2:]
         grid = regions.layer_grid(q.shape[1], latent_hw, (extra_options.get("activations_shape") or [])[-2:] or None)
@@ -192,12 +295,140 @@ def patch_model(model, region: regions.RegionAttention):
     sites = cross_attention_sites(model)
     if not sites:
         raise ValueError("model: no text cross-attention layers found; Stroke Regions to Words works with UNet "
-                         "models (SD1.x, SD2, SDXL)")
+                         "models (SD1.x, SD2, SDXL) and the joint-attention transformers Flux.1, SD3.5 and "
+                         f"Qwen-Image (this is {type(model.model).__name__})")
     patched = model.clone()
     existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
     for name, number, index in sites:
         previous = existing.get((name, number, index), existing.get((name, number)))
         patched.set_model_attn2_replace(RegionAttentionPatch(region, previous), name, number, index)
+    return patched
+
+
+# ----------------------------------------------------------------------------------------------
+# Joint attention (diffusion transformers: Flux.1, SD3.5, Qwen-Image)
+
+LAYOUT_KEY = "guided_synthesis_regions_layout"  # transformer_options: (text tokens, (h, w) image token grid)
+JOINT_FAMILIES = ("Flux", "SD3", "QwenImage")  # model_base classes whose blocks attend over [text, image]
+_ATTENTION_ARGS = ("q", "k", "v", "heads", "mask", "attn_precision", "skip_reshape", "skip_output_reshape")
+
+
+class JointLayout:
+    """APPLY_MODEL wrapper: tells the attention override how long the text is and the image token grid of
+    this call (the attention itself sees only one joint sequence)."""
+
+    def __init__(self, patch_size: int):
+        self.patch_size = patch_size
+
+    def __call__(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={},
+                 **kwargs):
+        if c_crossattn is not None:
+            p = self.patch_size
+            grid = (-(-x.shape[-2] // p), -(-x.shape[-1] // p))
+            transformer_options = {**transformer_options, LAYOUT_KEY: (int(c_crossattn.shape[1]), grid)}
+        return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+
+
+def _as_float_mask(mask: torch.Tensor, dtype) -> torch.Tensor:
+    if mask.dtype == torch.bool:
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+    return mask.to(dtype)
+
+
+def _mask_rows(mask, rows: torch.Tensor, batch: int):
+    """The rows of an attention mask that has a batch dimension (4-D, or 3-D with batch entries)."""
+    if mask is None or mask.ndim < 3 or mask.shape[0] != batch or batch == 1:
+        return mask
+    return mask[rows.to(mask.device)]
+
+
+class JointRegionOverride:
+    """``optimized_attention_override``: on the joint attention of a DiT block, the positive rows inside the
+    sigma window get the region bias on their image-query x text-key block as an additive attention mask,
+    computed by the host's own attention function (any backend); every other row, and every attention that
+    is not joint, is the unpatched call. An override already on the model keeps being called for all rows."""
+
+    def __init__(self, region: regions.RegionAttention, previous=None):
+        self.region = region
+        self.previous = previous
+        self._warned = False
+
+    def __deepcopy__(self, memo):
+        return JointRegionOverride(self.region, copy.deepcopy(self.previous, memo))
+
+    def _call(self, func, bound: dict):
+        args = [bound.pop(name) for name in ("q", "k", "v", "heads")]
+        if self.previous is not None:
+            return self.previous(func, *args, **bound)
+        return func(*args, **bound)
+
+    def __call__(self, func, *args, **kwargs):
+        bound = dict(kwargs)
+        bound.update(zip(_ATTENTION_ARGS, args))
+        q, k, v, heads = bound["q"], bound["k"], bound["v"], int(bound["heads"])
+        options = bound.get("transformer_options") or {}
+        layout = options.get(LAYOUT_KEY)
+        heads_first = bool(bound.get("skip_reshape", False))
+        length = q.shape[2] if heads_first else q.shape[1]
+        if layout is None or k.shape[-2 if heads_first else 1] != length:
+            return self._call(func, bound)
+        n_text, grid = layout
+        n_image = grid[0] * grid[1]
+        if n_text + n_image > length:  # not a joint attention (e.g. SD3.5's image-only second attention)
+            return self._call(func, bound)
+        rows, sigma = positive_rows(self.region, q.shape[0], options)
+        if rows is None:
+            return self._call(func, bound)
+
+        def by_heads(t):
+            t = t[rows.to(t.device)]
+            return t if heads_first else t.reshape(t.shape[0], length, heads, -1).transpose(1, 2)
+
+        qh, kh = by_heads(q), by_heads(k)
+        offset = self.region.joint_offset(qh[:, :, n_text:n_text + n_image], kh[:, :, :n_text], grid, sigma)
+        if offset is None:
+            if not self._warned:
+                LOG.warning("Stroke Regions to Words: the conditioning has %d text tokens, not a multiple of the "
+                            "prompt's %d (connect this node's CONDITIONING output); the model is left unbiased",
+                            n_text, self.region.n_tokens)
+                self._warned = True
+            return self._call(func, bound)
+        scale = qh.shape[-1] ** -0.5
+        mask = torch.zeros(len(rows), offset.shape[1], length, length, dtype=q.dtype, device=q.device)
+        mask[:, :, n_text:n_text + n_image, :n_text] = (offset * scale).to(q.dtype)
+        if bound.get("mask") is not None:
+            previous_mask = _as_float_mask(_mask_rows(bound["mask"], rows, q.shape[0]), q.dtype)
+            while previous_mask.ndim < 4:
+                previous_mask = previous_mask.unsqueeze(-3 if previous_mask.ndim == 3 else 0)
+            mask = mask + previous_mask
+        biased = self._call(func, {**bound, "q": q[rows.to(q.device)], "k": k[rows.to(k.device)],
+                                   "v": v[rows.to(v.device)], "mask": mask})
+        if len(rows) == q.shape[0]:
+            return biased
+        others = torch.tensor([i for i in range(q.shape[0]) if i not in set(rows.tolist())], dtype=torch.long)
+        plain = self._call(func, {**bound, "q": q[others.to(q.device)], "k": k[others.to(k.device)],
+                                  "v": v[others.to(v.device)],
+                                  "mask": _mask_rows(bound.get("mask"), others, q.shape[0])})
+        out = torch.empty((q.shape[0],) + tuple(biased.shape[1:]), dtype=biased.dtype, device=biased.device)
+        out[rows.to(out.device)] = biased
+        out[others.to(out.device)] = plain.to(out.dtype)
+        return out
+
+
+def is_joint_attention_model(model) -> bool:
+    return type(model.model).__name__ in JOINT_FAMILIES
+
+
+def patch_joint_model(model, region: regions.RegionAttention):
+    """A clone of ``model`` whose joint attention is region-biased (wrapping any attention override there)."""
+    import comfy.patcher_extension
+
+    patched = model.clone()
+    options = patched.model_options.setdefault("transformer_options", {})
+    options["optimized_attention_override"] = JointRegionOverride(region, options.get("optimized_attention_override"))
+    patch_size = int(getattr(patched.get_model_object("diffusion_model"), "patch_size", 2) or 2)
+    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "guided_synthesis_regions",
+                                 JointLayout(patch_size))
     return patched
 
 
@@ -356,7 +587,7 @@ class StrokeRegions(io.ComfyNode):
                 LOG.info("Stroke Regions to Words: region_spec names no region; the model is unchanged")
             patched = model.clone()
         else:
-            patched = patch_model(model, region)
+            patched = patch_joint_model(model, region) if is_joint_attention_model(model) else patch_model(model, region)
 
         preview = preview_image(palette, phrases)
         palette_ui = {

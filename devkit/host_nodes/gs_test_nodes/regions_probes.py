@@ -165,4 +165,54 @@ class RegionAttentionProbe(io.ComfyNode):
         return io.NodeOutput(ui={"gs_probe": [{"key": key, "sites": len(sites)}]})
 
 
-NODES = [StrokePattern, ForeignAttn2, RegionAttentionProbe]
+class ForeignAttentionOverride(io.ComfyNode):
+    """Another pack's ``optimized_attention_override`` (the hook diffusion transformers call for every
+    attention): wraps the override already on the model, records each joint-attention call (its inputs, the
+    transformer options the oracle needs and the output) under CAPTURED[key] and multiplies the output by
+    ``scale``. Placed after Stroke Regions to Words it sees the model's own q/k/v and the regions' result;
+    placed before, the regions override has to keep calling it."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(node_id="GS_TestForeignAttentionOverride", display_name="Foreign Attention Override (test)",
+                         category=CATEGORY,
+                         inputs=[io.Model.Input("model"), io.String.Input("key", default="override"),
+                                 io.Float.Input("scale", default=1.0, min=0.0, max=10.0),
+                                 io.Int.Input("max_records", default=4, min=0, max=1000)],
+                         outputs=[io.Model.Output()])
+
+    @classmethod
+    def execute(cls, model, key, scale, max_records) -> io.NodeOutput:
+        patched = model.clone()
+        options = patched.model_options.setdefault("transformer_options", {})
+        previous = options.get("optimized_attention_override")
+        store = _store()
+        store[key] = []
+        CALLS[key] = 0
+
+        def override(func, *args, **kwargs):
+            CALLS[key] += 1
+            out = previous(func, *args, **kwargs) if previous is not None else func(*args, **kwargs)
+            opts = kwargs.get("transformer_options") or {}
+            layout = opts.get("guided_synthesis_regions_layout")
+            if len(store[key]) < max_records:
+                names = ("q", "k", "v", "heads", "mask")
+                call = dict(zip(names, args))
+                call.update({n: kwargs[n] for n in names if n in kwargs})
+                store[key].append({
+                    "q": call["q"].detach().cpu().clone(), "k": call["k"].detach().cpu().clone(),
+                    "v": call["v"].detach().cpu().clone(), "heads": int(call["heads"]),
+                    "mask": None if call.get("mask") is None else call["mask"].detach().cpu().clone(),
+                    "skip_reshape": bool(kwargs.get("skip_reshape", False)),
+                    "skip_output_reshape": bool(kwargs.get("skip_output_reshape", False)),
+                    "layout": layout, "cond_or_uncond": list(opts.get("cond_or_uncond") or []),
+                    "sigmas": None if opts.get("sigmas") is None else opts["sigmas"].detach().cpu().clone(),
+                    "block": (opts.get("block_type"), opts.get("block_index")),
+                    "out": out.detach().cpu().clone()})
+            return out * scale if scale != 1.0 else out
+
+        options["optimized_attention_override"] = override
+        return io.NodeOutput(patched)
+
+
+NODES = [StrokePattern, ForeignAttn2, RegionAttentionProbe, ForeignAttentionOverride]
