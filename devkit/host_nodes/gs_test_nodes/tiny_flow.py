@@ -57,9 +57,27 @@ def tiny_flow_model(kind: str, seed: int = 0) -> comfy.model_patcher.ModelPatche
     config.set_inference_dtype(torch.float32, None)
     model = config.get_model({}, device="cpu")
     seeded_init_(model.diffusion_model, seed)
+    _fill_fixed_buffers(model.diffusion_model)
     model.eval()
     return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
                                             offload_device=comfy.model_management.unet_offload_device())
+
+
+def _fill_fixed_buffers(diffusion_model: torch.nn.Module) -> None:
+    """Buffers a real checkpoint carries but the constructor leaves uninitialised (``torch.empty``): SD3's
+    ``pos_embed``, the fixed 2-D sin-cos table of its pos_embed_max_size grid. Left as it is, it holds whatever
+    the allocator hands back: zeros in a fresh process, stale (sometimes non-finite) values in a long one, which
+    made about one tiny SD3.5 run in three end in a NaN latent."""
+    pos_embed = getattr(diffusion_model, "pos_embed", None)
+    if isinstance(pos_embed, torch.Tensor) and pos_embed.ndim == 3:
+        import comfy.ldm.modules.diffusionmodules.mmdit as mmdit
+        grid = int(round(pos_embed.shape[1] ** 0.5))
+        table = torch.from_numpy(mmdit.get_2d_sincos_pos_embed(pos_embed.shape[2], grid)).reshape(pos_embed.shape)
+        with torch.no_grad():
+            pos_embed.copy_(table.to(pos_embed.dtype))
+    for name, buffer in diffusion_model.named_buffers():
+        if buffer.is_floating_point() and not bool(torch.isfinite(buffer).all()):
+            raise RuntimeError(f"tiny flow model: buffer {name} is not finite after initialisation")
 
 
 def tiny_flow_vae(seed: int = 0) -> comfy.sd.VAE:
