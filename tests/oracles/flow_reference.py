@@ -4,13 +4,15 @@ Like ``reference.py`` this imports nothing from ``guidance`` or ``nodes``. Writt
 
 * the flow marginal ``x_t = (1 - sigma) x0 + sigma eps`` (rectified flow; SD3 and Flux are trained on it), so the
   network predicts the velocity ``v = eps - x0`` and ``x0 = x_t - sigma v``;
-* the families' shifted schedules: SD3's time shift ``sigma(t) = s t / (1 + (s - 1) t)`` (s = 3) and Flux's
-  exponential shift ``sigma(t) = e^mu / (e^mu + 1/t - 1)`` (mu = 1.15), tabulated at t = k / T (T = 1000 for
-  SD3, 10000 for Flux), inverted in closed form;
+* the families' shifted schedules: the time shift ``sigma(t) = s t / (1 + (s - 1) t)`` (SD3 and Z-Image s = 3,
+  Flux.1 schnell s = 1) and the exponential shift ``sigma(t) = e^mu / (e^mu + 1/t - 1)`` (Flux.1 dev and Chroma,
+  mu = 1.15), tabulated at t = k / T (T = 1000 for the time shift, 10000 for the exponential one), inverted in
+  closed form;
 * the latent formats' published constants: model space = (raw - shift) x scale (SD3 1.5305 / 0.0609,
-  Flux 0.3611 / 0.1159);
-* the network's own time input: SD3 takes 1000 sigma, Flux takes sigma (it multiplies by 1000 inside its
-  embedding); Flux.1 dev also takes the distilled guidance value;
+  Flux 0.3611 / 0.1159, which Chroma and Z-Image share);
+* the network's own time input: SD3 takes 1000 sigma, the others sigma (Flux multiplies by 1000 inside its
+  embedding, Z-Image's NextDiT takes 1 - sigma inside); Flux.1 dev also takes the distilled guidance value, Chroma
+  a guidance of 0, Z-Image the number of text tokens;
 * GradOP+ on flow: the VP-equivalent latent ``z = x / sqrt((1 - s)^2 + s^2)`` (signal and noise weights with
   squares summing to 1) and its re-noise ``sqrt(abar) z* + sqrt(1 - abar) eps`` mapped back, i.e.
   ``(1 - s) z* + s eps``.
@@ -26,10 +28,14 @@ import torch
 
 from .reference import Margins, adam, euler, latent_mask, painting_function, painting_loss, seeded_noise
 
-# family -> (schedule kind, shift, table size T, time input per sigma, latent scale, latent shift)
+# family -> (schedule kind, shift, table size T, time input per sigma, latent scale, latent shift, network inputs
+# besides x, t and the context: "pooled" (y), "guidance" (the distilled guidance value; Chroma: 0), "num_tokens")
 FAMILIES = {
-    "flux_dev": ("exponential", 1.15, 10000, 1.0, 0.3611, 0.1159),
-    "sd35": ("time_shift", 3.0, 1000, 1000.0, 1.5305, 0.0609),
+    "flux_dev": ("exponential", 1.15, 10000, 1.0, 0.3611, 0.1159, ("pooled", "guidance")),
+    "flux_schnell": ("time_shift", 1.0, 1000, 1.0, 0.3611, 0.1159, ("pooled",)),
+    "sd35": ("time_shift", 3.0, 1000, 1000.0, 1.5305, 0.0609, ("pooled",)),
+    "chroma": ("exponential", 1.15, 10000, 1.0, 0.3611, 0.1159, ("guidance",)),
+    "z_image": ("time_shift", 3.0, 1000, 1.0, 0.3611, 0.1159, ("num_tokens",)),
 }
 
 
@@ -37,7 +43,7 @@ class FlowSchedule:
     """sigma(t) of a shifted flow schedule, its closed-form inverse and ComfyUI's schedulers over its table."""
 
     def __init__(self, family: str):
-        self.kind, self.shift, self.T, self.time_input, self.scale, self.latent_shift = FAMILIES[family]
+        self.kind, self.shift, self.T, self.time_input, self.scale, self.latent_shift, self.inputs = FAMILIES[family]
         self.sigma_min = self.sigma(1.0 / self.T)
         self.sigma_max = self.sigma(1.0)  # = 1 for both shifts
 
@@ -120,10 +126,14 @@ class FlowDenoiser:
         context = torch.cat([c[0].expand(b, -1, -1) for c in branches])
         pooled = torch.cat([c[1].expand(b, -1) for c in branches])
         extra = {}
-        if self.guidance is not None:
-            extra["guidance"] = torch.full((n * b,), float(self.guidance))
+        if "pooled" in self.schedule.inputs:
+            extra["y"] = pooled
+        if "guidance" in self.schedule.inputs:
+            extra["guidance"] = torch.full((n * b,), float(self.guidance or 0.0))
+        if "num_tokens" in self.schedule.inputs:
+            extra["num_tokens"] = context.shape[1]
         t = torch.full((n * b,), float(sigma) * self.schedule.time_input)
-        v = self.net(xs, t, context=context, y=pooled, **extra).float()
+        v = self.net(xs, t, context=context, **extra).float()
         denoised = xs - v * sigma
         if n == 1:
             return denoised

@@ -3,7 +3,8 @@
 in, against finite differences, the model's own noise_scaling and many noise draws.
 
 Flux.1 dev runs as people run it: cfg 1 (one conditional branch) with FluxGuidance (the distilled guidance value,
-4.0 here, not the model's 3.5 default, so a lost guidance input shows). SD3.5 runs with CFG 3.
+4.0 here, not the model's 3.5 default, so a lost guidance input shows). SD3.5 runs with CFG 3, Flux.1 schnell with
+cfg 1, Chroma with CFG 3 and Z-Image with CFG 2. (Qwen-Image's Wan VAE gives video-shaped latents: not here.)
 
 Tolerances:
   * SIGMAS: 1e-5 relative. The node maps each level to t through a table interpolated in log sigma
@@ -38,7 +39,8 @@ LATENT_RTOL = 2e-5
 IMAGE_RTOL = 1e-4
 POSITIVE, NEGATIVE = "a castle on a hill", ""
 # kind -> (cfg, FluxGuidance value or None)
-SETTINGS = {"flux_dev": (1.0, 4.0), "sd35": (3.0, None)}
+SETTINGS = {"flux_dev": (1.0, 4.0), "sd35": (3.0, None), "flux_schnell": (1.0, None), "chroma": (3.0, None),
+            "z_image": (2.0, None)}
 KINDS = list(SETTINGS)
 SEED = 5
 
@@ -142,8 +144,8 @@ def test_flow_schedule_reference_is_the_models(flow, host):
         assert_close_across_paths(sampling.sigmas.double(), table, rtol=1e-5, why=FORMULA, what=kind)
         for t in (0.2, 0.6, 0.95):
             assert abs(schedule.time(schedule.sigma(t)) - t) < 1e-12
-        # the shift is real: sigma(t) is far from t
-        assert abs(schedule.sigma(0.5) - 0.5) > 0.1
+        # the shift is real (Flux.1 schnell has none): sigma(t) is far from t
+        assert abs(schedule.sigma(0.5) - 0.5) > 0.1 or kind == "flux_schnell"
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -158,7 +160,7 @@ def test_sdedit_sigmas_on_shifted_flow_schedules(host, store, flow, kind):
         check_sigmas(store[f"s{n}"], expected, f"{kind} {case}")
     # paper starts at the shifted sigma(t0), not at t0: the unshifted reading is far outside the tolerance
     paper = store[f"s{SIGMA_CASES.index(('paper', 'simple', 8, 0.45))}"]
-    assert abs(float(paper[0]) - 0.45) / 0.45 > 1e-2
+    assert abs(float(paper[0]) - 0.45) / 0.45 > 1e-2 or kind == "flux_schnell"
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -204,6 +206,7 @@ def test_sdedit_on_flow_matches_the_reference(host, store, flow, kind):
             expected = fref.sdedit(f.denoiser, f.schedule, g, sigmas, case.get("seed", SEED),
                                    mask=m if key == "masked" else None)
         assert bool(torch.isfinite(store[key]).all()), f"{kind} {key}: non-finite latent"
+        print(f"{kind} {key}: {max_difference(store[key], expected) / float(expected.abs().max()):.1e} of the largest value")
         assert_close_across_paths(store[key], expected, **TRAJECTORY, what=f"{kind} {key}")
         assert max_difference(store[key], g) > 0.1, f"{kind} {key}: it did not sample"
         # VE noising (z0 + sigma0 eps, the UNet formula) on a flow model lands far away
@@ -217,7 +220,9 @@ def test_sdedit_on_flow_matches_the_reference(host, store, flow, kind):
     for wrong_mask, what in (((m > 0.75).float(), "a hard mask edge"), (None, "no mask")):
         wrong = fref.sdedit(f.denoiser, f.schedule, g, sigmas, SEED, mask=wrong_mask)
         assert max_difference(wrong, masked) > 1e-2, f"{kind}: {what} would pass"
-    # the paper start without the flow shift (sigma0 = t0) is another run altogether
+    # the paper start without the flow shift (sigma0 = t0) is another run altogether (schnell has no shift)
+    if kind == "flux_schnell":
+        return
     unshifted = store["sig_paper"].clone()
     unshifted[0] = 0.6
     assert max_difference(fref.sdedit(f.denoiser, f.schedule, g, unshifted, SEED), store["paper"]) > 1e-2
