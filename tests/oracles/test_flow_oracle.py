@@ -361,6 +361,36 @@ def test_flow_vp_mapping_against_finite_differences_and_the_models_noise_scaling
         assert max_difference(gradop.renoise(z_star, eps, s, flow=False), model_marginal) > 1e-2
 
 
+def test_unet_vp_step_rule_against_finite_differences(host):
+    """The EPS/V form of the same rules: z = x / sqrt(1 + s^2), dL/dx = dL/dz / sqrt(1 + s^2) (autograd vs central
+    differences) and the VP step z - w dL/dz is x - w (1 + s^2) dL/dx (panorama.nudge / vp_scale)."""
+    from guidance import gradop, panorama
+
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 4, 3, 3, generator=gen, dtype=torch.float64) * 3
+    weights = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+
+    def loss_z(z):
+        return (torch.sin(z) * weights).sum() + (z ** 3).sum() * 0.1
+
+    h = 1e-6
+    for s in (0.03, 0.8, 4.0, 14.6):
+        k = math.sqrt(1 + s * s)
+        xv = x.clone().requires_grad_(True)
+        (grad_x,) = torch.autograd.grad(loss_z(gradop.to_vp(xv, s)), xv)
+        numeric = torch.zeros_like(x)
+        for i in range(x.numel()):
+            e = torch.zeros_like(x)
+            e.view(-1)[i] = h
+            numeric.view(-1)[i] = (loss_z(gradop.to_vp(x + e, s)) - loss_z(gradop.to_vp(x - e, s))) / (2 * h)
+        assert_close_across_paths(grad_x, numeric, rtol=1e-6, why="autograd vs central differences (float64, h 1e-6)")
+        zv = (x / k).requires_grad_(True)
+        (grad_z,) = torch.autograd.grad(loss_z(zv), zv)
+        assert_close_across_paths(grad_x, grad_z / k, rtol=1e-12, why=FORMULA)
+        assert_close_across_paths(panorama.nudge(x, grad_x, 0.3, s), k * (x / k - 0.3 * grad_z), rtol=1e-12,
+                                  why=FORMULA)
+
+
 def test_flow_renoise_has_the_flow_marginals_moments(host):
     """Over 400000 noise draws per level, (1 - s) z* + s eps has mean (1 - s) z* and standard deviation s. Bounds:
     5 standard errors (mean: s / sqrt(n); standard deviation: s / sqrt(2n))."""
