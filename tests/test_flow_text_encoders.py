@@ -27,6 +27,7 @@ QWEN_POS = {"red": 1, "castle": 2, "blue": 5, "river": 6}  # within the user tex
 LAYOUTS = {
     "flux_dev": ({"l": ([77], CLIP_IDS, CLIP_POS), "t5xxl": ([256], T5_IDS, T5_POS)},
                  256, 64, 32, {w: [p] for w, p in T5_POS.items()}),
+    "flux_schnell": None,  # = flux_dev, below
     "chroma": ({"t5xxl": ([10], T5_IDS, T5_POS)}, 10, 64, None, {w: [p] for w, p in T5_POS.items()}),
     "sd35": ({"l": ([77], CLIP_IDS, CLIP_POS), "g": ([77], CLIP_IDS, CLIP_POS), "t5xxl": ([77], T5_IDS, T5_POS)},
              154, 4096, 80, {w: [CLIP_POS[w], 77 + T5_POS[w]] for w in WORDS}),
@@ -35,6 +36,7 @@ LAYOUTS = {
     "z_image": ({"qwen3_4b": ([15], None, {w: 3 + p for w, p in QWEN_POS.items()})},
                 15, 64, None, {w: [3 + p] for w, p in QWEN_POS.items()}),
 }
+LAYOUTS["flux_schnell"] = LAYOUTS["flux_dev"]  # the same text encoder
 QWEN_IMAGE_DROP = 34  # system template + "<|im_start|>user\n": what QwenImageTEModel cuts off the front
 
 
@@ -125,7 +127,7 @@ def test_context_is_the_families_encoders_outputs_in_the_documented_order(module
     model = clip.cond_stage_model
     close = dict(rtol=1e-5, why=PATHS)
     with torch.no_grad():
-        if kind == "flux_dev":
+        if kind in ("flux_dev", "flux_schnell"):
             t5, _ = _encode_part(model.t5xxl, tokens["t5xxl"])
             _, l_pooled = _encode_part(model.clip_l, tokens["l"])
             assert_close_across_paths(cond, t5, **close)
@@ -163,6 +165,29 @@ def test_a_word_change_moves_the_causal_lm_context_from_that_words_row_on(module
     assert_close_across_paths(a[:, :river], b[:, :river], rtol=1e-5, why=PATHS)
     scale = float(a[:, river].abs().max())
     assert float((a[:, river] - b[:, river]).abs().max()) > 1e-3 * scale
+
+
+LONG = "a red castle, " + "castle " * 80 + "a blue river"
+
+
+def test_sd35_a_long_prompt_adds_clip_chunks_and_moves_the_t5_block(modules, clips):
+    """Past 75 CLIP tokens: two 77-row CLIP chunks, then the T5 block from row 154; 'river' is in CLIP chunk 1."""
+    clip = family_clip(modules, clips, "sd35")
+    tokens = clip.tokenize(LONG)
+    assert [len(c) for c in tokens["l"]] == [77, 77] and [len(c) for c in tokens["t5xxl"]] == [90]
+    # hand-checked: CLIP chunk 0 is BOS + 75 tokens (a red castle , castle x71) + EOS, chunk 1 is BOS + castle x9
+    # + a blue river + EOS + padding; T5: ▁ a ▁red ▁castle , + ▁castle x80 + ▁ a ▁blue ▁river </s> (90 tokens)
+    assert tokens["l"][1][12][0] == 2473 and tokens["t5xxl"][0][88][0] == 4033
+    river_rows = [77 * 1 + 12, 77 * 2 + 88]  # CLIP row 77 k + p, T5 row 77 C + p
+    assert river_rows == [89, 242]
+    cond = clip.encode_from_tokens(tokens)
+    assert tuple(cond.shape) == (1, 154 + 90, 4096)
+    model = clip.cond_stage_model
+    with torch.no_grad():
+        l_out, _ = _encode_part(model.clip_l, tokens["l"])
+        t5, _ = _encode_part(model.t5xxl, tokens["t5xxl"])
+    assert_close_across_paths(cond[:, :154, :32], l_out, rtol=1e-5, why=PATHS)
+    assert_close_across_paths(cond[:, 154:], t5, rtol=1e-5, why=PATHS)
 
 
 def test_weights_are_seeded(modules):
