@@ -252,3 +252,14 @@ def test_the_default_is_still_the_tiny_sd1_clip(host, captured):
         del prompt[name]
     host.run(prompt)
     assert tuple(captured["cond"].shape) == (1, 77, 768) and tuple(captured["cond_pooled"].shape) == (1, 768)
+
+
+def test_tiny_sd35_pos_embed_is_the_fixed_sincos_table(modules):
+    """SD3's MMDiT leaves its pos_embed buffer as torch.empty for the checkpoint to fill; the tiny model fills it
+    with the fixed 2-D sin-cos table (uninitialised memory gave NaN latents in some processes)."""
+    import comfy.ldm.modules.diffusionmodules.mmdit as mmdit
+    _, tiny_flow = modules
+    for text_encoder in ("tiny_clip", "family"):
+        pos_embed = tiny_flow.tiny_flow_model("sd35", 0, text_encoder).model.diffusion_model.pos_embed
+        table = torch.from_numpy(mmdit.get_2d_sincos_pos_embed(pos_embed.shape[-1], 64)).float()
+        assert torch.equal(pos_embed[0], table)  # exact: a copy of the same table

@@ -10,6 +10,7 @@ and token layouts).
 """
 from __future__ import annotations
 
+import math
 
 import torch
 
@@ -88,9 +89,23 @@ def tiny_flow_model(kind: str, seed: int = 0, text_encoder: str = "tiny_clip") -
     config.set_inference_dtype(torch.float32, None)
     model = config.get_model({}, device="cpu")
     seeded_init_(model.diffusion_model, seed)
+    _fill_fixed_buffers_(model.diffusion_model)
     model.eval()
     return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
                                             offload_device=comfy.model_management.unet_offload_device())
+
+
+@torch.no_grad()
+def _fill_fixed_buffers_(diffusion_model: torch.nn.Module) -> None:
+    """Buffers a real checkpoint file supplies and the model class leaves as torch.empty (uninitialised memory):
+    SD3's MMDiT ``pos_embed``, the fixed 2-D sin-cos table over its pos_embed_max_size grid. Left empty, it held
+    whatever the allocator returned, and some processes sampled NaN from the same seed."""
+    pos_embed = getattr(diffusion_model, "pos_embed", None)
+    if isinstance(pos_embed, torch.Tensor) and pos_embed.ndim == 3:
+        import comfy.ldm.modules.diffusionmodules.mmdit as mmdit
+        grid = math.isqrt(pos_embed.shape[1])
+        table = mmdit.get_2d_sincos_pos_embed(pos_embed.shape[-1], grid)
+        pos_embed.copy_(torch.from_numpy(table).reshape(pos_embed.shape).to(pos_embed.dtype))
 
 
 def tiny_flow_vae(seed: int = 0) -> comfy.sd.VAE:
