@@ -17,6 +17,10 @@ WORDS = ("red", "castle", "blue", "river")
 CLIP_IDS = [49406, 320, 736, 3540, 267, 320, 1746, 2473, 49407]
 T5_IDS = [3, 9, 1131, 13243, 6, 3, 9, 1692, 4033, 1]
 QWEN_IDS = [64, 2518, 32584, 11, 264, 6303, 14796]
+_CLIP_WORDS = dict(zip(WORDS, (736, 3540, 1746, 2473)))
+_QWEN_WORDS = dict(zip(WORDS, (2518, 32584, 6303, 14796)))
+WORD_IDS = {"l": _CLIP_WORDS, "g": _CLIP_WORDS, "t5xxl": dict(zip(WORDS, (1131, 13243, 1692, 4033))),
+            "qwen25_7b": _QWEN_WORDS, "qwen3_4b": _QWEN_WORDS}
 CLIP_POS = {"red": 2, "castle": 3, "blue": 6, "river": 7}  # after BOS
 T5_POS = {"red": 2, "castle": 3, "blue": 7, "river": 8}  # "a" is two pieces, no BOS
 QWEN_POS = {"red": 1, "castle": 2, "blue": 5, "river": 6}  # within the user text
@@ -91,11 +95,7 @@ def test_token_layout_per_key_and_context_position_of_each_word(modules, clips, 
         if ids is not None:
             assert got[:len(ids)] == ids, key
         for word, position in positions.items():
-            ids_of = {"t5xxl": dict(zip(("red", "castle", "blue", "river"), (1131, 13243, 1692, 4033))),
-                      "l": dict(zip(WORDS, (736, 3540, 1746, 2473))), "g": dict(zip(WORDS, (736, 3540, 1746, 2473))),
-                      "qwen25_7b": dict(zip(WORDS, (2518, 32584, 6303, 14796))),
-                      "qwen3_4b": dict(zip(WORDS, (2518, 32584, 6303, 14796)))}[key]
-            assert got[position] == ids_of[word], (key, word)
+            assert got[position] == WORD_IDS[key][word], (key, word)
     assert context_rows(kind, tokens) == word_rows
     if kind == "qwen_image":
         ids = [t for t, _ in tokens["qwen25_7b"][0]]
