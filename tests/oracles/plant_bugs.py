@@ -19,6 +19,7 @@ TIMEOUT = int(os.environ.get("PLANT_TIMEOUT", "900"))  # seconds per plant's tes
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 O = "tests/oracles/"
 SD, GR, RG, CL = O + "test_sdedit_oracle.py", O + "test_gradop_oracle.py", O + "test_regions_oracle.py", O + "test_claims.py"
+FL = O + "test_flow_oracle.py"
 
 STALE_ADAM = [
     ("guidance/gradop.py", "PALETTE_TEMPERATURE = 0.01", "PALETTE_TEMPERATURE = 0.01\n_STALE = {}"),
@@ -96,6 +97,18 @@ PLANTS = {
                                              "sampler_steps")], [CL]),
     "decoder fit 7200 -> 7000 bytes per pixel": ([("nodes/toolkit/gradients.py", "KL_DECODER_CHECKPOINTED_BYTES_PER_PIXEL = 7_200",
                                                    "KL_DECODER_CHECKPOINTED_BYTES_PER_PIXEL = 7_000")], [CL]),
+    "GradOP+ flow re-noise VE-style z* + s eps": ([("guidance/gradop.py", "return (1.0 - sigma) * z + sigma * noise",
+                                                    "return z + sigma * noise")], [FL]),
+    "GradOP+ flow VP mapping sqrt(1 + s^2)": ([("guidance/gradop.py",
+                                                "return x / math.sqrt((1.0 - sigma) ** 2 + sigma ** 2)",
+                                                "return x / math.sqrt(1.0 + sigma ** 2)")], [FL]),
+    "SDEdit paper t0 without the flow shift": ([("nodes/toolkit/host.py",
+                                                 "return min(max(float(sampling.percent_to_sigma(1.0 - t)), sigma_min), sigma_max)",
+                                                 "return min(max(float(t if hasattr(sampling, 'shift') else "
+                                                 "sampling.percent_to_sigma(1.0 - t)), sigma_min), sigma_max)")], [FL]),
+    "sigma->t table without the fine grid near t = 0": ([("guidance/schedules.py",
+                                                          "return torch.unique(torch.cat([uniform, fine]))",
+                                                          "return uniform")], [FL]),
     "regions default strength 0.5": ([("nodes/regions.py", 'io.Float.Input("strength", default=0.4, min=0.0',
                                        'io.Float.Input("strength", default=0.5, min=0.0')], [CL]),
 }

@@ -10,7 +10,7 @@ import torch
 from comfy_api.latest import ComfyExtension, io
 
 from . import (denoiser_probes, oracle_probes, panorama_oracle, probes, regions_probes, semantic_probes, tiny, tiny_flow,
-               window_probes)
+               tiny_text_encoders, window_probes)
 
 CATEGORY = "guided_synthesis_tests"
 CAPTURED: dict[str, torch.Tensor] = {}
@@ -41,12 +41,18 @@ class TinyFlowCheckpoint(io.ComfyNode):
                                      "Qwen-Image, Z-Image) with the tiny CLIP and a 16-channel VAE (Wan 2.1 layout "
                                      "for Qwen-Image); stands in for CheckpointLoaderSimple.",
                          inputs=[io.Combo.Input("kind", options=list(tiny_flow.FLOW_KINDS), default="flux_dev"),
-                                 io.Int.Input("seed", default=0, min=0, max=2**31)],
+                                 io.Int.Input("seed", default=0, min=0, max=2**31),
+                                 io.Combo.Input("text_encoder", options=list(tiny_flow.TEXT_ENCODERS),
+                                                default="tiny_clip", optional=True,
+                                                tooltip="tiny_clip: the tiny SD1 CLIP (768 wide) for every family; "
+                                                        "family: the family's own tokenizer(s) and text-encoder "
+                                                        "class at toy width, the model built to match.")],
                          outputs=[io.Model.Output(), io.Clip.Output(), io.Vae.Output()])
 
     @classmethod
-    def execute(cls, kind, seed) -> io.NodeOutput:
-        return io.NodeOutput(tiny_flow.tiny_flow_model(kind, seed), tiny.tiny_clip(seed),
+    def execute(cls, kind, seed, text_encoder="tiny_clip") -> io.NodeOutput:
+        clip = tiny_text_encoders.tiny_family_clip(kind, seed) if text_encoder == "family" else tiny.tiny_clip(seed)
+        return io.NodeOutput(tiny_flow.tiny_flow_model(kind, seed, text_encoder), clip,
                              tiny_flow.tiny_flow_vae_for(kind, seed))
 
 
@@ -146,6 +152,28 @@ class Capture(io.ComfyNode):
                                                  "sum": float(value.double().sum())}]})
 
 
+class CaptureConditioning(io.ComfyNode):
+    """The first entry of a CONDITIONING: its context under ``key``, its pooled vector under ``key_pooled`` and
+    its attention mask under ``key_mask`` where it has them."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(node_id="GS_TestCaptureConditioning", display_name="Capture Conditioning (test)",
+                         category=CATEGORY, is_output_node=True,
+                         inputs=[io.String.Input("key", default="cond"), io.Conditioning.Input("conditioning")],
+                         outputs=[])
+
+    @classmethod
+    def execute(cls, key, conditioning) -> io.NodeOutput:
+        context, extra = conditioning[0]
+        CAPTURED[key] = context.detach().clone().cpu()
+        for name, suffix in (("pooled_output", "pooled"), ("attention_mask", "mask")):
+            CAPTURED.pop(f"{key}_{suffix}", None)
+            if extra.get(name) is not None:
+                CAPTURED[f"{key}_{suffix}"] = extra[name].detach().clone().cpu()
+        return io.NodeOutput(ui={"gs_capture": [{"key": key, "shape": list(context.shape)}]})
+
+
 def _digest(tensors) -> str:
     h = hashlib.sha256()
     for t in tensors:
@@ -196,7 +224,8 @@ class GradientProbe(io.ComfyNode):
 
 class TestNodes(ComfyExtension):
     async def get_node_list(self):
-        return [TinyCheckpoint, TinyFlowCheckpoint, LoadImageSmall, RandomConditioning, ImageChannels, Strokes, Capture, Fingerprint,
+        return [TinyCheckpoint, TinyFlowCheckpoint, LoadImageSmall, RandomConditioning, ImageChannels, Strokes, Capture,
+                CaptureConditioning, Fingerprint,
                 GradientProbe, *regions_probes.NODES, *denoiser_probes.NODES, *oracle_probes.NODES,
                 *semantic_probes.NODES, *panorama_oracle.NODES, *window_probes.NODES]
 

@@ -4,10 +4,13 @@ shift, CONST; their real latent formats: 16 channels, 2x2 patchify, scale and sh
 
 The text side is the tiny SD1 CLIP of tiny.py (768 wide, pooled 768), so every tiny flow model takes a 768-wide
 context (the real ones: T5-XXL 4096, Qwen2.5-VL 3584, Gemma/Qwen3 2560) and, where the family has one, a 768-wide
-pooled vector (real Flux: CLIP-L 768, so that one matches).
+pooled vector (real Flux: CLIP-L 768, so that one matches). With ``text_encoder="family"`` a model takes the
+widths of its family's own tiny text encoders instead (tiny_text_encoders.py: the real tokenizers, encoder classes
+and token layouts).
 """
 from __future__ import annotations
 
+import math
 
 import torch
 
@@ -18,6 +21,7 @@ import comfy.sd
 import comfy.supported_models as supported
 
 from .tiny import seeded_init_, seeded_state_dict
+from .tiny_text_encoders import WIDTHS
 
 TEXT_WIDTH = 768  # the tiny CLIP's hidden size and pooled size
 _FLUX = dict(image_model="flux", in_channels=16, out_channels=16, patch_size=2, hidden_size=64, num_heads=2,
@@ -48,18 +52,64 @@ FLOW_CONFIGS = {
 FLOW_KINDS = tuple(FLOW_CONFIGS)
 
 
-def tiny_flow_model(kind: str, seed: int = 0) -> comfy.model_patcher.ModelPatcher:
-    """The family's own supported_models config and model_base class at toy width, seeded random."""
+TEXT_ENCODERS = ("tiny_clip", "family")
+
+
+def _with_text_widths(kind: str, unet_config: dict) -> dict:
+    """``unet_config`` taking the widths of the family's own tiny text encoders (tiny_text_encoders.WIDTHS)."""
+    context, pooled = WIDTHS[kind]
+    config = dict(unet_config)
+    if kind in ("flux_dev", "flux_schnell"):
+        config.update(context_in_dim=context, vec_in_dim=pooled)
+    elif kind == "chroma":
+        config.update(context_in_dim=context)
+    elif kind == "sd35":
+        embedder = config["context_embedder_config"]
+        config.update(adm_in_channels=pooled, context_embedder_config={
+            **embedder, "params": {**embedder["params"], "in_features": context}})
+    elif kind == "qwen_image":
+        config.update(joint_attention_dim=context)
+    elif kind == "z_image":
+        config.update(cap_feat_dim=context)
+    return config
+
+
+def tiny_flow_model(kind: str, seed: int = 0, text_encoder: str = "tiny_clip") -> comfy.model_patcher.ModelPatcher:
+    """The family's own supported_models config and model_base class at toy width, seeded random. Its text input
+    widths are the tiny SD1 CLIP's (``text_encoder="tiny_clip"``) or the family's own tiny text encoders'
+    (``"family"``, tiny_text_encoders.py)."""
     if kind not in FLOW_CONFIGS:
         raise ValueError(f"kind must be one of {FLOW_KINDS}, got {kind!r}")
+    if text_encoder not in TEXT_ENCODERS:
+        raise ValueError(f"text_encoder must be one of {TEXT_ENCODERS}, got {text_encoder!r}")
     model_class, unet_config = FLOW_CONFIGS[kind]
+    if text_encoder == "family":
+        unet_config = _with_text_widths(kind, unet_config)
     config = model_class(dict(unet_config))
     config.set_inference_dtype(torch.float32, None)
     model = config.get_model({}, device="cpu")
     seeded_init_(model.diffusion_model, seed)
+    _fill_fixed_buffers(model.diffusion_model)
     model.eval()
     return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
                                             offload_device=comfy.model_management.unet_offload_device())
+
+
+def _fill_fixed_buffers(diffusion_model: torch.nn.Module) -> None:
+    """Buffers a real checkpoint carries but the constructor leaves uninitialised (``torch.empty``): SD3's
+    ``pos_embed``, the fixed 2-D sin-cos table of its pos_embed_max_size grid. Left as it is, it holds whatever
+    the allocator hands back: zeros in a fresh process, stale (sometimes non-finite) values in a long one, which
+    made about one tiny SD3.5 run in three end in a NaN latent."""
+    pos_embed = getattr(diffusion_model, "pos_embed", None)
+    if isinstance(pos_embed, torch.Tensor) and pos_embed.ndim == 3:
+        import comfy.ldm.modules.diffusionmodules.mmdit as mmdit
+        grid = int(round(pos_embed.shape[1] ** 0.5))
+        table = torch.from_numpy(mmdit.get_2d_sincos_pos_embed(pos_embed.shape[2], grid)).reshape(pos_embed.shape)
+        with torch.no_grad():
+            pos_embed.copy_(table.to(pos_embed.dtype))
+    for name, buffer in diffusion_model.named_buffers():
+        if buffer.is_floating_point() and not bool(torch.isfinite(buffer).all()):
+            raise RuntimeError(f"tiny flow model: buffer {name} is not finite after initialisation")
 
 
 def tiny_flow_vae(seed: int = 0) -> comfy.sd.VAE:
