@@ -12,18 +12,27 @@ import torch.nn.functional as F
 from devkit import harness
 from devkit.tolerance import ORACLE, assert_close_across_paths
 
-PROMPT = "a red castle and a blue river"
-# tiny SD1 CLIP (the tiny flow checkpoints' text encoder): BOS a red castle and a blue river EOS ...
-CASTLE, RIVER = [3], [7]
-CONTEXT = 77
+PROMPT = "a red castle, a blue river"
+# (text encoder, family) -> context rows of 'castle', of 'river', context length; hand-checked against
+# docs/text_encoder_layouts.md. tiny_clip: BOS a red castle , a blue river EOS (77 tokens) for every family;
+# Flux: T5 alone (padded to 256); SD3.5: CLIP rows then T5 rows from 77; Qwen-Image: the chat template's
+# user text, 34 tokens cut off.
+ROWS = {("tiny_clip", None): ([3], [7], 77), ("family", "flux_dev"): ([3], [8], 256),
+        ("family", "sd35"): ([3, 80], [7, 85], 154), ("family", "qwen_image"): ([2], [6], 12)}
+
+
+def rows_of(text_encoder: str, kind: str):
+    return ROWS[(text_encoder, None if text_encoder == "tiny_clip" else kind)]
 
 
 def regions_graph(kind: str, mode: str = "paint_with_words", strength: float = 1.0, cfg: float = 1.0,
+                  text_encoder: str = "tiny_clip",
                   start_percent: float = 0.0, end_percent: float = 1.0, probe_after: bool = True,
                   probe_before: bool = False, spec: str = "red: castle\nblue: river", steps: int = 2) -> dict:
     model = ["ck", 0]
     prompt = {
-        "ck": {"class_type": "GS_TestTinyFlowCheckpoint", "inputs": {"kind": kind, "seed": 0}},
+        "ck": {"class_type": "GS_TestTinyFlowCheckpoint", "inputs": {"kind": kind, "seed": 0,
+                                                                    "text_encoder": text_encoder}},
         "stroke": {"class_type": "GS_TestStrokePattern", "inputs": {"pattern": "halves", "width": 64, "height": 64}},
     }
     if probe_before:
@@ -59,7 +68,7 @@ def schedule_time(kind: str, sigma: float) -> float:
     return sigma / (shift - (shift - 1.0) * sigma)
 
 
-def oracle(call: dict, kind: str, mode: str, strength: float) -> torch.Tensor:
+def oracle(call: dict, kind: str, mode: str, strength: float, text_encoder: str = "tiny_clip") -> torch.Tensor:
     """The joint attention of one recorded call with the region bias on its positive rows, in float64."""
     q, k, v, heads = call["q"].double(), call["k"].double(), call["v"].double(), call["heads"]
     if not call["skip_reshape"]:
@@ -72,9 +81,12 @@ def oracle(call: dict, kind: str, mode: str, strength: float) -> torch.Tensor:
     left = torch.zeros(64, 64, dtype=torch.float64)
     left[:, :32] = 1
     masks = F.interpolate(torch.stack([left, 1 - left])[:, None], size=(h, w), mode="area")[:, 0].reshape(2, -1)
-    tokens = torch.zeros(2, n_text, dtype=torch.float64)
-    tokens[0, CASTLE], tokens[1, RIVER] = 1, 1
+    castle, river, context = rows_of(text_encoder, kind)
+    tokens = torch.zeros(2, context, dtype=torch.float64)
+    tokens[0, castle], tokens[1, river] = 1, 1
     region_bias = torch.maximum(masks[0][:, None] * tokens[0], masks[1][:, None] * tokens[1])  # [hw, T]
+    if n_text != context:  # the negative prompt's own batch (another length); the oracle biases no row of it
+        assert 0 not in call["cond_or_uncond"]
     areas = masks.mean(1)
     kinds, sigmas = call["cond_or_uncond"], call["sigmas"].double().reshape(-1)
     chunk = q.shape[0] // len(kinds)
@@ -103,21 +115,22 @@ def joint_calls(captured, key: str = "after") -> list[dict]:
     return calls
 
 
-@pytest.mark.parametrize("kind, mode, cfg", [("flux_dev", "paint_with_words", 1.0), ("sd35", "paint_with_words", 3.0),
-                                             ("qwen_image", "paint_with_words", 2.0), ("flux_dev", "dense", 1.0)])
-def test_joint_attention_matches_the_oracle(host, captured, kind, mode, cfg):
-    host.run(regions_graph(kind, mode=mode, cfg=cfg))
+@pytest.mark.parametrize("kind, text_encoder, mode, cfg", [
+    ("flux_dev", "tiny_clip", "paint_with_words", 1.0), ("flux_dev", "family", "paint_with_words", 1.0),
+    ("sd35", "family", "paint_with_words", 3.0), ("qwen_image", "family", "paint_with_words", 2.0),
+    ("flux_dev", "family", "dense", 1.0)])
+def test_joint_attention_matches_the_oracle(host, captured, kind, text_encoder, mode, cfg):
+    host.run(regions_graph(kind, mode=mode, cfg=cfg, text_encoder=text_encoder))
     calls = joint_calls(captured)
-    blocks = {c["block"] for c in calls}
     if kind.startswith("flux"):
-        assert {b[0] for b in blocks} == {"double", "single"}  # both block kinds of Flux are biased
+        assert {c["block"][0] for c in calls} == {"double", "single"}  # both block kinds of Flux are biased
     biased = 0
     for call in calls:
-        expected = oracle(call, kind, mode, 1.0)
+        expected = oracle(call, kind, mode, 1.0, text_encoder)
         assert_close_across_paths(call["out"].double(), expected, rtol=1e-4, why=ORACLE)
-        n_text, (h, w) = call["layout"]
-        assert n_text == CONTEXT and (h, w) == (4, 4)
-        plain = oracle(call, kind, mode, 0.0)
+        if 0 in call["cond_or_uncond"]:
+            assert call["layout"] == (rows_of(text_encoder, kind)[2], (4, 4))
+        plain = oracle(call, kind, mode, 0.0, text_encoder)
         biased += int(not torch.allclose(expected, plain, rtol=1e-3, atol=1e-6))
     assert biased, "the oracle never differs from plain attention: the test would not see a missing bias"
     if cfg > 1:
