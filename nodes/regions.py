@@ -4,7 +4,9 @@ The node finds the painting's colour regions, the tokens of each region's phrase
 and installs attn2 replace patches on a ``model.clone()`` that bias the positive rows of every
 cross-attention layer towards those tokens inside their region (``guidance/regions.py``).
 An attn2 replace patch that was already on the model keeps being called: ours wraps it and adds
-the difference between biased and plain attention to its output.
+the difference between biased and plain attention to its output. On joint-attention transformers
+(Flux.1, SD3.5, Qwen-Image) the bias is an additive mask on the image-query x text-key block, passed
+through the host's attention override hook (docs/methods/regions.md section 6a).
 """
 from __future__ import annotations
 
@@ -502,11 +504,13 @@ class StrokeRegions(io.ComfyNode):
             display_name="Stroke Regions to Words",
             category=CATEGORY,
             description="Say what each colour region of a stroke painting is ('river', 'castle', 'sun'), without "
-                        "training: the words' prompt tokens get more cross-attention inside their region "
-                        "(eDiff-I paint-with-words, or DenseDiffusion-style modulation). Outputs a patched MODEL "
+                        "training: the words' prompt tokens get more attention from the image inside their region "
+                        "(eDiff-I paint-with-words, or DenseDiffusion-style modulation; UNet cross-attention or "
+                        "the image-to-text block of Flux.1 / SD3.5 / Qwen-Image joint attention). Outputs a patched MODEL "
                         "and the prompt's CONDITIONING for any sampler (KSampler, SamplerCustom, SDEdit, GradOP+).",
             inputs=[
-                io.Model.Input("model", tooltip="The diffusion model (UNet: SD1.x, SD2, SDXL). It is cloned, never "
+                io.Model.Input("model", tooltip="The diffusion model: a UNet (SD1.x, SD2, SDXL) or a joint-attention "
+                                                "transformer (Flux.1, SD3.5, Qwen-Image). It is cloned, never "
                                                 "changed; attention patches already on it keep working."),
                 io.Clip.Input("clip", tooltip="The model's text encoder; it tokenises and encodes the prompt."),
                 io.Image.Input("stroke", tooltip="The stroke painting whose colour regions are named (one image). "
