@@ -19,6 +19,7 @@ TIMEOUT = int(os.environ.get("PLANT_TIMEOUT", "900"))  # seconds per plant's tes
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 O = "tests/oracles/"
 SD, GR, RG, CL = O + "test_sdedit_oracle.py", O + "test_gradop_oracle.py", O + "test_regions_oracle.py", O + "test_claims.py"
+FP = O + "test_flow_panorama_oracle.py"
 
 STALE_ADAM = [
     ("guidance/gradop.py", "PALETTE_TEMPERATURE = 0.01", "PALETTE_TEMPERATURE = 0.01\n_STALE = {}"),
@@ -96,6 +97,16 @@ PLANTS = {
                                              "sampler_steps")], [CL]),
     "decoder fit 7200 -> 7000 bytes per pixel": ([("nodes/toolkit/gradients.py", "KL_DECODER_CHECKPOINTED_BYTES_PER_PIXEL = 7_200",
                                                    "KL_DECODER_CHECKPOINTED_BYTES_PER_PIXEL = 7_000")], [CL]),
+    "flow nudge factor 1 + s^2": ([("guidance/panorama.py", "        return (1.0 - sigma) ** 2 + sigma ** 2",
+                                    "        return 1.0 + sigma ** 2")], [FP]),
+    "flow model taken for a UNet": ([("nodes/panorama/sampler.py",
+                                      "flow = isinstance(base_model.model_sampling, comfy.model_sampling.CONST)",
+                                      "flow = False")], [FP]),
+    "panorama first-order correction dropped": ([("guidance/panorama.py",
+                                                  "    return x0_mean + ratio * (x_mean - x).to(x0_mean.dtype)",
+                                                  "    return x0_mean")], [FP]),
+    "no gradient through Flux (identity fallback)": ([("nodes/toolkit/gradients.py",
+                                                       "if probe_gradient(copied) is None:", "if False:")], [FP]),
     "regions default strength 0.5": ([("nodes/regions.py", 'io.Float.Input("strength", default=0.4, min=0.0',
                                        'io.Float.Input("strength", default=0.5, min=0.0')], [CL]),
 }
