@@ -123,3 +123,44 @@ def test_the_nudge_is_the_reference_step_in_the_vp_latent(flow, sigma):
     if flow and sigma not in (1.0,):  # the UNet factor would be another step on a flow model
         wrong = panorama.nudge(x, grad_x, weight, sigma, flow=False)
         assert float((wrong - expected).abs().max()) > 1e-3 * float(expected.abs().max())
+
+
+def test_seamless_decode_with_the_16_channel_flow_vae(host, captured):
+    """GS_SeamlessDecode of a Flux panorama latent (16 channels): in one tile it is VAEDecode's image; circular in
+    one tile it is the VAE's decode of the latent with `overlap` wrapped columns on each side, cropped (computed
+    here with the same seeded tiny flow VAE outside the executor); in 64-px tiles it stays finite and in [0, 1]."""
+    prompt = flow_prompt()
+    add_panorama(prompt, "pano", "latent", loop=True)
+    prompt["plain"] = {"class_type": "VAEDecode", "inputs": {"samples": ["pano", 0], "vae": ["ck", 2]}}
+    graphs.capture(prompt, "plainc", "plain", image=["plain", 0])
+    for name, tile, overlap, circular in (("one", 512, 0, False), ("circ", 512, 16, True), ("tiled", 64, 16, False)):
+        prompt[name] = {"class_type": "GS_SeamlessDecode", "inputs": {
+            "samples": ["pano", 0], "vae": ["ck", 2], "tile_size": tile, "overlap": overlap, "circular": circular}}
+        graphs.capture(prompt, name + "c", name, image=[name, 0])
+    host.run(prompt)
+    latent = captured["latent"]
+    assert latent.shape[1] == 16
+    for name in ("one", "circ", "tiled"):
+        assert tuple(captured[name].shape) == (1, HEIGHT, WIDTH, 3), name
+        assert bool(torch.isfinite(captured[name]).all()) and 0 <= float(captured[name].min()) <= float(
+            captured[name].max()) <= 1
+    assert_close_across_paths(captured["one"], captured["plain"], rtol=1e-5, why=PATHS)
+    vae = harness.test_nodes_module().tiny_flow.tiny_flow_vae(0)
+    pad = 2  # 16 px of overlap = 2 latent columns each side
+    padded = torch.cat([latent[..., -pad:], latent, latent[..., :pad]], dim=-1)
+    expected = vae.decode(padded)[:, :, pad * 8:-pad * 8]
+    assert_close_across_paths(captured["circ"], expected.reshape(captured["circ"].shape), rtol=1e-5, why=PATHS)
+    assert float((captured["circ"] - captured["one"]).abs().max()) > 0  # the wrap reaches into the image
+
+
+@pytest.mark.parametrize("kind, sync_weight", [("sd35", 0.0), ("chroma", 0.0), ("z_image", 20.0)])
+def test_the_panorama_runs_on_sd35_chroma_and_z_image(host, captured, lpips_models, kind, sync_weight):
+    """MultiDiffusion on tiny SD3.5 (cfg 2, a negative) and Chroma, SyncDiffusion (the gradient through the model)
+    on tiny Z-Image, three windows over 128x64 px: a finite, non-constant 16-channel latent of the canvas' size
+    (no oracle for these families yet: the Flux.1 dev oracle is tests/oracles/test_flow_panorama_oracle.py)."""
+    prompt = flow_prompt(kind)
+    add_panorama(prompt, "pano", "pano", cfg=2.0, sync_weight=sync_weight, sync_steps=1, loss_decoder="fp32")
+    host.run(prompt)
+    latent = captured["pano"]
+    assert tuple(latent.shape) == (1, 16, HEIGHT // 8, WIDTH // 8) and bool(torch.isfinite(latent).all())
+    assert float(latent.std()) > 0
