@@ -153,18 +153,24 @@ def test_seamless_decode_with_the_16_channel_flow_vae(host, captured):
     assert float((captured["circ"] - captured["one"]).abs().max()) > 0  # the wrap reaches into the image
 
 
-@pytest.mark.parametrize("kind, sync_weight", [("sd35", 0.0), ("chroma", 0.0), ("z_image", 20.0), ("qwen_image", 0.0)])
-def test_the_panorama_runs_on_sd35_chroma_z_image_and_qwen_image(host, captured, lpips_models, kind, sync_weight):
+@pytest.mark.parametrize("kind, sync_weight", [("sd35", 0.0), ("chroma", 0.0), ("z_image", 20.0), ("qwen_image", 0.0), ("flux_schnell", 0.0)])
+def test_the_panorama_runs_on_sd35_chroma_z_image_and_qwen_image(host, captured, lpips_models, caplog, kind,
+                                                                 sync_weight):
     """MultiDiffusion on tiny SD3.5 (cfg 2, a negative), Chroma and Qwen-Image, SyncDiffusion (the gradient through
     the model) on tiny Z-Image, three windows over 128x64 px: a finite, non-constant 16-channel latent of the
-    canvas' size, decoded by Seamless Decode in 64-px tiles (no oracle for these families yet: the Flux.1 dev
+    canvas' size (with the sync: the gradient through the transformer, no identity fallback), decoded by Seamless
+    Decode in 64-px tiles (no oracle for these families yet: the Flux.1 dev
     oracle is tests/oracles/test_flow_panorama_oracle.py)."""
     prompt = flow_prompt(kind)
     add_panorama(prompt, "pano", "pano", cfg=2.0, sync_weight=sync_weight, sync_steps=1, loss_decoder="fp32")
     prompt["dec"] = {"class_type": "GS_SeamlessDecode", "inputs": {
         "samples": ["pano", 0], "vae": ["ck", 2], "tile_size": 64, "overlap": 16, "circular": False}}
     graphs.capture(prompt, "decc", "image", image=["dec", 0])
-    host.run(prompt)
+    with caplog.at_level("INFO", logger="guided_synthesis"):
+        host.run(prompt)
+    fallbacks = [r.getMessage() for r in caplog.records if "no gradient through" in r.getMessage()]
+    assert not fallbacks, fallbacks  # the sync's gradient went through the transformer, not the identity
+    assert ("gradients flow through the UNet" in caplog.text) == (sync_weight > 0)
     latent = captured["pano"]
     # Qwen-Image's latents are one-frame video latents [B, 16, 1, H, W] (its Wan 2.1 VAE)
     frames = (1,) if kind == "qwen_image" else ()
