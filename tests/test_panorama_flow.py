@@ -153,7 +153,8 @@ def test_seamless_decode_with_the_16_channel_flow_vae(host, captured):
     assert float((captured["circ"] - captured["one"]).abs().max()) > 0  # the wrap reaches into the image
 
 
-@pytest.mark.parametrize("kind, sync_weight", [("sd35", 0.0), ("chroma", 0.0), ("z_image", 20.0), ("qwen_image", 0.0), ("flux_schnell", 0.0)])
+@pytest.mark.parametrize("kind, sync_weight", [("sd35", 0.0), ("chroma", 0.0), ("z_image", 20.0), ("qwen_image", 0.0),
+                                               ("flux_schnell", 0.0)])
 def test_the_panorama_runs_on_sd35_chroma_z_image_and_qwen_image(host, captured, lpips_models, caplog, kind,
                                                                  sync_weight):
     """MultiDiffusion on tiny SD3.5 (cfg 2, a negative), Chroma and Qwen-Image, SyncDiffusion (the gradient through
@@ -178,3 +179,12 @@ def test_the_panorama_runs_on_sd35_chroma_z_image_and_qwen_image(host, captured,
     assert float(latent.std()) > 0
     image = captured["image"]
     assert tuple(image.shape) == (1, HEIGHT, WIDTH, 3) and bool(torch.isfinite(image).all())
+
+
+def test_syncdiffusion_on_qwen_image_refuses_its_video_vae_by_name(host, lpips_models):
+    """Qwen-Image's VAE is the Wan 2.1 video VAE; the sync loss decodes through an image VAE, so SyncDiffusion
+    stops with the reason (MultiDiffusion runs, above)."""
+    prompt = flow_prompt("qwen_image")
+    add_panorama(prompt, "pano", "pano", cfg=2.0, sync_weight=20.0, sync_steps=1)
+    result, server = host.run(prompt, expect_success=False)
+    assert not result["success"] and "image VAE" in host.node_error(server), host.node_error(server)
