@@ -6,7 +6,8 @@ devkit/host_nodes/gs_test_nodes/tiny_flow.py) through ComfyUI's real executor.
   of a 360-degree canvas; the recorder on a model clone sees each call's latent input and image ids;
 - the flow nudge factor against autograd in the VP latent;
 - Seamless Decode with the 16-channel flow VAE;
-- the panorama on tiny SD3.5, Chroma and Z-Image.
+- the panorama (and Seamless Decode) on tiny SD3.5, Chroma, Z-Image (with the sync), Qwen-Image and Flux.1 schnell;
+  SyncDiffusion on Qwen-Image refuses its video VAE.
 The trajectory oracle on tiny Flux.1 dev is tests/oracles/test_flow_panorama_oracle.py.
 
 Canvas 128x64 px (16x8 latent cells), windows 64 px (8 cells = 4x4 tokens of 2x2 cells), stride 32 px.
