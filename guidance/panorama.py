@@ -127,15 +127,17 @@ def sync_weight(step: int, weight: float = DEFAULT_SYNC_WEIGHT, decay: float = D
 
 
 def vp_scale(sigma: float, flow: bool = False) -> float:
-    """Factor that maps a VP-latent gradient step onto sampler space: 1 + sigma^2 (flow models:
-    (1 - sigma)^2 + sigma^2), since z = x / sqrt(1 + sigma^2) gives dL/dz = sqrt(1 + sigma^2) dL/dx."""
+    """Factor n^2 that maps the reference's step z <- z - w dL/dz on its VP latent z = x / n onto the sampler's x
+    (x <- x - w n^2 dL/dx, since dL/dz = n dL/dx): n^2 = 1 + sigma^2 for x = x0 + sigma eps; for flow models
+    (x = (1 - sigma) x0 + sigma eps) n^2 = (1 - sigma)^2 + sigma^2 (docs/methods/panorama.md section 4)."""
     if flow:
         return (1.0 - sigma) ** 2 + sigma ** 2
     return 1.0 + sigma * sigma
 
 
 def nudge(x: torch.Tensor, grad: torch.Tensor, weight: float, sigma: float, flow: bool = False) -> torch.Tensor:
-    """SyncDiffusion's step ``z <- z - w dL/dz`` in the reference's VP latent, as ``x <- x - w (1 + sigma^2) dL/dx``."""
+    """SyncDiffusion's step ``z <- z - w dL/dz`` in the reference's VP latent, as ``x <- x - w n^2 dL/dx``
+    (:func:`vp_scale`: 1 + sigma^2, flow models (1 - sigma)^2 + sigma^2)."""
     return x - weight * vp_scale(sigma, flow) * grad.to(x.dtype)
 
 

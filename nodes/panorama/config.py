@@ -120,7 +120,8 @@ def method_inputs() -> list:
                         "windows, smoother, slower."),
         _option(io.Float, "sync_weight", min=0.0, max=1000.0, step=0.5,
                 tooltip="SyncDiffusion gradient weight w (reference 20), applied as w*decay^i*(1+sigma^2) "
-                        "in sampler space. 0 = plain MultiDiffusion (no LPIPS, no gradients)."),
+                        "in sampler space (flow models such as Flux, SD3.5: w*decay^i*((1-sigma)^2+sigma^2)). "
+                        "0 = plain MultiDiffusion (no LPIPS, no gradients)."),
         _option(io.Float, "decay", min=0.0, max=1.0, step=0.01,
                 tooltip="The weight at step i is sync_weight*decay^i (reference 0.95)."),
         _option(io.Int, "sync_steps", min=0, max=10000,

@@ -11,7 +11,7 @@ from .config import CATEGORY, LATENT_PX
 
 
 def seamless_decode(vae, latent: torch.Tensor, tile: int, overlap: int, circular: bool) -> torch.Tensor:
-    """Decode a raw latent [B,C,H,W] in tiles of ``tile`` latent cells blended over ``overlap`` cells
+    """Decode a raw latent [B,C,H,W] (or one-frame [B,C,1,H,W]) in tiles of ``tile`` latent cells blended over ``overlap`` cells
     (``panorama.tiles`` / ``blend_weights``); ``circular`` pads ``overlap`` wrapped columns on each side
     first and crops them after, so the left and right edges are decoded as neighbours (360 degrees)."""
     # at most the latent's width: the wrapped padding cannot be wider than the latent, and the crop below
@@ -77,8 +77,9 @@ class SeamlessDecode(io.ComfyNode):
         if overlap * 2 > tile_size:
             raise ValueError(f"overlap ({overlap} px) must be at most half of tile_size ({tile_size} px)")
         latent = samples["samples"]
-        if latent.ndim != 4:
-            raise ValueError(f"samples must be an image latent [batch, channels, height, width], got shape "
-                             f"{tuple(latent.shape)}")
+        # one-frame video-shaped latents [batch, channels, 1, height, width] (Qwen-Image's Wan 2.1 VAE) are images
+        if not (latent.ndim == 4 or (latent.ndim == 5 and latent.shape[2] == 1)):
+            raise ValueError(f"samples must be an image latent [batch, channels, height, width] (or a one-frame "
+                             f"[batch, channels, 1, height, width]), got shape {tuple(latent.shape)}")
         image = seamless_decode(vae, latent, tile_size // LATENT_PX, overlap // LATENT_PX, circular)
         return io.NodeOutput(image, ui=panorama_view.panorama_ui(image) if circular else None)

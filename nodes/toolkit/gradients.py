@@ -138,9 +138,31 @@ def differentiable_model(model_patcher):
     The shared model is not modified.
     """
     patched = model_patcher.clone()
-    for key in unet_weight_keys(patched):
+    keys = unet_weight_keys(patched)
+    for key in keys:
         patched.add_weight_wrapper(key, _identity_weight)
+    # tensors the forward uses without a comfy.ops cast (Flux's QK RMSNorm scales, ...): a model built inside
+    # ComfyUI's inference mode holds them as inference tensors, which autograd refuses to save; the clone uses
+    # normal copies (object patches, undone when the clone is unloaded)
+    covered = set(keys)
+    for name, tensor in [*patched.model.named_parameters(), *patched.model.named_buffers()]:
+        if name.startswith("diffusion_model.") and name not in covered and tensor.is_inference():
+            with torch.inference_mode(False):
+                copy_ = tensor.detach().clone()
+            if isinstance(tensor, torch.nn.Parameter):
+                copy_ = torch.nn.Parameter(copy_, requires_grad=False)
+            patched.add_object_patch(name, copy_)
     return patched
+
+
+@contextlib.contextmanager
+def saved_copies() -> Iterator[None]:
+    """Autograd keeps its own copy of every tensor it saves for backward in the block (a saved-tensor hook, for
+    this block only). Models whose forward adds residuals in place (ComfyUI's Flux / Chroma blocks: ``x += ...``
+    after a LayerNorm saved ``x``), or saves a conditioning tensor made in inference mode, then differentiate;
+    the values are the same, the saved activations take more memory."""
+    with torch.autograd.graph.saved_tensors_hooks(lambda tensor: tensor.clone(), lambda tensor: tensor):
+        yield
 
 
 def probe_gradient(fn: Callable[[], torch.Tensor]) -> str | None:
@@ -183,6 +205,7 @@ class DifferentiableDenoiser:
         self.mode: str | None = None
         self.fallback_reason: str | None = None
         self._patched = None
+        self._copy_saved = False  # saved_copies() around the forward (models that modify saved tensors in place)
         self._args = dict(extra_args)
         mask = self._args.get("denoise_mask")
         if mask is not None:  # KSamplerX0Inpaint multiplies x by it: an inference tensor cannot be saved
@@ -203,6 +226,9 @@ class DifferentiableDenoiser:
             if self.mode is None:
                 self._start(x, sigma, args)
             if self.mode == self.UNET:
+                if self._copy_saved:
+                    with saved_copies():
+                        return self.model(x, sigma, **args)
                 return self.model(x, sigma, **args)
             with torch.no_grad():
                 x0 = self.model(x.detach(), sigma, **args)
@@ -214,6 +240,15 @@ class DifferentiableDenoiser:
         comfy.model_management.load_models_gpu([self._patched])
         probe_x = owned(x).requires_grad_(True)  # the whole batch: inpaint masks and conds are per batch
         reason = probe_gradient(lambda: self.model(probe_x, sigma, **args))
+        if reason is not None:  # e.g. Flux's in-place residual adds: again with autograd's own copies
+            def copied():
+                with saved_copies():
+                    return self.model(probe_x, sigma, **args)
+            if probe_gradient(copied) is None:
+                self._copy_saved = True
+                LOG.info("%s: this model modifies tensors autograd saved (%s); gradients flow through it with "
+                         "autograd's own copies of them (more memory)", self.method, reason)
+                reason = None
         if reason is None:
             self.mode = self.UNET
             LOG.info("%s: gradients flow through the UNet (differentiable denoiser)", self.method)

@@ -20,6 +20,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 O = "tests/oracles/"
 SD, GR, RG, CL = O + "test_sdedit_oracle.py", O + "test_gradop_oracle.py", O + "test_regions_oracle.py", O + "test_claims.py"
 FL = O + "test_flow_oracle.py"
+FP = O + "test_flow_panorama_oracle.py"
+RJ = "tests/test_regions_joint.py"
 
 STALE_ADAM = [
     ("guidance/gradop.py", "PALETTE_TEMPERATURE = 0.01", "PALETTE_TEMPERATURE = 0.01\n_STALE = {}"),
@@ -109,6 +111,25 @@ PLANTS = {
     "sigma->t table without the fine grid near t = 0": ([("guidance/schedules.py",
                                                           "return torch.unique(torch.cat([uniform, fine]))",
                                                           "return uniform")], [FL]),
+    "flow nudge factor 1 + s^2": ([("guidance/panorama.py", "        return (1.0 - sigma) ** 2 + sigma ** 2",
+                                    "        return 1.0 + sigma ** 2")], [FP]),
+    "flow model taken for a UNet": ([("nodes/panorama/sampler.py",
+                                      "flow = isinstance(base_model.model_sampling, comfy.model_sampling.CONST)",
+                                      "flow = False")], [FP]),
+    "panorama first-order correction dropped": ([("guidance/panorama.py",
+                                                  "    return x0_mean + ratio * (x_mean - x).to(x0_mean.dtype)",
+                                                  "    return x0_mean")], [FP]),
+    "no gradient through Flux (identity fallback)": ([("nodes/toolkit/gradients.py",
+                                                       "if probe_gradient(copied) is None:", "if False:")], [FP]),
+    "joint regions: peak per head": ([("guidance/regions.py",
+                                       "block_peak = scores.amax(dim=(1, 2, 3), keepdim=True)",
+                                       "block_peak = scores.amax(dim=(2, 3), keepdim=True)")], [RJ]),
+    "joint regions: dense pushes the other tokens up": ([("guidance/regions.py",
+                                                          "- scores) - f_out * (scores - scores.amin(-1, keepdim=True))",
+                                                          "- scores) + f_out * (scores - scores.amin(-1, keepdim=True))")],
+                                                        [RJ]),
+    "joint regions: Qwen template cut one token short": ([("nodes/regions.py", "        first += 3", "        first += 2")],
+                                                         [RJ]),
     "regions default strength 0.5": ([("nodes/regions.py", 'io.Float.Input("strength", default=0.4, min=0.0',
                                        'io.Float.Input("strength", default=0.5, min=0.0')], [CL]),
 }

@@ -114,4 +114,42 @@ class MaskBatch(io.ComfyNode):
         return io.NodeOutput(torch.cat(masks))
 
 
-NODES = [CondRecorder, TinyControlNet, RampImage, MaskBatch]
+class _PositionRecorder:
+    """What a Flux-family transformer sees on each call: its latent input ``x`` (a DIFFUSION_MODEL wrapper), the
+    ``rope_options`` of the call and the image position ids it builds (``post_input`` patch of forward_orig)."""
+
+    def __init__(self, key: str):
+        self.key = key
+
+    def wrapper(self, executor, x, *args, **kwargs):
+        options = kwargs.get("transformer_options", args[6] if len(args) > 6 else {})
+        RECORDS.setdefault(self.key, []).append({"x": x.detach().clone(), "img_ids": None,
+                                                 "rope_options": options.get("rope_options")})
+        return executor(x, *args, **kwargs)
+
+    def post_input(self, values: dict) -> dict:
+        RECORDS[self.key][-1]["img_ids"] = values["img_ids"].detach().clone()
+        return values
+
+
+class PositionRecorder(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(node_id="GS_TestPositionRecorder", display_name="Position Recorder (test)",
+                         category=CATEGORY, description="Records each Flux-family model call's latent input and "
+                                                        "image position ids (on a clone of MODEL).",
+                         inputs=[io.Model.Input("model"), io.String.Input("key", default="ids")],
+                         outputs=[io.Model.Output()])
+
+    @classmethod
+    def execute(cls, model, key) -> io.NodeOutput:
+        import comfy.patcher_extension
+        recorder = _PositionRecorder(key)
+        patched = model.clone()
+        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "gs_test_positions",
+                                     recorder.wrapper)
+        patched.set_model_patch(recorder.post_input, "post_input")
+        return io.NodeOutput(patched)
+
+
+NODES = [CondRecorder, TinyControlNet, RampImage, MaskBatch, PositionRecorder]
