@@ -57,9 +57,24 @@ def tiny_flow_model(kind: str, seed: int = 0) -> comfy.model_patcher.ModelPatche
     config.set_inference_dtype(torch.float32, None)
     model = config.get_model({}, device="cpu")
     seeded_init_(model.diffusion_model, seed)
+    _fill_buffers_(model.diffusion_model)
     model.eval()
     return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
                                             offload_device=comfy.model_management.unet_offload_device())
+
+
+def _fill_buffers_(module: torch.nn.Module) -> None:
+    """Give every buffer a defined value. SD3's MMDiT allocates ``pos_embed`` with ``torch.empty`` (a real
+    checkpoint fills it with the fixed 2-D sin-cos table): left as it is, it held whatever the allocator reused,
+    NaN in some processes (the tiny SD3.5's NaN latents), so it gets that sin-cos table here."""
+    import comfy.ldm.modules.diffusionmodules.mmdit as mmdit
+    for name, buffer in module.named_buffers():
+        if name == "pos_embed":
+            size = int(module.pos_embed_max_size)
+            table = mmdit.get_2d_sincos_pos_embed(buffer.shape[-1], size)
+            buffer.copy_(torch.from_numpy(table).reshape(buffer.shape).to(buffer.dtype))
+        if not bool(torch.isfinite(buffer).all()):
+            raise RuntimeError(f"tiny flow model: buffer {name} has no defined value")
 
 
 def tiny_flow_vae(seed: int = 0) -> comfy.sd.VAE:
