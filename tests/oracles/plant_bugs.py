@@ -19,6 +19,8 @@ TIMEOUT = int(os.environ.get("PLANT_TIMEOUT", "900"))  # seconds per plant's tes
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 O = "tests/oracles/"
 SD, GR, RG, CL = O + "test_sdedit_oracle.py", O + "test_gradop_oracle.py", O + "test_regions_oracle.py", O + "test_claims.py"
+SF = "tests/test_semantic_flow.py"
+SF_ORACLE = SF + "::test_one_clip_step_on_a_flow_model_equals_a_plain_torch_oracle"
 
 STALE_ADAM = [
     ("guidance/gradop.py", "PALETTE_TEMPERATURE = 0.01", "PALETTE_TEMPERATURE = 0.01\n_STALE = {}"),
@@ -96,6 +98,20 @@ PLANTS = {
                                              "sampler_steps")], [CL]),
     "decoder fit 7200 -> 7000 bytes per pixel": ([("nodes/toolkit/gradients.py", "KL_DECODER_CHECKPOINTED_BYTES_PER_PIXEL = 7_200",
                                                    "KL_DECODER_CHECKPOINTED_BYTES_PER_PIXEL = 7_000")], [CL]),
+    "CLIP paper step on flow: raw sigma^2": ([("guidance/semantic.py",
+                                                "torch.where(signal > 0, (sigma / signal.clamp_min(1e-30)) ** 2,",
+                                                "torch.where(signal > 0, sigma ** 2,")], [SF_ORACLE]),
+    "CLIP cfg 1: zeros taken as the unconditional x0": ([("nodes/semantic.py",
+                                                          'uncond = args.get("uncond_denoised") if args.get("uncond") '
+                                                          'is not None else None',
+                                                          'uncond = args.get("uncond_denoised")')], [SF_ORACLE]),
+    "step guard off": ([("nodes/toolkit/guard.py", "        if not bool(bad.any()):\n            return guided",
+                         "        if True:\n            return guided")],
+                       [SF + "::test_a_bad_clip_gradient_leaves_the_run_unguided_with_one_warning"]),
+    "GradOP+ re-noises an iteration with no Adam step": ([("nodes/gradop.py", "if result.skipped == config.grad_steps:",
+                                                           "if False:")],
+                                                         [SF + "::test_a_non_finite_gradop_gradient_leaves_the_run_"
+                                                               "unguided_with_one_warning"]),
     "regions default strength 0.5": ([("nodes/regions.py", 'io.Float.Input("strength", default=0.4, min=0.0',
                                        'io.Float.Input("strength", default=0.5, min=0.0')], [CL]),
 }

@@ -9,7 +9,7 @@ import hashlib
 import torch
 from comfy_api.latest import ComfyExtension, io
 
-from . import (denoiser_probes, oracle_probes, panorama_oracle, probes, regions_probes, semantic_probes, tiny, tiny_flow,
+from . import (denoiser_probes, guard_probes, oracle_probes, panorama_oracle, probes, regions_probes, semantic_probes, tiny, tiny_flow,
                window_probes)
 
 CATEGORY = "guided_synthesis_tests"
@@ -198,7 +198,7 @@ class TestNodes(ComfyExtension):
     async def get_node_list(self):
         return [TinyCheckpoint, TinyFlowCheckpoint, LoadImageSmall, RandomConditioning, ImageChannels, Strokes, Capture, Fingerprint,
                 GradientProbe, *regions_probes.NODES, *denoiser_probes.NODES, *oracle_probes.NODES,
-                *semantic_probes.NODES, *panorama_oracle.NODES, *window_probes.NODES]
+                *semantic_probes.NODES, *panorama_oracle.NODES, *window_probes.NODES, *guard_probes.NODES]
 
 
 async def comfy_entrypoint():
