@@ -352,7 +352,8 @@ class CLIPSemanticGuidance(io.ComfyNode):
                                        "non-finite is skipped with a warning."),
                 io.Combo.Input("step_mode", options=list(semantic.STEP_MODES), default="normalised",
                                tooltip="normalised: the step has weight x the CFG correction's size, at every "
-                                       "noise level (with a mask: both sizes measured over the mask's cells). "
+                                       "noise level (with a mask: both sizes measured over the mask's cells; at "
+                                       "cfg 1, e.g. Flux.1 dev, the predicted noise's size instead). "
                                        "paper: SDG's unnormalised step x0 - sigma_ve^2 * dL/dx0, sigma_ve = sigma "
                                        "(flow models: sigma / (1 - sigma); no step at sigma 1)."),
                 io.Image.Input("reference_image", optional=True,
