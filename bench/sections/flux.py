@@ -148,6 +148,7 @@ def run(host) -> None:
         "full VAE decoder (reference)": ("Ug", "D", "Dg", "Lg", sync_steps),
         "TAESD in the loss": ("Ug", "T", "Tg", "Lg", sync_steps),
         "TAESD, lpips_size 1/2": ("Ug", "T", "Tg", "Lg/2", sync_steps),
+        "full VAE decoder, unet_jacobian none": ("U", "D", "Dg", "Lg", sync_steps),
         "TAESD, unet_jacobian none": ("U", "T", "Tg", "Lg", sync_steps),
         "TAESD, sync_every 2": ("Ug", "T", "Tg", "Lg", sync_steps // 2),
         "TAESD, unet_jacobian none, lpips_size 1/2": ("U", "T", "Tg", "Lg/2", sync_steps),
