@@ -124,7 +124,7 @@ def oracle_step(kind: str, record: dict, weight: float, mode: str) -> torch.Tens
 # own fp32 rounding (x0 about 5-8 here): the bound is rtol on the step plus 1e-5 of max |x0|. Measured (2-core
 # Xeon): at most 1.4e-7 of max |x0| (normalised steps, about 0.2 of x0; 7e-7 of the step) and 2.3e-8 (paper
 # steps, 5e-4 of x0); a raw sigma^2 in the paper step (6.6x too small at sigma 0.61) or rms(x0) as the cfg-1
-# reference are far outside it (the report's planted bugs).
+# reference are far outside it (both planted in tests/oracles/plant_bugs.py).
 STEP_RTOL = 1e-4
 X0_ROUNDING = 1e-5
 
