@@ -5,7 +5,8 @@ Each module in bench/sections/ is one capability's section: it defines TITLE and
 `make bench SECTIONS="gradop sdedit"` (or ``python -m bench gradop sdedit``) runs only those; by default every
 section runs.
 Tiny models run on the CPU; full-size SD1.5-architecture rows (random weights, 512x512)
-are added when a CUDA device is present.
+are added when a CUDA device is present. Section ``flux`` costs Flux.1 dev at 1024x1024 from full-width blocks:
+at full size on CUDA, at a smaller size scaled by FLOP / pixel ratios on the CPU (it prints which).
 """
 from __future__ import annotations
 

@@ -87,6 +87,10 @@ class RecordingServer:
     def send_sync(self, event, data, sid=None):
         self.messages.append((event, data))
 
+    def send_progress_text(self, text, node_id, sid=None):
+        """The text ComfyUI shows under a node (PromptServer.send_progress_text), recorded as a message."""
+        self.messages.append(("progress_text", {"node": str(node_id), "text": text}))
+
     def queue_updated(self):
         pass
 

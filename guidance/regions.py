@@ -392,7 +392,7 @@ class RegionAttention:
         scores = q_image.float() @ k_text.float().transpose(-1, -2)  # [B, heads, hw, T]
         weight = self.weight(sigma).to(q_image.device).view(-1, 1, 1, 1)
         if self.mode == "paint_with_words":
-            block_peak = scores.amax(dim=(2, 3), keepdim=True).clamp_min(0)  # per image
+            block_peak = scores.amax(dim=(1, 2, 3), keepdim=True).clamp_min(0)  # per image
             return (weight * block_peak) * bias
         factor = weight * size_factor
         f_in = factor * bias

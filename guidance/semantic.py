@@ -142,13 +142,12 @@ def guided_x0(denoised: torch.Tensor, grad: torch.Tensor, weight: float, sigma: 
     h, w]) both RMS are taken over the mask's cells (:func:`rms`), so inside the mask the step has ``w`` times
     the correction's size there, whatever the mask's area. ``paper``: SDG's unnormalised step,
     ``x0 - w * paper_scale(sigma, flow) * g`` (its mean shift of the VP sample, mapped onto x0).
-    A sample whose gradient or step is not finite is left as it is (never a NaN/inf x0).
+    The formula's value is returned as it is, finite or not: the caller decides what a non-finite or absurd
+    step means (nodes/: the shared step guard falls back to ``denoised`` and reports it).
     """
     if mode not in STEP_MODES:
         raise ValueError(f"step mode must be one of {STEP_MODES}, got {mode!r}")
     grad = grad.to(torch.float32)
-    finite = torch.isfinite(grad).flatten(1).all(dim=1).view(-1, *([1] * (grad.ndim - 1)))
-    grad = torch.where(finite, grad, torch.zeros_like(grad))
     if mode == "paper":
         scale = paper_scale(sigma, flow).to(grad.device).reshape(-1, *([1] * (grad.ndim - 1)))
         step = weight * scale * grad
@@ -161,8 +160,6 @@ def guided_x0(denoised: torch.Tensor, grad: torch.Tensor, weight: float, sigma: 
             reference = torch.where(reference > 0, reference, fallback)
         size = rms(grad, weights)
         step = torch.where(size > 0, grad / size.clamp_min(1e-30), torch.zeros_like(grad)) * reference * weight
-    moves = torch.isfinite(step).flatten(1).all(dim=1).view(-1, *([1] * (step.ndim - 1)))
-    step = torch.where(moves, step, torch.zeros_like(step))
     return (denoised.float() - step).to(denoised.dtype)
 
 

@@ -19,7 +19,7 @@ import comfy.samplers
 import comfy.utils
 
 from ..guidance import checks, gradop
-from .toolkit import gradients, host, sampling, log
+from .toolkit import gradients, guard, host, sampling, log
 
 CATEGORY = "guided_synthesis/gradop"
 LOG = log.logger("gradop")
@@ -150,6 +150,7 @@ def gradop_sampler(config: GradOPConfig) -> comfy.samplers.KSAMPLER:
         scaler = config.loss_decoder.scaler(3 * height * width)  # one per run: back-offs carry over
         half = config.loss_resolution == "half"
         decoder = None
+        step_guard = guard.StepGuard(config.mode)  # one per run: reported once
 
         def decode(v):
             return gradients.decode_for_loss(decoder, v, latent_format, pooled=half)
@@ -183,6 +184,8 @@ def gradop_sampler(config: GradOPConfig) -> comfy.samplers.KSAMPLER:
                           sigma, result.losses[0], result.losses[-1])
                 if config.collect_images:
                     config.optimised_images.append(result.image.movedim(1, -1).clamp(0, 1).cpu())
+                if result.skipped == config.grad_steps:
+                    return None  # no Adam step was taken (the scaler reported why): the iteration is unguided
                 return result.z.to(x.dtype)
 
             if plus:
@@ -193,14 +196,17 @@ def gradop_sampler(config: GradOPConfig) -> comfy.samplers.KSAMPLER:
                         iteration = levels.index(end)
                         sigma = float(sigmas[end])
                         z = optimise(gradop.to_vp(x, sigma, flow), sigma, iteration)
-                        x = gradop.renoise(z, _seeded_noise(x, host.derived_seed(seed, 1 + iteration)), sigma,
-                                           flow)
+                        if z is not None:
+                            guided = gradop.renoise(z, _seeded_noise(x, host.derived_seed(seed, 1 + iteration)),
+                                                    sigma, flow)
+                            x = step_guard.apply(guided, x, what=f"iteration {iteration + 1}")
             else:
                 x = segments.run(x, 0, steps, 0)
                 start = levels[0]
                 sigma = float(sigmas[start])
                 if config.grad_steps:
-                    x = optimise(x, float(sigmas[-1]), 0, anchor=x)
+                    z = optimise(x, float(sigmas[-1]), 0, anchor=x)
+                    x = x if z is None else step_guard.apply(z, x, what="optimisation")
                 x = gradop.renoise(x, _seeded_noise(x, host.derived_seed(seed, 1)), sigma, flow)
                 x = segments.run(x, start, steps, 1)
         finally:

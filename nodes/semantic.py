@@ -20,7 +20,7 @@ import comfy.patcher_extension
 import folder_paths
 
 from ..guidance import checks, semantic
-from .toolkit import gradients, host, log, open_clip_model
+from .toolkit import gradients, guard, host, log, open_clip_model
 from .toolkit.open_clip_model import CLIP_PRECISIONS, DEFAULT_ARCHITECTURE, DEFAULT_PRETRAINED, FOLDER, OpenCLIP
 
 CATEGORY = "guided_synthesis/semantic"
@@ -28,6 +28,7 @@ LOG = log.logger("semantic")
 DOWNSCALED = "downscaled latent"
 SEMANTIC_DECODERS = tuple(gradients.DECODERS) + (DOWNSCALED,)
 WRAPPER_KEY = "guided_synthesis_semantic"
+METHOD = "CLIP Semantic Guidance"
 OPEN_CLIP = io.Custom("GS_OPEN_CLIP")
 
 
@@ -95,6 +96,7 @@ class _Run:
         self.text = None
         self.content = None
         self.grams = None
+        self.guard = guard.StepGuard(METHOD)
 
 
 class SemanticGuidance:
@@ -109,7 +111,7 @@ class SemanticGuidance:
         self.clip, self.text, self.image_loss = clip, text, image_loss
         self.downscaled = decoder == DOWNSCALED
         self.spec = gradients.LossDecoderSpec(vae, "auto" if self.downscaled else decoder, "auto",
-                                              method="CLIP Semantic Guidance",
+                                              method=METHOD,
                                               advice="Choose the 'taesd' or 'downscaled latent' decoder, or lower "
                                                      "the output size or batch.")
         self.text_weight = float(text_weight) if text else 0.0
@@ -233,14 +235,17 @@ class SemanticGuidance:
         if grad is None:
             return denoised  # the gradient stayed non-finite: the scaler skipped the step (warned once)
         weight = self.total_weight if self.step_mode == "normalised" else 1.0
-        uncond = args.get("uncond_denoised")
+        # at cfg 1 ComfyUI runs no unconditional pass (args["uncond"] is None) and hands over zeros as
+        # uncond_denoised: there is no CFG correction, and the step falls back on rms(input - x0)
+        uncond = args.get("uncond_denoised") if args.get("uncond") is not None else None
         weights = None
         if self.mask is not None and self.step_mode == "normalised":
             weights = semantic.mask_weights(gradients.owned(self.mask).float().unsqueeze(1), grad.shape[-2:])
             weights = weights.to(denoised.device)
-        return semantic.guided_x0(denoised, grad.to(denoised.device), weight, sigma.to(denoised.device),
-                                  self.step_mode, args.get("cond_denoised"), uncond, noisy=args.get("input"),
-                                  flow=run.flow, weights=weights)
+        guided = semantic.guided_x0(denoised, grad.to(denoised.device), weight, sigma.to(denoised.device),
+                                    self.step_mode, args.get("cond_denoised"), uncond, noisy=args.get("input"),
+                                    flow=run.flow, weights=weights)
+        return run.guard.apply(guided, denoised, what=f"guided step at sigma {float(sigma.max()):.4g}")
 
     def gradient(self, run: _Run, denoised: torch.Tensor, index: int) -> torch.Tensor | None:
         """dL/dx0 of the weighted CLIP loss of the decoded x0 (through the decoder copy only), summed over the
@@ -347,7 +352,8 @@ class CLIPSemanticGuidance(io.ComfyNode):
                                        "non-finite is skipped with a warning."),
                 io.Combo.Input("step_mode", options=list(semantic.STEP_MODES), default="normalised",
                                tooltip="normalised: the step has weight x the CFG correction's size, at every "
-                                       "noise level (with a mask: both sizes measured over the mask's cells). "
+                                       "noise level (with a mask: both sizes measured over the mask's cells; at "
+                                       "cfg 1, e.g. Flux.1 dev, the predicted noise's size instead). "
                                        "paper: SDG's unnormalised step x0 - sigma_ve^2 * dL/dx0, sigma_ve = sigma "
                                        "(flow models: sigma / (1 - sigma); no step at sigma 1)."),
                 io.Image.Input("reference_image", optional=True,

@@ -297,7 +297,7 @@ def test_a_guided_step_inside_a_sixteenth_mask_through_the_executor(host, clip_g
 
 def test_the_paper_step_uses_the_flow_models_ve_equivalent_sigma(host):
     """The pure step against x = (1 - s) x0 + s eps rewritten by hand; the node's flow test on a ComfyUI flow
-    ModelSampling. (No tiny flow model exists in the test nodes yet: the graph test comes with flow models.)"""
+    ModelSampling. (Through the executor on tiny flow models: tests/test_semantic_flow.py.)"""
     import comfy.model_sampling
     gen = torch.Generator().manual_seed(1)
     x0, grad = torch.randn(3, 4, 4, 4, generator=gen), torch.randn(3, 4, 4, 4, generator=gen)
@@ -323,19 +323,25 @@ def test_the_paper_step_uses_the_flow_models_ve_equivalent_sigma(host):
     torch.testing.assert_close(out, x0 - 2.0 * ve.view(-1, 1, 1, 1) ** 2 * grad, rtol=1e-5, atol=1e-5)  # abs: rtol 1e-5 of the same formula rewritten
     vp = semantic_guidance.guided_x0(x0, grad, 2.0, sigma, "paper")  # eps/v/EDM models: sigma itself
     torch.testing.assert_close(vp, x0 - 2.0 * sigma.view(-1, 1, 1, 1) ** 2 * grad, rtol=1e-5, atol=1e-5)  # abs: rtol 1e-5 of the same formula rewritten
-    # pure noise (sigma 1): no step is defined; x0 stays, never inf/NaN
-    edge = semantic_guidance.guided_x0(x0, grad, 2.0, torch.tensor([1.0, 0.5, 1.0]), "paper", flow=True)
+    # pure noise (sigma 1): no step is defined (the formula is not finite there); the node's step guard keeps x0
+    guard = harness.loaded_module(f"{PACK}.nodes.toolkit.guard")
+    sigmas = torch.tensor([1.0, 0.5, 1.0])
+    raw = semantic_guidance.guided_x0(x0, grad, 2.0, sigmas, "paper", flow=True)
+    assert not torch.isfinite(raw[0::2]).all()
+    edge = guard.StepGuard("test").apply(raw, x0)
     torch.testing.assert_close(edge[0::2], x0[0::2], rtol=0, atol=0)  # exact: x0 returned unchanged
+    torch.testing.assert_close(edge[1], raw[1], rtol=0, atol=0)  # exact: the finite step is applied as it is
     assert torch.isfinite(edge).all()
 
 
-def test_a_non_finite_gradient_never_reaches_x0():
+def test_a_non_finite_gradient_never_reaches_x0(host):
+    guard = harness.loaded_module(f"{PACK}.nodes.toolkit.guard")
     x0 = torch.randn(2, 4, 4, 4)
     grad = torch.randn(2, 4, 4, 4)
     grad[0, 0, 0, 0] = float("inf")
     cond, uncond = torch.randn(2, 4, 4, 4), torch.randn(2, 4, 4, 4)
     for mode in ("normalised", "paper"):
-        out = semantic_guidance.guided_x0(x0, grad, 1.0, 2.0, mode, cond, uncond)
+        out = guard.StepGuard("test").apply(semantic_guidance.guided_x0(x0, grad, 1.0, 2.0, mode, cond, uncond), x0)
         torch.testing.assert_close(out[0], x0[0], rtol=0, atol=0)  # exact: that sample is left as it is
         assert not torch.equal(out[1], x0[1]) and torch.isfinite(out).all()
 

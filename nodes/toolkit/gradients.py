@@ -32,7 +32,7 @@ import comfy.model_management
 import comfy.taesd.taesd
 
 from ...guidance.loss_scale import default_loss_scale
-from . import model_files
+from . import guard, model_files
 from .log import logger
 
 LOG = logger("gradients")
@@ -669,5 +669,5 @@ class LossScaler:
             tried += ", then an fp32 decoder pass" if tried_fp32 else ""
             hint = (" A higher-precision decoder (fp32, or bf16 for its range) may avoid it."
                     if self.reduced_precision else "")
-            LOG.warning("%s: the loss gradient is not finite (%s); this %s is skipped, left unguided. Later "
-                         "skips in this run are not logged.%s", self.method, tried, what, hint)
+            guard.report(f"{self.method}: the loss gradient is not finite ({tried}); this {what} is skipped, "
+                         f"left unguided. Later skips in this run are not logged.{hint}")

@@ -22,6 +22,8 @@ SD, GR, RG, CL = O + "test_sdedit_oracle.py", O + "test_gradop_oracle.py", O + "
 FL = O + "test_flow_oracle.py"
 FP = O + "test_flow_panorama_oracle.py"
 RJ = "tests/test_regions_joint.py"
+SF = "tests/test_semantic_flow.py"
+SF_ORACLE = SF + "::test_one_clip_step_on_a_flow_model_equals_a_plain_torch_oracle"
 
 STALE_ADAM = [
     ("guidance/gradop.py", "PALETTE_TEMPERATURE = 0.01", "PALETTE_TEMPERATURE = 0.01\n_STALE = {}"),
@@ -130,6 +132,20 @@ PLANTS = {
                                                         [RJ]),
     "joint regions: Qwen template cut one token short": ([("nodes/regions.py", "        first += 3", "        first += 2")],
                                                          [RJ]),
+    "CLIP paper step on flow: raw sigma^2": ([("guidance/semantic.py",
+                                                "torch.where(signal > 0, (sigma / signal.clamp_min(1e-30)) ** 2,",
+                                                "torch.where(signal > 0, sigma ** 2,")], [SF_ORACLE]),
+    "CLIP cfg 1: zeros taken as the unconditional x0": ([("nodes/semantic.py",
+                                                          'uncond = args.get("uncond_denoised") if args.get("uncond") '
+                                                          'is not None else None',
+                                                          'uncond = args.get("uncond_denoised")')], [SF_ORACLE]),
+    "step guard off": ([("nodes/toolkit/guard.py", "        if not bool(bad.any()):\n            return guided",
+                         "        if True:\n            return guided")],
+                       [SF + "::test_a_bad_clip_gradient_leaves_the_run_unguided_with_one_warning"]),
+    "GradOP+ re-noises an iteration with no Adam step": ([("nodes/gradop.py", "if result.skipped == config.grad_steps:",
+                                                           "if False:")],
+                                                         [SF + "::test_a_non_finite_gradop_gradient_leaves_the_run_"
+                                                               "unguided_with_one_warning"]),
     "regions default strength 0.5": ([("nodes/regions.py", 'io.Float.Input("strength", default=0.4, min=0.0',
                                        'io.Float.Input("strength", default=0.5, min=0.0')], [CL]),
 }

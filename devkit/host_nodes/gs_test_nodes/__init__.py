@@ -9,8 +9,8 @@ import hashlib
 import torch
 from comfy_api.latest import ComfyExtension, io
 
-from . import (denoiser_probes, oracle_probes, panorama_oracle, probes, regions_probes, semantic_probes, tiny, tiny_flow,
-               tiny_text_encoders, window_probes)
+from . import (denoiser_probes, guard_probes, oracle_probes, panorama_oracle, probes, regions_probes, semantic_probes,
+               tiny, tiny_flow, tiny_text_encoders, window_probes)
 
 CATEGORY = "guided_synthesis_tests"
 CAPTURED: dict[str, torch.Tensor] = {}
@@ -227,7 +227,7 @@ class TestNodes(ComfyExtension):
         return [TinyCheckpoint, TinyFlowCheckpoint, LoadImageSmall, RandomConditioning, ImageChannels, Strokes, Capture,
                 CaptureConditioning, Fingerprint,
                 GradientProbe, *regions_probes.NODES, *denoiser_probes.NODES, *oracle_probes.NODES,
-                *semantic_probes.NODES, *panorama_oracle.NODES, *window_probes.NODES]
+                *semantic_probes.NODES, *panorama_oracle.NODES, *window_probes.NODES, *guard_probes.NODES]
 
 
 async def comfy_entrypoint():
