@@ -194,7 +194,7 @@ def gradop(kind: str, decoder: str) -> dict:
 def test_gradop_with_the_families_fast_decoders(host, captured, flow_vae_approx, kind):
     """GradOP+'s decoder 'taesd' reads the family's own TAESD file (taef1_decoder for Flux, taesd3_decoder for
     SD3.5: 16 latent channels) and the optimisation runs through a guidance-distilled (Flux dev, cfg 1) and a CFG
-    (SD3.5) model. (Numbers against a flow oracle are the next step of the flow-models work.)"""
+    (SD3.5) model. (The numbers are checked against a flow oracle in tests/oracles/test_flow_oracle.py.)"""
     import folder_paths
 
     host.run(gradop(kind, "taesd"))
@@ -212,8 +212,7 @@ def test_gradop_refuses_a_video_vae_by_name(host):
     assert "downscale ratio" in host.node_error(server) and "image VAE" in host.node_error(server)
 
 
-# Flux.1 dev only: on tiny SD3.5 the guided run ends in a NaN latent in some processes (the paper step inside the
-# full suite, the normalised one too; finite when run alone): open finding, README's models table says so.
+# Flux.1 dev here; both steps on Flux.1 schnell, SD3.5 and Z-Image, and the flow oracle, in test_semantic_flow.py.
 @pytest.mark.parametrize("kind, cfg, step_mode", [("flux_dev", 1.0, "normalised")])
 def test_clip_guidance_runs_on_a_guidance_distilled_flow_model(host, clip_guidance, captured, kind, cfg, step_mode):
     """The post-CFG hook on Flux.1 dev (cfg 1: no unconditional prediction, the normalised step falls back on the
