@@ -2,8 +2,18 @@
 from __future__ import annotations
 
 
+FLOW_KINDS = ("flux_dev", "flux_schnell", "sd35", "chroma", "qwen_image", "z_image")
+
+
 def base(kind: str = "sd15", seed: int = 0, text: str = "a castle on a hill") -> dict:
-    """Tiny checkpoint, positive/negative conditioning. Node ids: ckpt 1, positive 2, negative 3."""
+    """Tiny checkpoint, positive/negative conditioning. Node ids: ckpt 1, positive 2, negative 3. A flow kind
+    (FLOW_KINDS) loads the tiny flow transformer; its positive carries a FluxGuidance value (read by Flux.1 dev,
+    ignored by the others)."""
+    if kind in FLOW_KINDS:
+        return {"1": {"class_type": "GS_TestTinyFlowCheckpoint", "inputs": {"kind": kind, "seed": seed}},
+                "2t": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": text}},
+                "2": {"class_type": "FluxGuidance", "inputs": {"conditioning": ["2t", 0], "guidance": 3.5}},
+                "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": ""}}}
     prompt = {"1": {"class_type": "GS_TestTinyCheckpoint", "inputs": {"kind": kind, "seed": seed}}}
     if kind in ("sd15", "sd15_inpaint"):
         prompt["2"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": text}}

@@ -47,13 +47,18 @@ def captured():
 
 @pytest.fixture()
 def vae_approx(host, tmp_path):
-    """A models/vae_approx folder holding a tiny TAESD decoder file (written by the test)."""
+    """A models/vae_approx folder holding tiny TAESD decoder files (written by the test): taesd_decoder (SD1.x,
+    4 latent channels) and the 16-channel taef1_decoder and taesd3_decoder of the flow families."""
     import folder_paths
     from safetensors.torch import save_file
     folder = tmp_path / "vae_approx"
     folder.mkdir()
-    save_file(harness.test_nodes_module().tiny.taesd_decoder_state_dict(3), str(folder / "taesd_decoder.safetensors"))
+    tiny = harness.test_nodes_module().tiny
+    save_file(tiny.taesd_decoder_state_dict(3), str(folder / "taesd_decoder.safetensors"))
+    for name in ("taef1_decoder", "taesd3_decoder"):
+        save_file(tiny.taesd_decoder_state_dict(3, latent_channels=16), str(folder / f"{name}.safetensors"))
     folder_paths.add_model_folder_path("vae_approx", str(folder), is_default=True)
+    folder_paths.filename_list_cache.pop("vae_approx", None)
     yield folder
     folder_paths.folder_names_and_paths["vae_approx"][0].remove(str(folder))
     folder_paths.filename_list_cache.pop("vae_approx", None)

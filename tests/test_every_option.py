@@ -223,9 +223,9 @@ def check_the_option_reached_the_node(node: str, input_name: str, results: dict)
         assert differ, f"{node}.{input_name}: every option gives {first_option!r}'s result: the input has no effect"
 
 
-def run_options(host, node, input_name, options) -> dict:
+def run_options(host, node, input_name, options, kind: str = "sd15") -> dict:
     """All options of one input in one prompt (one branch each); returns {option: captured output}."""
-    prompt = graphs.base()
+    prompt = graphs.base(kind)
     store = harness.test_nodes_module().CAPTURED
     store.clear()
     for index, option in enumerate(options):
@@ -261,3 +261,45 @@ def test_every_combo_option_runs_through_the_executor(host, vae_approx, clip_gui
         for option, value in results.items():
             if node == "GS_SDEditSigmas":
                 assert float(value[-1]) == 0.0 and bool((value[:-1] > value[1:]).all()), (option, value)
+
+
+# The host's own lists (every k-diffusion sampler and scheduler ComfyUI has) run in full on SD1.5 above; on the flow
+# model, whose code paths in the pack do not depend on which sampler or scheduler it is, one of each kind runs
+# (first-order, ancestral, multistep, SDE, predictor-corrector; the flow 'simple' and the sigma-shaped ones).
+HOST_LIST_SAMPLE = {"sampler_name": ["euler", "euler_ancestral", "dpmpp_2m", "dpmpp_sde", "uni_pc"],
+                    "scheduler": ["simple", "normal", "karras", "beta"]}
+
+
+@pytest.mark.parametrize("node", sorted(GRAPHS))
+def test_every_pack_option_runs_on_a_flow_transformer(host, vae_approx, clip_guidance, lpips_models, node):
+    """Every option the pack defines, on tiny Flux.1 dev (16-channel latents, 2x2 patches, the flow schedule, a
+    FluxGuidance value; the graphs' cfg 5 also runs its negative branch) through the real executor."""
+    combos = combo_inputs(host.nodes.NODE_CLASS_MAPPINGS[node])
+    for input_name, options in combos.items():
+        if (node, input_name) in ENVIRONMENT_LISTS:
+            options = [SEMANTIC_LOADER[input_name]]
+        elif input_name in HOST_LIST_SAMPLE:
+            assert set(HOST_LIST_SAMPLE[input_name]) <= set(options), (node, input_name)
+            options = HOST_LIST_SAMPLE[input_name]
+        try:
+            results = run_options(host, node, input_name, options, kind="flux_dev")
+        except harness.PromptFailed as error:
+            raise AssertionError(f"{node}.{input_name} on Flux.1 dev: {error}") from None
+        for option, value in results.items():
+            assert torch.isfinite(value).all(), f"{node}.{input_name}={option!r} gave a non-finite result on Flux.1 dev"
+        if (node, input_name) not in ENVIRONMENT_LISTS:
+            check_the_option_reached_the_node(node, input_name, results)
+
+
+@pytest.mark.parametrize("node", ["GS_GradOPPlusSampler", "GS_SyncDiffusionSampler"])
+def test_a_sampler_form_never_writes_into_the_sigmas_it_was_given(host, vae_approx, lpips_models, node):
+    """uni_pc writes into its sigmas (the last becomes 0.001). The SAMPLER forms hand the host sampler slices of the
+    graph's SIGMAS, which ComfyUI's cache shares between identical BasicScheduler nodes: without a copy, a uni_pc
+    branch changed the schedule of the branch beside it (NaN with euler_ancestral on Flux.1 dev, and results that
+    depended on which branch the executor ran first)."""
+    from devkit.tolerance import TWO_RUNS, assert_close_across_paths
+
+    alone = run_options(host, node, "sampler_name", ["euler_ancestral"], kind="flux_dev")["euler_ancestral"]
+    for together in (["euler_ancestral", "uni_pc"], ["uni_pc", "euler_ancestral"]):
+        results = run_options(host, node, "sampler_name", together, kind="flux_dev")
+        assert_close_across_paths(results["euler_ancestral"], alone, rtol=1e-5, why=TWO_RUNS)

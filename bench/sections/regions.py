@@ -38,11 +38,72 @@ def bench_case(host, label: str, full_size: bool, pixels: int, steps: int, round
     return {"label": label, "device": device_name(device), **times, "ratio": times["patched"] / times["plain"]}
 
 
+def flux_case(mode: str, rounds: int) -> dict:
+    """One Flux.1 double and one single block at full width (random weights) with and without the region
+    override on their joint attention; the model call's ratio is 19 double + 38 single blocks of each. CUDA: 4096
+    image + 512 text tokens (1024^2); CPU: 1024 + 128 tokens (the ratio at a smaller sequence: the attention's
+    share, and so the mask's, grows with the sequence, so the CPU ratio understates the full-size one)."""
+    import math
+
+    import torch
+
+    import comfy.ldm.flux.layers as flux
+    import comfy.ops
+    from bench.sections.flux import DOUBLE_BLOCKS, HEADS, HIDDEN, MLP_RATIO, SINGLE_BLOCKS, _positions
+    from bench.common import forward_only
+
+    regions_node = harness.loaded_module(f"{harness.PACK_NAME}.nodes.regions")
+    regions = harness.loaded_module(f"{harness.PACK_NAME}.guidance.regions")
+    tiny = harness.test_nodes_module().tiny
+    device, sync = device_and_sync()
+    image_tokens, text_tokens = (4096, 512) if device.type == "cuda" else (1024, 128)
+    side = math.isqrt(image_tokens)
+    masks = torch.zeros(5, side, side)
+    for r in range(5):  # five horizontal bands, as the stroke painting's regions
+        masks[r, r * side // 5:(r + 1) * side // 5] = 1
+    token_masks = torch.zeros(5, text_tokens)
+    for r in range(5):
+        token_masks[r, 2 + 3 * r: 4 + 3 * r] = 1
+    region = regions.RegionAttention(masks=masks, token_masks=token_masks, strength=0.4, mode=mode,
+                                     sigma_to_t=lambda sigma: 0.9)
+    patched_options = {"optimized_attention_override": regions_node.JointRegionOverride(region),
+                       regions_node.LAYOUT_KEY: (text_tokens, (side, side)), "cond_or_uncond": [0],
+                       "sigmas": torch.tensor([0.9])}
+    with torch.inference_mode(False), torch.no_grad():
+        ops = comfy.ops.disable_weight_init
+        double = flux.DoubleStreamBlock(HIDDEN, HEADS, MLP_RATIO, qkv_bias=True, operations=ops)
+        single = flux.SingleStreamBlock(HIDDEN, HEADS, MLP_RATIO, operations=ops)
+        for module in (double, single):
+            tiny.seeded_init_(module, 0)
+            module.to(device).eval().requires_grad_(False)
+        pe = flux.EmbedND(128, 10000, [16, 56, 56])(_positions(image_tokens, text_tokens)).to(device)
+        generator = torch.Generator().manual_seed(0)
+        img = torch.randn(1, image_tokens, HIDDEN, generator=generator).to(device)
+        txt = torch.randn(1, text_tokens, HIDDEN, generator=generator).to(device)
+        joint = torch.cat([txt, img], dim=1)
+        vec = torch.randn(1, HIDDEN, generator=generator).to(device)
+
+        def run_double(options):
+            return lambda: double(img=img.clone(), txt=txt.clone(), vec=vec, pe=pe, transformer_options=dict(options))
+
+        def run_single(options):
+            return lambda: single(joint.clone(), vec=vec, pe=pe, transformer_options=dict(options))
+
+        pieces = {"double patched": forward_only(run_double(patched_options)), "double": forward_only(run_double({})),
+                  "single patched": forward_only(run_single(patched_options)), "single": forward_only(run_single({}))}
+        times = interleaved(pieces, sync, rounds)
+    patched = DOUBLE_BLOCKS * times["double patched"] + SINGLE_BLOCKS * times["single patched"]
+    plain = DOUBLE_BLOCKS * times["double"] + SINGLE_BLOCKS * times["single"]
+    return {"label": f"Flux.1 dev blocks x 19+38 (full width, {image_tokens}+{text_tokens} tokens), {mode}",
+            "device": device_name(device), "patched": patched, "plain": plain, "ratio": patched / plain}
+
+
 def run(host) -> None:
     import torch
 
     rows = [bench_case(host, f"tiny SD1.x UNet, 256x256, 10 steps, {mode}", False, 256, 10, 4, mode)
             for mode in ("paint_with_words", "dense")]
+    rows += [flux_case(mode, 3) for mode in ("paint_with_words", "dense")]
     if torch.cuda.is_available():
         for mode in ("paint_with_words", "dense"):
             rows.append(bench_case(host, f"full-size SD1.5 UNet (random weights), 512x512, 30 steps, {mode}", True,

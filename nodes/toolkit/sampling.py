@@ -55,7 +55,9 @@ class SegmentedSampling:
             self._last = dict(step, i=step["i"] + start)
             step_callback(step["i"], step["denoised"], step["x"], None)
 
-        x = self.sampler.sampler_function(self.model, x, self.sigmas[start:end + 1], extra_args=args,
+        # a copy: some host samplers write into their sigmas (uni_pc sets the last to 0.001), and a slice would
+        # write into the SIGMAS the graph gave us, which ComfyUI's cache may hand to other nodes too
+        x = self.sampler.sampler_function(self.model, x, self.sigmas[start:end + 1].clone(), extra_args=args,
                                           callback=callback, disable=True, **self.sampler.extra_options)
         self.progress.advance(end - start)
         return x
@@ -80,7 +82,7 @@ class SegmentedSampling:
             self._last = dict(step)
             self.progress.show(step["denoised"])
 
-        return self.sampler.sampler_function(model, x, self.sigmas, extra_args=dict(self.extra_args),
+        return self.sampler.sampler_function(model, x, self.sigmas.clone(), extra_args=dict(self.extra_args),
                                              callback=callback, disable=True, **self.sampler.extra_options)
 
 
