@@ -106,9 +106,80 @@ def syncdiffusion(prompt: dict, node_id: str, **overrides) -> list:
     return [node_id, 0]
 
 
+# the panorama graph tests' synced run: a 96x32 canvas (12x4 latent), 32 px windows at stride 16 (5 windows),
+# four steps, sync weight 20 on the first two
+SYNCED_PANORAMA = {"width": 96, "height": 32, "seed": 5, "steps": 4, "window_size": 32, "stride": 16,
+                   "sync_weight": 20.0, "sync_steps": 2, "window_batch": 8, "sync_batch": 4}
+
+
+def panorama(prompt: dict, node_id: str, key: str, **overrides) -> list:
+    """``syncdiffusion`` with SYNCED_PANORAMA and ``overrides``, and a GS_TestCapture ``<id>c`` of its LATENT under
+    ``key``; output 0 LATENT."""
+    out = syncdiffusion(prompt, node_id, **{**SYNCED_PANORAMA, **overrides})
+    capture(prompt, node_id + "c", key, latent=out)
+    return out
+
+
 def syncdiffusion_sampler(prompt: dict, node_id: str, **overrides) -> list:
     """GS_SyncDiffusionSampler, from the same keywords as ``syncdiffusion`` (its sampling inputs are left out: the
     sampling node supplies them); output 0 SAMPLER."""
     inputs = {k: v for k, v in {**SYNCDIFFUSION, **overrides}.items() if k not in SAMPLING_INPUTS}
     prompt[node_id] = {"class_type": "GS_SyncDiffusionSampler", "inputs": inputs}
     return [node_id, 0]
+
+
+def empty_latent(prompt: dict, node_id: str, width: int = 32, height: int = 32, batch: int = 1) -> list:
+    """EmptyLatentImage; output 0 LATENT."""
+    prompt[node_id] = {"class_type": "EmptyLatentImage", "inputs": {"width": width, "height": height,
+                                                                     "batch_size": batch}}
+    return [node_id, 0]
+
+
+def ksampler_select(prompt: dict, node_id: str, sampler_name: str = "euler") -> list:
+    """KSamplerSelect; output 0 SAMPLER."""
+    prompt[node_id] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": sampler_name}}
+    return [node_id, 0]
+
+
+def basic_scheduler(prompt: dict, node_id: str, steps: int, scheduler: str = "normal", denoise: float = 1.0,
+                    model=("1", 0)) -> list:
+    """BasicScheduler on ``model`` (the tiny checkpoint by default); output 0 SIGMAS."""
+    prompt[node_id] = {"class_type": "BasicScheduler", "inputs": {"model": list(model), "scheduler": scheduler,
+                                                                  "steps": steps, "denoise": denoise}}
+    return [node_id, 0]
+
+
+def sampler_custom(prompt: dict, node_id: str, sampler: list, sigmas: list, latent: list, seed: int,
+                   cfg: float = 5.0, model=("1", 0), positive=("2", 0), negative=("3", 0),
+                   add_noise: bool = True) -> list:
+    """SamplerCustom (conditionings 2 and 3 by default); output 0 LATENT."""
+    prompt[node_id] = {"class_type": "SamplerCustom", "inputs": {
+        "model": list(model), "add_noise": add_noise, "noise_seed": seed, "cfg": cfg, "positive": list(positive),
+        "negative": list(negative), "sampler": list(sampler), "sigmas": list(sigmas), "latent_image": list(latent)}}
+    return [node_id, 0]
+
+
+def sampler_custom_advanced(prompt: dict, node_id: str, noise_id: str, guider_id: str, sampler: list,
+                            sigmas: list, latent: list, seed: int, cfg: float = 5.0, model=("1", 0),
+                            positive=("2", 0), negative=("3", 0)) -> list:
+    """SamplerCustomAdvanced with a RandomNoise (``noise_id``) and a CFGGuider (``guider_id``); output 0 LATENT."""
+    prompt[noise_id] = {"class_type": "RandomNoise", "inputs": {"noise_seed": seed}}
+    prompt[guider_id] = {"class_type": "CFGGuider", "inputs": {"model": list(model), "positive": list(positive),
+                                                               "negative": list(negative), "cfg": cfg}}
+    prompt[node_id] = {"class_type": "SamplerCustomAdvanced", "inputs": {
+        "noise": [noise_id, 0], "guider": [guider_id, 0], "sampler": list(sampler), "sigmas": list(sigmas),
+        "latent_image": list(latent)}}
+    return [node_id, 0]
+
+
+def custom_sampling(prompt: dict, node_id: str, sampler: list, steps: int, seed: int, width: int = 32,
+                    height: int = 32, scheduler: str = "ddim_uniform", cfg: float = 5.0, model=("1", 0),
+                    positive=("2", 0), negative=("3", 0), latent: list | None = None,
+                    scheduler_model=None) -> list:
+    """A SAMPLER run through SamplerCustom on an empty latent: BasicScheduler ``<id>s`` (on ``scheduler_model``,
+    by default ``model``), EmptyLatentImage ``<id>l`` (unless ``latent`` is given), SamplerCustom ``<id>k``;
+    output 0 LATENT."""
+    sigmas = basic_scheduler(prompt, node_id + "s", steps, scheduler, model=scheduler_model or model)
+    if latent is None:
+        latent = empty_latent(prompt, node_id + "l", width, height)
+    return sampler_custom(prompt, node_id + "k", sampler, sigmas, latent, seed, cfg, model, positive, negative)

@@ -59,11 +59,39 @@ def write_lpips_trunks(folder: Path, nets=("vgg", "alex", "squeeze")) -> dict:
     return paths
 
 
+# Writes a tiny seeded TAESD decoder (devkit/host_nodes' tiny.taesd_decoder_state_dict) in a process of its own:
+# comfy is imported there as the host imports it (--cpu), which this process may not have done.
+_TAESD_WRITER = """
+import importlib.util, sys
+target, channels = sys.argv[1], int(sys.argv[2])
+sys.argv = [sys.argv[0], "--cpu"]
+from devkit import harness
+harness.put_host_first()
+import comfy.options
+comfy.options.enable_args_parsing()
+import comfy.cli_args
+spec = importlib.util.spec_from_file_location("gs_tiny", harness.HOST_NODES / "gs_test_nodes" / "tiny.py")
+tiny = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(tiny)
+from safetensors.torch import save_file
+save_file(tiny.taesd_decoder_state_dict(3, latent_channels=channels), target)
+"""
+
+
+def write_taesd_decoder(path: Path, latent_channels: int) -> None:
+    import subprocess
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-c", _TAESD_WRITER, str(path), str(latent_channels)], cwd=str(ROOT),
+                   check=True, capture_output=True)
+
+
 def server_model_paths(base: Path) -> str:
     """Model files the example workflows need, written under ``base/models`` for a server started by a test: LPIPS
-    trunks (random, seeded) for the panoramas. Returns the extra_model_paths.yaml lines naming the folders."""
+    trunks (random, seeded) for the panoramas and a tiny TAEF1 decoder for the Flux templates' decoder 'taesd'.
+    Returns the extra_model_paths.yaml lines naming the folders."""
     write_lpips_trunks(base / "models" / "lpips", nets=("vgg",))
-    return "  lpips: models/lpips\n"
+    write_taesd_decoder(base / "models" / "vae_approx" / "taef1_decoder.safetensors", 16)
+    return "  lpips: models/lpips\n  vae_approx: models/vae_approx\n"
 
 
 def make_custom_nodes_dir(base: Path) -> Path:
@@ -231,9 +259,22 @@ def executed_order(server: RecordingServer) -> list[str]:
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
 # Swaps applied so example workflows run on the tiny test models.
-# A swap is (new class_type, function(old inputs) -> new inputs); links are kept.
+# A swap is (new class_type, function(old inputs) -> new inputs), or a function(old inputs) -> (new class_type,
+# new inputs) where the stand-in depends on the inputs; links are kept.
+
+# checkpoint files the templates load -> the tiny flow family that stands in for them (any other: tiny SD1.5)
+FLOW_CHECKPOINTS = {"flux1-dev-fp8.safetensors": "flux_dev"}
+
+
+def _checkpoint_swap(inputs: dict) -> tuple[str, dict]:
+    kind = FLOW_CHECKPOINTS.get(inputs.get("ckpt_name"))
+    if kind:  # MODEL, CLIP, VAE in Load Checkpoint's slots
+        return "GS_TestTinyFlowCheckpoint", {"kind": kind, "seed": 0}
+    return "GS_TestTinyCheckpoint", {"kind": "sd15", "seed": 0}
+
+
 TINY_SWAPS = {
-    "CheckpointLoaderSimple": ("GS_TestTinyCheckpoint", lambda inputs: {"kind": "sd15", "seed": 0}),
+    "CheckpointLoaderSimple": _checkpoint_swap,
     "LoadImage": ("GS_TestLoadImageSmall", lambda inputs: {"image": inputs["image"], "size": 64}),
     # the real Stroke Canvas node, its outputs downscaled to 64 px (devkit/host_nodes/gs_test_canvas)
     "GS_StrokeCanvas": ("GS_TestStrokeCanvasSmall", lambda inputs: {**inputs, "size": 64}),
@@ -241,6 +282,9 @@ TINY_SWAPS = {
     "GS_OpenCLIPLoader": ("GS_TestTinyOpenCLIP", lambda inputs: {"kind": "vit", "seed": 0}),
     # the same node at the 64 px of the inputs above (the examples' empty latents are the paintings' 512 px)
     "EmptyLatentImage": ("EmptyLatentImage", lambda inputs: {**inputs, "width": 64, "height": 64}),
+    "EmptySD3LatentImage": ("EmptySD3LatentImage", lambda inputs: {**inputs, "width": 64, "height": 64}),
+    # GradOP+ at the 64-px painting's size (0: the strokes' size), as the templates at 0 already are
+    "GS_GradOPPlus": ("GS_GradOPPlus", lambda inputs: {**inputs, "width": 0, "height": 0}),
     # panoramas shrunk to 128x32 px with 32-px windows and a few steps (the method and its options unchanged)
     "GS_SyncDiffusion": ("GS_SyncDiffusion", lambda inputs: {**inputs, "width": 128, "height": 32, "window_size": 32,
                                                              "stride": 16, "steps": 3, "sync_steps": 2}),
@@ -305,7 +349,8 @@ def workflow_to_prompt(workflow: dict, node_classes: dict, swaps: dict | None = 
             link = links[link_id]
             inputs[socket["name"]] = [str(link[1]), link[2]]
         if class_type in swaps:
-            class_type, inputs = swaps[class_type][0], swaps[class_type][1](inputs)
+            swap = swaps[class_type]
+            class_type, inputs = swap(inputs) if callable(swap) else (swap[0], swap[1](inputs))
         prompt[str(node["id"])] = {"class_type": class_type, "inputs": inputs}
     return prompt
 

@@ -358,9 +358,8 @@ class GradOPPlus(io.ComfyNode):
 def output_size(strokes: torch.Tensor, width: int, height: int) -> tuple[int, int]:
     """(width, height) of the output: the given size or the strokes' size, as multiples of 8."""
     stroke_h, stroke_w = strokes.shape[1:3]
-    for name, value in (("width", width), ("height", height)):
-        if value % 8:
-            raise ValueError(f"{name} must be a multiple of 8 (or 0 for the strokes' size), got {value}")
+    host.check_multiple("width", width, 8, zero="the strokes' size")
+    host.check_multiple("height", height, 8, zero="the strokes' size")
     width = width or stroke_w // 8 * 8
     height = height or stroke_h // 8 * 8
     if width < 8 or height < 8:

@@ -27,6 +27,39 @@ from .toolkit import host, log
 CATEGORY = "guided_synthesis/regions"
 LOG = log.logger("regions")
 
+# The node's options are declared once: each is one schema input (:func:`method_inputs`, defaults and choices as
+# the named constants below) and the RegionsConfig field of the same name; the node builds its config from its
+# inputs by name (:func:`config_from_inputs`). Adding an option: its input, its field, its test.
+DEFAULT_STRENGTH = 0.4
+DEFAULT_MODE = "paint_with_words"
+DEFAULT_START_PERCENT = 0.0
+DEFAULT_END_PERCENT = 1.0
+DEFAULT_MISSING_PHRASES = "append"
+DEFAULT_COLOUR_TOLERANCE = 24
+DEFAULT_MIN_REGION_PERCENT = 0.2
+
+
+@dataclass
+class RegionsConfig:
+    """Stroke Regions to Words' options (built from the node's inputs: :func:`config_from_inputs`)."""
+
+    prompt: str
+    region_spec: str
+    strength: float
+    mode: str
+    start_percent: float
+    end_percent: float
+    missing_phrases: str
+    colour_tolerance: int
+    min_region_percent: float
+
+    def validate(self) -> None:
+        if self.mode not in regions.MODES:
+            raise ValueError(f"mode must be one of {regions.MODES}, got {self.mode!r}")
+        if self.start_percent > self.end_percent:
+            raise ValueError(f"start_percent ({self.start_percent}) must not be larger than end_percent "
+                             f"({self.end_percent})")
+
 
 # ----------------------------------------------------------------------------------------------
 # Tokens
@@ -496,6 +529,48 @@ def _sigma_to_t(model):
     return functools.lru_cache(maxsize=256)(lambda sigma: float(sigma_to_time(sigma)))
 
 
+def method_inputs() -> list:
+    """The node's options, after model, clip and stroke (their order is the node's widget order: keep it)."""
+    return [
+        io.String.Input("prompt", multiline=True, default="",
+                        tooltip="The whole-image prompt. Region phrases are found in it (weights such as "
+                                "(castle:1.2) are fine); missing ones are appended or reported."),
+        io.String.Input("region_spec", multiline=True, default="",
+                        tooltip="One region per line: '#RRGGBB: phrase', 'colour: phrase' (red, light blue, "
+                                "dark green, ...) or a bare 'phrase' (given to the unnamed colours in "
+                                "palette order, see the preview). Empty: no bias, the palette is shown."),
+        io.Float.Input("strength", default=DEFAULT_STRENGTH, min=0.0, max=10.0, step=0.05,
+                       tooltip="How strongly each phrase is tied to its region. paint_with_words: "
+                               "w = strength * log(1 + sigma) * max(QK^T) (eDiff-I uses 0.4; try 0.2-1). "
+                               "dense: strength * t^5 while t >= 0.7 (DenseDiffusion uses 1.0). 0 leaves the model unchanged."),
+        io.Combo.Input("mode", options=list(regions.MODES), default=DEFAULT_MODE,
+                       tooltip="paint_with_words: add a bias on the phrase tokens inside the region "
+                               "(eDiff-I). dense: DenseDiffusion's modulation: inside a named region pull its phrase "
+                               "towards the row maximum and push every other token towards the minimum, "
+                               "more for small regions, in the first 30% of the noise (t >= 0.7)."),
+        io.Float.Input("start_percent", default=DEFAULT_START_PERCENT, min=0.0, max=1.0, step=0.01,
+                       tooltip="Start of the sampling range (0 = first, noisiest step) where the bias acts."),
+        io.Float.Input("end_percent", default=DEFAULT_END_PERCENT, min=0.0, max=1.0, step=0.01,
+                       tooltip="End of the sampling range (1 = last step) where the bias acts."),
+        io.Combo.Input("missing_phrases", options=list(regions.MISSING_PHRASES),
+                       default=DEFAULT_MISSING_PHRASES,
+                       tooltip="A region phrase that is not in the prompt: append it to the prompt "
+                               "(', phrase') or stop with an error."),
+        io.Int.Input("colour_tolerance", default=DEFAULT_COLOUR_TOLERANCE, min=1, max=200, optional=True,
+                     tooltip="Colours closer than this (RGB distance, 0-255 units) are one region; "
+                             "raise it for noisy or JPEG paintings."),
+        io.Float.Input("min_region_percent", default=DEFAULT_MIN_REGION_PERCENT, min=0.0, max=50.0, step=0.05,
+                       optional=True,
+                       tooltip="Regions smaller than this percentage of the image (specks, anti-aliased "
+                               "edges) are merged into their nearest colour."),
+    ]
+
+
+def config_from_inputs(inputs: dict) -> RegionsConfig:
+    """The config from the node's inputs by name (an optional one left out: the schema's default)."""
+    return RegionsConfig(**{spec.id: inputs.get(spec.id, spec.default) for spec in method_inputs()})
+
+
 class StrokeRegions(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -515,35 +590,7 @@ class StrokeRegions(io.ComfyNode):
                 io.Clip.Input("clip", tooltip="The model's text encoder; it tokenises and encodes the prompt."),
                 io.Image.Input("stroke", tooltip="The stroke painting whose colour regions are named (one image). "
                                                  "It is stretched to the generated image's size."),
-                io.String.Input("prompt", multiline=True, default="",
-                                tooltip="The whole-image prompt. Region phrases are found in it (weights such as "
-                                        "(castle:1.2) are fine); missing ones are appended or reported."),
-                io.String.Input("region_spec", multiline=True, default="",
-                                tooltip="One region per line: '#RRGGBB: phrase', 'colour: phrase' (red, light blue, "
-                                        "dark green, ...) or a bare 'phrase' (given to the unnamed colours in "
-                                        "palette order, see the preview). Empty: no bias, the palette is shown."),
-                io.Float.Input("strength", default=0.4, min=0.0, max=10.0, step=0.05,
-                               tooltip="How strongly each phrase is tied to its region. paint_with_words: "
-                                       "w = strength * log(1 + sigma) * max(QK^T) (eDiff-I uses 0.4; try 0.2-1). "
-                                       "dense: strength * t^5 while t >= 0.7 (DenseDiffusion uses 1.0). 0 leaves the model unchanged."),
-                io.Combo.Input("mode", options=list(regions.MODES), default="paint_with_words",
-                               tooltip="paint_with_words: add a bias on the phrase tokens inside the region "
-                                       "(eDiff-I). dense: DenseDiffusion's modulation: inside a named region pull its phrase "
-                                       "towards the row maximum and push every other token towards the minimum, "
-                                       "more for small regions, in the first 30% of the noise (t >= 0.7)."),
-                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
-                               tooltip="Start of the sampling range (0 = first, noisiest step) where the bias acts."),
-                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
-                               tooltip="End of the sampling range (1 = last step) where the bias acts."),
-                io.Combo.Input("missing_phrases", options=list(regions.MISSING_PHRASES), default="append",
-                               tooltip="A region phrase that is not in the prompt: append it to the prompt "
-                                       "(', phrase') or stop with an error."),
-                io.Int.Input("colour_tolerance", default=24, min=1, max=200, optional=True,
-                             tooltip="Colours closer than this (RGB distance, 0-255 units) are one region; "
-                                     "raise it for noisy or JPEG paintings."),
-                io.Float.Input("min_region_percent", default=0.2, min=0.0, max=50.0, step=0.05, optional=True,
-                               tooltip="Regions smaller than this percentage of the image (specks, anti-aliased "
-                                       "edges) are merged into their nearest colour."),
+                *method_inputs(),
             ],
             outputs=[
                 io.Model.Output(display_name="MODEL", tooltip="The model with region-token cross-attention."),
@@ -556,14 +603,14 @@ class StrokeRegions(io.ComfyNode):
 
     @classmethod
     @host.validated
-    def execute(cls, model, clip, stroke, prompt, region_spec, strength, mode, start_percent, end_percent,
-                missing_phrases, colour_tolerance=24, min_region_percent=0.2) -> io.NodeOutput:
+    def execute(cls, model, clip, stroke, **options) -> io.NodeOutput:
+        """``options``: the inputs of :func:`method_inputs` (:func:`config_from_inputs`)."""
         if clip is None:
             raise ValueError("clip: connect the model's CLIP (the checkpoint has no text encoder)")
-        if mode not in regions.MODES:
-            raise ValueError(f"mode must be one of {regions.MODES}, got {mode!r}")
-        if start_percent > end_percent:
-            raise ValueError(f"start_percent ({start_percent}) must not be larger than end_percent ({end_percent})")
+        config = config_from_inputs(options)
+        config.validate()
+        prompt, region_spec, strength, mode = config.prompt, config.region_spec, config.strength, config.mode
+        colour_tolerance, min_region_percent = config.colour_tolerance, config.min_region_percent
         pixels = host.image_to_rgb(stroke, "stroke")
         if pixels.shape[0] != 1:
             raise ValueError(f"stroke: expected one painting, got a batch of {pixels.shape[0]}")
@@ -573,7 +620,7 @@ class StrokeRegions(io.ComfyNode):
         named = [i for i, p in enumerate(phrases) if p]
 
         tokens, final_prompt, positions, length = token_spans(clip, prompt, [phrases[i] for i in named],
-                                                              missing_phrases)
+                                                              config.missing_phrases)
         conditioning = clip.encode_from_tokens_scheduled(tokens)
         if conditioning and conditioning[0][0].shape[1] != length:
             raise ValueError(f"clip: the encoded prompt has {conditioning[0][0].shape[1]} tokens, not the "
@@ -584,8 +631,8 @@ class StrokeRegions(io.ComfyNode):
             token_masks[row, spans] = 1.0
         region = regions.RegionAttention(
             masks=palette.masks[named] if named else palette.masks[:0], token_masks=token_masks,
-            strength=float(strength), mode=mode, sigma_start=host.percent_to_sigma(model, start_percent),
-            sigma_end=host.percent_to_sigma(model, end_percent), sigma_to_t=_sigma_to_t(model) if mode == "dense" else None)
+            strength=float(strength), mode=mode, sigma_start=host.percent_to_sigma(model, config.start_percent),
+            sigma_end=host.percent_to_sigma(model, config.end_percent), sigma_to_t=_sigma_to_t(model) if mode == "dense" else None)
         if region.is_noop:
             if not named:
                 LOG.info("Stroke Regions to Words: region_spec names no region; the model is unchanged")

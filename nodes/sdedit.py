@@ -2,6 +2,8 @@
 SIGMAS node for SamplerCustom. The strength arithmetic lives in ``guidance/sdedit.py``."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from comfy_api.latest import io
 
@@ -13,6 +15,18 @@ from .toolkit import host
 
 CATEGORY = "guided_synthesis/sdedit"
 
+# The method's options are declared once: each is one schema input (:func:`method_inputs`, defaults and choices
+# as the named constants below) and the SDEditConfig field of the same name; both nodes build their config from
+# their inputs by name (:func:`config_from_inputs`). Adding an option: its input, its field, its test.
+DEFAULT_STEPS = 30
+DEFAULT_CFG = 7.5
+DEFAULT_SAMPLER = "euler"
+DEFAULT_SCHEDULER = "normal"
+DEFAULT_STRENGTH = 0.5
+DEFAULT_SEMANTICS = "paper"
+DEFAULT_REPEATS = 1
+DEFAULT_STRENGTH_SWEEP = ""
+
 _SEMANTICS_TOOLTIP = (
     "How 'strength' picks the start noise level. paper: t0 on the model's own noise schedule "
     "(start at sigma(t0), then 'steps' steps down to 0, Meng et al.). diffusers: img2img, run the last "
@@ -20,15 +34,55 @@ _SEMANTICS_TOOLTIP = (
     "comfy: KSampler's denoise (the tail of a longer int(steps/strength)-step schedule).")
 
 
-def _strength_input(default: float = 0.5) -> io.Float.Input:
-    return io.Float.Input("strength", default=default, min=0.01, max=1.0, step=0.01,
-                          tooltip="SDEdit t0 in (0, 1]: how much noise is added to the guide before denoising. "
-                                  "Higher is more realistic, lower is more faithful to the guide. "
-                                  "Stroke paintings: about 0.4-0.6; 1.0 starts from almost pure noise, so the guide barely shows.")
+@dataclass
+class SDEditConfig:
+    """An SDEdit run's options (built from the node's inputs: :func:`config_from_inputs`)."""
+
+    strength: float
+    semantics: str
+    repeats: int
+    strength_sweep: str
+
+    def strengths(self) -> list[float]:
+        """The strengths to run: the sweep's when it is set, else the checked ``strength``."""
+        if self.strength_sweep and self.strength_sweep.strip():
+            return sdedit.parse_strengths(self.strength_sweep)
+        return [checks.check_strength(self.strength)]
 
 
-def _semantics_input() -> io.Combo.Input:
-    return io.Combo.Input("semantics", options=list(sdedit.SEMANTICS), default="paper", tooltip=_SEMANTICS_TOOLTIP)
+def method_inputs(sweep: bool) -> list:
+    """strength and semantics (both nodes); with ``sweep``, repeats and strength_sweep too (the sampler node)."""
+    inputs = [
+        io.Float.Input("strength", default=DEFAULT_STRENGTH, min=0.01, max=1.0, step=0.01,
+                       tooltip="SDEdit t0 in (0, 1]: how much noise is added to the guide before denoising. "
+                               "Higher is more realistic, lower is more faithful to the guide. "
+                               "Stroke paintings: about 0.4-0.6; 1.0 starts from almost pure noise, so the guide barely shows."),
+        io.Combo.Input("semantics", options=list(sdedit.SEMANTICS), default=DEFAULT_SEMANTICS,
+                       tooltip=_SEMANTICS_TOOLTIP),
+    ]
+    if sweep:
+        inputs += [
+            io.Int.Input("repeats", default=DEFAULT_REPEATS, min=1, max=16,
+                         tooltip="Repeated SDEdit (the paper's K): noise and denoise the result again this many "
+                                 "times. More repeats: more realism, less faithfulness."),
+            io.String.Input("strength_sweep", default=DEFAULT_STRENGTH_SWEEP, optional=True,
+                            tooltip="Optional comma-separated strengths, e.g. '0.3, 0.5, 0.7'. When set it "
+                                    "replaces 'strength' and the output batch holds one result per strength "
+                                    "(per input image), all with the same seed, to compare realism and "
+                                    "faithfulness."),
+        ]
+    return inputs
+
+
+def config_from_inputs(inputs: dict) -> SDEditConfig:
+    """The run's config from a node's inputs by name: every input of :func:`method_inputs` (one the node does not
+    have or did not send: the schema's default)."""
+    return SDEditConfig(**{spec.id: inputs.get(spec.id, spec.default) for spec in method_inputs(sweep=True)})
+
+
+def scheduler_input() -> io.Combo.Input:
+    return io.Combo.Input("scheduler", options=host.SCHEDULER_NAMES, default=DEFAULT_SCHEDULER,
+                          tooltip="How the steps are spaced in noise level.")
 
 
 def sdedit_sigmas(model, sampler_name: str, scheduler: str, steps: int, strength: float,
@@ -51,20 +105,20 @@ class SDEditSigmas(io.ComfyNode):
                         "SamplerCustomAdvanced. Feed it a LATENT of the guide and enable add_noise.",
             inputs=[
                 io.Model.Input("model", tooltip="The model whose noise schedule is used."),
-                io.Combo.Input("scheduler", options=host.SCHEDULER_NAMES, default="normal",
-                               tooltip="How the steps are spaced in noise level."),
-                io.Int.Input("steps", default=30, min=1, max=10000,
+                scheduler_input(),
+                io.Int.Input("steps", default=DEFAULT_STEPS, min=1, max=10000,
                              tooltip="Number of steps of the full schedule (see semantics for how many run)."),
-                _strength_input(),
-                _semantics_input(),
+                *method_inputs(sweep=False),
             ],
             outputs=[io.Sigmas.Output(tooltip="Decreasing noise levels ending at 0.")],
         )
 
     @classmethod
     @host.validated
-    def execute(cls, model, scheduler, steps, strength, semantics) -> io.NodeOutput:
-        return io.NodeOutput(sdedit_sigmas(model, "euler", scheduler, steps, strength, semantics))
+    def execute(cls, model, scheduler, steps, **options) -> io.NodeOutput:
+        """``options``: the inputs of :func:`method_inputs` (strength, semantics)."""
+        config = config_from_inputs(options)
+        return io.NodeOutput(sdedit_sigmas(model, "euler", scheduler, steps, config.strength, config.semantics))
 
 
 class SDEdit(io.ComfyNode):
@@ -83,24 +137,14 @@ class SDEdit(io.ComfyNode):
                 io.Conditioning.Input("negative", tooltip="What the result should avoid."),
                 io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
                              tooltip="Seed of the added noise; the same seed gives the same result."),
-                io.Int.Input("steps", default=30, min=1, max=10000,
+                io.Int.Input("steps", default=DEFAULT_STEPS, min=1, max=10000,
                              tooltip="Sampling steps (see semantics for how many actually run)."),
-                io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01,
+                io.Float.Input("cfg", default=DEFAULT_CFG, min=0.0, max=100.0, step=0.1, round=0.01,
                                tooltip="Classifier-free guidance scale."),
-                io.Combo.Input("sampler_name", options=host.SAMPLER_NAMES, default="euler",
+                io.Combo.Input("sampler_name", options=host.SAMPLER_NAMES, default=DEFAULT_SAMPLER,
                                tooltip="Any ComfyUI sampler. euler / ddim match the paper's deterministic solver."),
-                io.Combo.Input("scheduler", options=host.SCHEDULER_NAMES, default="normal",
-                               tooltip="How the steps are spaced in noise level."),
-                _strength_input(),
-                _semantics_input(),
-                io.Int.Input("repeats", default=1, min=1, max=16,
-                             tooltip="Repeated SDEdit (the paper's K): noise and denoise the result again this many "
-                                     "times. More repeats: more realism, less faithfulness."),
-                io.String.Input("strength_sweep", default="", optional=True,
-                                tooltip="Optional comma-separated strengths, e.g. '0.3, 0.5, 0.7'. When set it "
-                                        "replaces 'strength' and the output batch holds one result per strength "
-                                        "(per input image), all with the same seed, to compare realism and "
-                                        "faithfulness."),
+                scheduler_input(),
+                *method_inputs(sweep=True),
                 io.Image.Input("image", optional=True,
                                tooltip="The guide as an IMAGE (needs 'vae'). Connect either image or latent."),
                 io.Vae.Input("vae", optional=True, tooltip="VAE that encodes 'image'."),
@@ -117,16 +161,17 @@ class SDEdit(io.ComfyNode):
 
     @classmethod
     @host.validated
-    def execute(cls, model, positive, negative, seed, steps, cfg, sampler_name, scheduler, strength,
-                semantics, repeats, strength_sweep="", image=None, vae=None, latent=None,
-                mask=None) -> io.NodeOutput:
-        strengths = (sdedit.parse_strengths(strength_sweep) if strength_sweep and strength_sweep.strip()
-                     else [checks.check_strength(strength)])
+    def execute(cls, model, positive, negative, seed, steps, cfg, sampler_name, scheduler, image=None, vae=None,
+                latent=None, mask=None, **options) -> io.NodeOutput:
+        """``options``: the inputs of :func:`method_inputs` (:func:`config_from_inputs`)."""
+        config = config_from_inputs(options)
+        strengths = config.strengths()
+        repeats = config.repeats
         guide, noise_mask = _guide_latent(image, vae, latent, mask)
         guide = comfy.sample.fix_empty_latent_channels(model, guide)
         source = latent if latent is not None else {}
 
-        schedules = [sdedit_sigmas(model, sampler_name, scheduler, steps, s, semantics) for s in strengths]
+        schedules = [sdedit_sigmas(model, sampler_name, scheduler, steps, s, config.semantics) for s in strengths]
         progress = host.SamplingProgress(model, repeats * sum(len(s) - 1 for s in schedules))
         sampler = comfy.samplers.sampler_object(sampler_name)
 

@@ -11,6 +11,8 @@ decoder nor CLIP is ever stored in ``model_options`` (``clone()`` deep-copies it
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from comfy_api.latest import io
@@ -31,6 +33,22 @@ WRAPPER_KEY = "guided_synthesis_semantic"
 METHOD = "CLIP Semantic Guidance"
 OPEN_CLIP = io.Custom("GS_OPEN_CLIP")
 
+# The guidance options are declared once: each is one schema input (:func:`method_inputs`, defaults and choices as
+# the named constants below) and the SemanticConfig field of the same name; the node builds its config from its
+# inputs by name (:func:`config_from_inputs`). Adding an option: its input, its field, its test.
+DEFAULT_TEXT = ""
+DEFAULT_TEXT_WEIGHT = 0.3
+DEFAULT_IMAGE_WEIGHT = 0.3
+DEFAULT_IMAGE_LOSS = "content"
+DEFAULT_CUTOUTS = 4
+DEFAULT_START_PERCENT = 0.2
+DEFAULT_END_PERCENT = 0.7
+DEFAULT_EVERY = 1
+DEFAULT_DECODER = "auto"
+DEFAULT_STEP_MODE = "normalised"
+DEFAULT_PRECISION = "auto"  # the OpenCLIP Loader's
+DEFAULT_DOWNLOAD = False
+
 
 class OpenCLIPLoader(io.ComfyNode):
     @classmethod
@@ -49,10 +67,10 @@ class OpenCLIPLoader(io.ComfyNode):
                                tooltip="open_clip weights in models/clip_guidance: safetensors, or an open_clip "
                                        ".bin/.pt read weights-only (never fully unpickled). Ignored when download "
                                        "is on."),
-                io.Combo.Input("precision", options=list(CLIP_PRECISIONS), default="auto",
+                io.Combo.Input("precision", options=list(CLIP_PRECISIONS), default=DEFAULT_PRECISION,
                                tooltip="CLIP's weights: auto (bf16 on GPUs that support it, else fp32), fp32, "
                                        "bf16, or fp16 (user-selected; may lose small gradients). Losses are fp32."),
-                io.Boolean.Input("download", default=False,
+                io.Boolean.Input("download", default=DEFAULT_DOWNLOAD,
                                  tooltip="Off (default): no network, the checkpoint file is used. On: fetch the "
                                          "'pretrained' weights from the Hugging Face Hub into models/clip_guidance "
                                          "(HF_HUB_OFFLINE is honoured)."),
@@ -65,7 +83,7 @@ class OpenCLIPLoader(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, architecture, checkpoint=None, precision="auto", download=False,
+    def execute(cls, architecture, checkpoint=None, precision=DEFAULT_PRECISION, download=DEFAULT_DOWNLOAD,
                 pretrained=DEFAULT_PRETRAINED) -> io.NodeOutput:
         if not download:  # a missing file names the folder and the file it expects (before the list check)
             open_clip_model.checkpoint_path(architecture, checkpoint)
@@ -296,6 +314,84 @@ def _is_flow(base_model) -> bool:
     return isinstance(getattr(base_model, "model_sampling", None), comfy.model_sampling.CONST)
 
 
+@dataclass
+class SemanticConfig:
+    """CLIP Semantic Guidance's options (built from the node's inputs: :func:`config_from_inputs`)."""
+
+    text: str
+    text_weight: float
+    image_weight: float
+    image_loss: str
+    cutouts: int
+    start_percent: float
+    end_percent: float
+    every: int
+    decoder: str
+    step_mode: str
+
+    def validate(self) -> None:
+        if self.start_percent > self.end_percent:
+            raise ValueError(f"start_percent ({self.start_percent}) must not be larger than end_percent "
+                             f"({self.end_percent})")
+        if self.text_weight < 0 or self.image_weight < 0:
+            raise ValueError("text_weight and image_weight must not be negative")
+
+
+def method_inputs() -> list:
+    """The guidance options, after model, vae and clip_model (their order is the node's widget order: keep it)."""
+    return [
+        io.String.Input("text", multiline=True, default=DEFAULT_TEXT,
+                        tooltip="Text to steer towards (CLIP's spherical distance to its embedding). Empty: "
+                                "no text guidance."),
+        io.Float.Input("text_weight", default=DEFAULT_TEXT_WEIGHT, min=0.0, max=100.0, step=0.01,
+                       tooltip="Strength of the text guidance (loss: theta^2/2, theta the angle between "
+                               "the CLIP embeddings of the decoded x0 and the text). normalised step: the "
+                               "step's size as a fraction of the CFG correction's (0.1-1). paper step: the "
+                               "loss's factor in x0 - sigma_ve^2 * dL/dx0. SDG's weights (160) do not carry "
+                               "over: another loss, and x0 in latent space through the VAE instead of "
+                               "SDG's pixel x_t (README: what the weights mean)."),
+        io.Float.Input("image_weight", default=DEFAULT_IMAGE_WEIGHT, min=0.0, max=100.0, step=0.01,
+                       tooltip="Strength of the reference-image guidance, in text_weight's units "
+                               "(content: theta^2/2 to the reference's embedding; style: the relative Gram "
+                               "loss, about 1 for unrelated images). Ignored without a reference_image. "
+                               "SDG's weights (100) do not carry over; its style loss is 1e10 x a Gram MSE."),
+        io.Combo.Input("image_loss", options=list(semantic.IMAGE_LOSSES), default=DEFAULT_IMAGE_LOSS,
+                       tooltip="content: the reference's CLIP embedding; style: Gram matrices of "
+                               "early/middle CLIP layers (per image), each layer's error relative to the "
+                               "reference Gram's size, so every layer counts equally (SDG weights layers "
+                               "by their Gram's size); both: their sum."),
+        io.Int.Input("cutouts", default=DEFAULT_CUTOUTS, min=0, max=64,
+                     tooltip="Random square crops CLIP scores per guided step (steadier guidance, costs "
+                             "CLIP passes). 0: one resize of the whole image."),
+        io.Float.Input("start_percent", default=DEFAULT_START_PERCENT, min=0.0, max=1.0, step=0.01,
+                       tooltip="Guidance starts at this point of the model's noise schedule (0 = pure "
+                               "noise), as ControlNet's start_percent."),
+        io.Float.Input("end_percent", default=DEFAULT_END_PERCENT, min=0.0, max=1.0, step=0.01,
+                       tooltip="Guidance ends at this point of the noise schedule (1 = clean)."),
+        io.Int.Input("every", default=DEFAULT_EVERY, min=1, max=100,
+                     tooltip="Guide every k-th sampler step inside the window (steps are counted by the "
+                             "sampler's sigmas, so Heun-type samplers guide once per step)."),
+        io.Combo.Input("decoder", options=list(SEMANTIC_DECODERS), default=DEFAULT_DECODER,
+                       tooltip="How x0 is decoded for the loss: the VAE's decoder in its own (auto) or a "
+                               "chosen precision (fp16 user-selected), taesd (fast approximate decoder "
+                               "from models/vae_approx), or 'downscaled latent' (the VAE on a 2x pooled "
+                               "latent: about 4x cheaper). Below fp32 the loss is scaled so its gradient "
+                               "does not underflow, lowered when it overflows; a step whose gradient stays "
+                               "non-finite is skipped with a warning."),
+        io.Combo.Input("step_mode", options=list(semantic.STEP_MODES), default=DEFAULT_STEP_MODE,
+                       tooltip="normalised: the step has weight x the CFG correction's size, at every "
+                               "noise level (with a mask: both sizes measured over the mask's cells; at "
+                               "cfg 1, e.g. Flux.1 dev, the predicted noise's size instead). "
+                               "paper: SDG's unnormalised step x0 - sigma_ve^2 * dL/dx0, sigma_ve = sigma "
+                               "(flow models: sigma / (1 - sigma); no step at sigma 1)."),
+    ]
+
+
+def config_from_inputs(inputs: dict) -> SemanticConfig:
+    """The config from the node's inputs by name (one left out: the schema's default)."""
+    return SemanticConfig(**{spec.id: inputs.get(spec.id, spec.default) for spec in method_inputs()})
+
+
 class CLIPSemanticGuidance(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -312,50 +408,7 @@ class CLIPSemanticGuidance(io.ComfyNode):
                 io.Vae.Input("vae", tooltip="The model's VAE; the loss decodes x0 through a pack-owned copy of its "
                                             "decoder (or TAESD)."),
                 OPEN_CLIP.Input("clip_model", tooltip="An open_clip model from OpenCLIP Loader."),
-                io.String.Input("text", multiline=True, default="",
-                                tooltip="Text to steer towards (CLIP's spherical distance to its embedding). Empty: "
-                                        "no text guidance."),
-                io.Float.Input("text_weight", default=0.3, min=0.0, max=100.0, step=0.01,
-                               tooltip="Strength of the text guidance (loss: theta^2/2, theta the angle between "
-                                       "the CLIP embeddings of the decoded x0 and the text). normalised step: the "
-                                       "step's size as a fraction of the CFG correction's (0.1-1). paper step: the "
-                                       "loss's factor in x0 - sigma_ve^2 * dL/dx0. SDG's weights (160) do not carry "
-                                       "over: another loss, and x0 in latent space through the VAE instead of "
-                                       "SDG's pixel x_t (README: what the weights mean)."),
-                io.Float.Input("image_weight", default=0.3, min=0.0, max=100.0, step=0.01,
-                               tooltip="Strength of the reference-image guidance, in text_weight's units "
-                                       "(content: theta^2/2 to the reference's embedding; style: the relative Gram "
-                                       "loss, about 1 for unrelated images). Ignored without a reference_image. "
-                                       "SDG's weights (100) do not carry over; its style loss is 1e10 x a Gram MSE."),
-                io.Combo.Input("image_loss", options=list(semantic.IMAGE_LOSSES), default="content",
-                               tooltip="content: the reference's CLIP embedding; style: Gram matrices of "
-                                       "early/middle CLIP layers (per image), each layer's error relative to the "
-                                       "reference Gram's size, so every layer counts equally (SDG weights layers "
-                                       "by their Gram's size); both: their sum."),
-                io.Int.Input("cutouts", default=4, min=0, max=64,
-                             tooltip="Random square crops CLIP scores per guided step (steadier guidance, costs "
-                                     "CLIP passes). 0: one resize of the whole image."),
-                io.Float.Input("start_percent", default=0.2, min=0.0, max=1.0, step=0.01,
-                               tooltip="Guidance starts at this point of the model's noise schedule (0 = pure "
-                                       "noise), as ControlNet's start_percent."),
-                io.Float.Input("end_percent", default=0.7, min=0.0, max=1.0, step=0.01,
-                               tooltip="Guidance ends at this point of the noise schedule (1 = clean)."),
-                io.Int.Input("every", default=1, min=1, max=100,
-                             tooltip="Guide every k-th sampler step inside the window (steps are counted by the "
-                                     "sampler's sigmas, so Heun-type samplers guide once per step)."),
-                io.Combo.Input("decoder", options=list(SEMANTIC_DECODERS), default="auto",
-                               tooltip="How x0 is decoded for the loss: the VAE's decoder in its own (auto) or a "
-                                       "chosen precision (fp16 user-selected), taesd (fast approximate decoder "
-                                       "from models/vae_approx), or 'downscaled latent' (the VAE on a 2x pooled "
-                                       "latent: about 4x cheaper). Below fp32 the loss is scaled so its gradient "
-                                       "does not underflow, lowered when it overflows; a step whose gradient stays "
-                                       "non-finite is skipped with a warning."),
-                io.Combo.Input("step_mode", options=list(semantic.STEP_MODES), default="normalised",
-                               tooltip="normalised: the step has weight x the CFG correction's size, at every "
-                                       "noise level (with a mask: both sizes measured over the mask's cells; at "
-                                       "cfg 1, e.g. Flux.1 dev, the predicted noise's size instead). "
-                                       "paper: SDG's unnormalised step x0 - sigma_ve^2 * dL/dx0, sigma_ve = sigma "
-                                       "(flow models: sigma / (1 - sigma); no step at sigma 1)."),
+                *method_inputs(),
                 io.Image.Input("reference_image", optional=True,
                                tooltip="The image whose content or style to follow (batch 1, or one per "
                                        "generated image)."),
@@ -371,14 +424,12 @@ class CLIPSemanticGuidance(io.ComfyNode):
 
     @classmethod
     @host.validated
-    def execute(cls, model, vae, clip_model, text, text_weight, image_weight, image_loss, cutouts, start_percent,
-                end_percent, every, decoder, step_mode, reference_image=None, mask=None) -> io.NodeOutput:
+    def execute(cls, model, vae, clip_model, reference_image=None, mask=None, **options) -> io.NodeOutput:
+        """``options``: the inputs of :func:`method_inputs` (:func:`config_from_inputs`)."""
         if not getattr(clip_model, "is_gs_open_clip", False):  # duck-typed: the class may be loaded twice
             raise ValueError("clip_model: connect an OpenCLIP Loader")
-        if start_percent > end_percent:
-            raise ValueError(f"start_percent ({start_percent}) must not be larger than end_percent ({end_percent})")
-        if text_weight < 0 or image_weight < 0:
-            raise ValueError("text_weight and image_weight must not be negative")
+        config = config_from_inputs(options)
+        config.validate()
         reference = None
         if reference_image is not None:
             reference = host.image_to_rgb(reference_image, "reference_image")
@@ -386,9 +437,10 @@ class CLIPSemanticGuidance(io.ComfyNode):
             mask = host.mask_to_batch(mask, "mask")
             if not torch.isfinite(mask).all():
                 raise ValueError("mask: it has non-finite values")
-        guidance = SemanticGuidance(clip_model, vae, decoder, (text or "").strip(), text_weight, image_weight,
-                                    image_loss, reference, mask, cutouts, host.percent_to_sigma(model, start_percent),
-                                    host.percent_to_sigma(model, end_percent), every, step_mode)
+        guidance = SemanticGuidance(clip_model, vae, config.decoder, (config.text or "").strip(), config.text_weight,
+                                    config.image_weight, config.image_loss, reference, mask, config.cutouts,
+                                    host.percent_to_sigma(model, config.start_percent),
+                                    host.percent_to_sigma(model, config.end_percent), config.every, config.step_mode)
         patched = model.clone()
         if not guidance.active:
             LOG.info("CLIP Semantic Guidance: nothing to guide (no text, no reference image or zero weights); the "

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import thumbnails
 import workflow_builder
-from workflows import canvas, gradop, panorama, regions, sdedit, semantic
+from workflows import canvas, flux, gradop, panorama, regions, sdedit, semantic
 
 HERE = Path(__file__).resolve().parent
 OUT = workflow_builder.ROOT / "example_workflows"
@@ -34,6 +34,10 @@ THUMBNAILS = {
     semantic.STYLE: (workflow_builder.STROKES_FILE, thumbnails.semantic("style")),
     panorama.WIDE: (None, thumbnails.panorama_wide),
     panorama.LOOP: (None, thumbnails.panorama_360),
+    flux.SDEDIT: (workflow_builder.STROKES_FILE, thumbnails.flux_sdedit),
+    flux.GRADOP: (workflow_builder.STROKES_FILE, thumbnails.flux_gradop),
+    flux.SEMANTIC: (workflow_builder.STROKES_FILE, thumbnails.flux_semantic),
+    flux.PANORAMA: (None, thumbnails.flux_panorama),
 }
 
 

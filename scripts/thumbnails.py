@@ -262,6 +262,58 @@ def panorama_360(_painting=None) -> Image.Image:
     return image
 
 
+FLUX_TINT = (25, 5, -30)  # the Flux diagrams' results: warmer light
+
+
+def _flux_badge(draw: ImageDraw.ImageDraw) -> None:
+    draw.rounded_rectangle((120, 362, 280, 392), radius=8, fill=(70, 45, 95), outline=ACCENT, width=2)
+    draw.text((200, 377), "Flux.1 dev, cfg 1", fill=INK, font=font(15), anchor="mm")
+
+
+def flux_sdedit(painting: Image.Image) -> Image.Image:
+    image, draw = canvas("SDEdit on Flux.1 dev", "a painting to a photo")
+    paste(image, painting, (15, 100, 175, 260), "painting")
+    arrow(draw, (182, 180), (218, 180))
+    paste(image, realise(painting, 0.7, seed=50, tint=FLUX_TINT), (225, 90, 390, 255), "t0 0.7", frame=ACCENT)
+    _flux_badge(draw)
+    return image
+
+
+def flux_gradop(painting: Image.Image) -> Image.Image:
+    image, draw = canvas("GradOP+ on Flux.1 dev", "strokes followed through TAEF1")
+    paste(image, painting, (15, 90, 135, 210), "strokes")
+    node_box(draw, (20, 285, 130, 325), "TAEF1")
+    arrow(draw, (75, 281), (75, 240))
+    arrow(draw, (142, 170), (190, 170))
+    paste(image, realise(painting, 1.0, seed=51, tint=FLUX_TINT), (200, 90, 390, 280), "1024 x 1024", frame=ACCENT)
+    _flux_badge(draw)
+    return image
+
+
+def flux_semantic(painting: Image.Image) -> Image.Image:
+    image, draw = canvas("CLIP guidance on Flux.1 dev", "steered by a text")
+    draw.rounded_rectangle((15, 110, 175, 230), radius=8, fill=(245, 240, 225), outline=INK, width=2)
+    for i, line in enumerate(("\"an oil painting", "in warm autumn", "colours\"")):
+        draw.text((95, 145 + i * 26), line, fill=(60, 40, 20), font=font(16), anchor="mm")
+    arrow(draw, (182, 170), (225, 170), "CLIP")
+    guided = realise(painting.transpose(Image.FLIP_TOP_BOTTOM), 0.8, seed=52, tint=(70, 20, -60))
+    paste(image, guided, (230, 95, 390, 255), "guided", frame=ACCENT)
+    node_box(draw, (20, 260, 170, 300), "TAEF1 decode")
+    _flux_badge(draw)
+    return image
+
+
+def flux_panorama(_painting=None) -> Image.Image:
+    image, draw = canvas("SyncDiffusion on Flux.1 dev", "1024 x 3072, 1024 px windows")
+    strip = realise(panorama_strip(768, 256, loop=False), 0.4, seed=53, tint=FLUX_TINT)
+    paste(image, strip, (10, 120, 390, 247), "one coherent wide image")
+    for i, left in enumerate((10, 73, 136, 199, 262)):  # five windows, half a window apart
+        colour = ACCENT if i == 2 else (255, 255, 255)
+        draw.rectangle((left, 114 + (i % 2) * 5, left + 127, 253 - (i % 2) * 5), outline=colour, width=2)
+    _flux_badge(draw)
+    return image
+
+
 def icon() -> Image.Image:
     """The registry icon (400 x 400): a stroke painting turning into a photo."""
     from workflow_builder import stroke_painting

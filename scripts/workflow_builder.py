@@ -26,6 +26,16 @@ SD15_CHECKPOINT = {"name": "v1-5-pruned-emaonly-fp16.safetensors", "directory": 
 OPEN_CLIP_VIT_B_32 = {"name": "open_clip_model.safetensors", "directory": "clip_guidance",
                       "url": "https://huggingface.co/laion/CLIP-ViT-B-32-laion2B-s34B-b79K/resolve/main/"
                              "open_clip_model.safetensors?download=true"}
+# Flux.1 dev as one fp8 file (transformer, CLIP-L + T5-XXL text encoders, VAE) for Load Checkpoint, and its fast
+# TAESD decoder (the methods' decoder 'taesd'), which ComfyUI's previews read too; GitHub only (not downloaded by
+# the frontend's dialog, listed with its address)
+FLUX1_DEV_FP8 = {"name": "flux1-dev-fp8.safetensors", "directory": "checkpoints",
+                 "url": "https://huggingface.co/Comfy-Org/flux1-dev/resolve/main/flux1-dev-fp8.safetensors"
+                        "?download=true"}
+TAEF1_DECODER = {"name": "taef1_decoder.pth", "directory": "vae_approx",
+                 "url": "https://github.com/madebyollin/taesd/raw/main/taef1_decoder.pth"}
+# checkpoint file -> the TAESD decoder file its latent format asks for (decoder 'taesd')
+FAST_DECODERS = {FLUX1_DEV_FP8["name"]: TAEF1_DECODER}
 LPIPS_VGG16 = {"name": "vgg16-397923af.pth", "directory": "lpips",
                "url": "https://download.pytorch.org/models/vgg16-397923af.pth"}
 

@@ -37,8 +37,7 @@ def sampling_prompt(sampler: str, variant: str = "plain", fingerprint: bool = Fa
     if variant == "no backward":
         prompt["41"] = {"class_type": "GS_TestNoBackwardAttention", "inputs": {"model": model}}
         model = ["41", 0]
-    prompt["30"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 32, "height": 32, "batch_size": 2}}
-    latent = ["30", 0]
+    latent = graphs.empty_latent(prompt, "30", batch=2)
     if variant == "noise mask":
         graphs.strokes(prompt, "36")
         prompt["37"] = {"class_type": "SetLatentNoiseMask", "inputs": {"samples": latent, "mask": ["36", 1]}}
@@ -47,13 +46,10 @@ def sampling_prompt(sampler: str, variant: str = "plain", fingerprint: bool = Fa
         prompt["40"] = {"class_type": "GS_TestDenoiserProbeSampler", "inputs": {
             "key": "denoiser", "probe_step": 3, "step_size": STEP_SIZE, "directions": 4, "seed": 0}}
     else:
-        prompt["40"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}}
-    prompt["31"] = {"class_type": "BasicScheduler", "inputs": {"model": model, "scheduler": "normal",
-                                                               "steps": 8, "denoise": 1.0}}
-    prompt["34"] = {"class_type": "SamplerCustom", "inputs": {
-        "model": model, "add_noise": True, "noise_seed": 7, "cfg": 5.0, "positive": ["2", 0],
-        "negative": ["3", 0], "sampler": ["40", 0], "sigmas": ["31", 0], "latent_image": latent}}
-    graphs.capture(prompt, "35", sampler, latent=["34", 0])
+        graphs.ksampler_select(prompt, "40")
+    sigmas = graphs.basic_scheduler(prompt, "31", 8, model=model)
+    out = graphs.sampler_custom(prompt, "34", ["40", 0], sigmas, latent, 7, model=model)
+    graphs.capture(prompt, "35", sampler, latent=out)
     if fingerprint:
         prompt["20"] = {"class_type": "VAEEncode", "inputs": {"pixels": graphs.solid_image(prompt, "21"),
                                                               "vae": ["1", 2]}}

@@ -64,13 +64,9 @@ def gradop_sampler_graph(prompt, node_id, option):
     method = {**graphs.GRADOP_METHOD, "iterative_steps": 1, "grad_steps": 1}
     prompt[node_id] = {"class_type": "GS_GradOPPlusSampler", "inputs": {
         "sampler_name": "euler", "vae": ["1", 2], "strokes": image, **method, **option}}
-    prompt[node_id + "s"] = {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "ddim_uniform",
-                                                                       "steps": 6, "denoise": 1.0}}
-    prompt["5"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 32, "height": 32, "batch_size": 1}}
-    prompt[node_id + "c"] = {"class_type": "SamplerCustom", "inputs": {
-        "model": ["1", 0], "add_noise": True, "noise_seed": 3, "cfg": 5.0, "positive": ["2", 0],
-        "negative": ["3", 0], "sampler": [node_id, 0], "sigmas": [node_id + "s", 0], "latent_image": ["5", 0]}}
-    return [node_id + "c", 0]
+    sigmas = graphs.basic_scheduler(prompt, node_id + "s", 6, "ddim_uniform")
+    latent = graphs.empty_latent(prompt, "5")
+    return graphs.sampler_custom(prompt, node_id + "c", [node_id, 0], sigmas, latent, 3)
 
 
 def regions_graph(prompt, node_id, option):
@@ -79,7 +75,7 @@ def regions_graph(prompt, node_id, option):
         "model": ["1", 0], "clip": ["1", 1], "stroke": ["4", 0], "prompt": "a castle by the river",
         "region_spec": "red: castle\nblue: river", "strength": 0.5, "mode": "paint_with_words",
         "start_percent": 0.0, "end_percent": 1.0, "missing_phrases": "append", **option}}
-    prompt["5"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}
+    graphs.empty_latent(prompt, "5", 64, 64)
     prompt[node_id + "k"] = {"class_type": "KSampler", "inputs": {
         "model": [node_id, 0], "seed": 1, "steps": 2, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal",
         "positive": [node_id, 1], "negative": ["3", 0], "latent_image": ["5", 0], "denoise": 1.0}}
@@ -98,7 +94,7 @@ def _semantic_sampling(prompt, node_id, clip_model, option):
         "image_weight": 0.5, "image_loss": "both", "cutouts": 1, "start_percent": 0.0, "end_percent": 1.0,
         "every": 1, "decoder": "auto", "step_mode": "normalised", "reference_image": ["4", 0], "mask": ["4", 1],
         **option}}
-    prompt["5"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}
+    graphs.empty_latent(prompt, "5", 64, 64)
     prompt[node_id + "k"] = {"class_type": "KSampler", "inputs": {
         "model": [node_id, 0], "seed": 1, "steps": 2, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal",
         "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["5", 0], "denoise": 1.0}}
@@ -159,16 +155,9 @@ def panorama_graph(prompt, node_id, option):
 def panorama_sampler_graph(prompt, node_id, option):
     method = {**PANORAMA_SMALL, **_panorama_sync(option), **option}
     graphs.syncdiffusion_sampler(prompt, node_id, **method)
-    prompt[node_id + "s"] = {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "ddim_uniform",
-                                                                       "steps": 2, "denoise": 1.0}}
-    prompt[node_id + "l"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 2 * method["window_size"],
-                                                                         "height": method["window_size"],
-                                                                         "batch_size": 1}}
-    prompt[node_id + "c"] = {"class_type": "SamplerCustom", "inputs": {
-        "model": ["1", 0], "add_noise": True, "noise_seed": 3, "cfg": 5.0, "positive": ["2", 0],
-        "negative": ["3", 0], "sampler": [node_id, 0], "sigmas": [node_id + "s", 0],
-        "latent_image": [node_id + "l", 0]}}
-    return [node_id + "c", 0]
+    sigmas = graphs.basic_scheduler(prompt, node_id + "s", 2, "ddim_uniform")
+    latent = graphs.empty_latent(prompt, node_id + "l", 2 * method["window_size"], method["window_size"])
+    return graphs.sampler_custom(prompt, node_id + "c", [node_id, 0], sigmas, latent, 3)
 
 
 GRAPHS = {

@@ -156,24 +156,6 @@ def test_sdedit_strength_semantics_on_shifted_flow_schedules(host, captured, kin
     assert_close_across_paths(captured["diffusers"], captured["full"][start:], rtol=1e-5, why=FORMULA)
 
 
-@pytest.fixture()
-def flow_vae_approx(host, tmp_path):
-    """models/vae_approx with tiny 16-channel TAESD decoders under the names the SD3 and Flux latent formats ask
-    for (taesd3_decoder, taef1_decoder), written by the test."""
-    import folder_paths
-    from safetensors.torch import save_file
-    folder = tmp_path / "vae_approx"
-    folder.mkdir()
-    state = harness.test_nodes_module().tiny.taesd_decoder_state_dict(3, latent_channels=16)
-    for name in ("taesd3_decoder", "taef1_decoder"):
-        save_file(state, str(folder / f"{name}.safetensors"))
-    folder_paths.add_model_folder_path("vae_approx", str(folder), is_default=True)
-    folder_paths.filename_list_cache.pop("vae_approx", None)
-    yield folder
-    folder_paths.folder_names_and_paths["vae_approx"][0].remove(str(folder))
-    folder_paths.filename_list_cache.pop("vae_approx", None)
-
-
 def gradop(kind: str, decoder: str) -> dict:
     prompt = txt2img(kind)
     del prompt["latent"], prompt["sample"]

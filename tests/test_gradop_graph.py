@@ -44,7 +44,7 @@ def test_defaults_optimise_at_the_reference_levels_and_the_loss_falls(host, capt
 def test_zero_gradient_steps_reproduce_plain_sampling(host, captured):
     ours = run_gradop(host, steps=12, grad_steps=0)
     prompt = graphs.base()
-    prompt["20"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 32, "height": 32, "batch_size": 1}}
+    graphs.empty_latent(prompt, "20")
     prompt["21"] = {"class_type": "KSampler", "inputs": {
         "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["20", 0], "seed": 7,
         "steps": 12, "cfg": 5.0, "sampler_name": "euler", "scheduler": "ddim_uniform", "denoise": 1.0}}
@@ -61,22 +61,17 @@ def sampler_form(prompt, node_id, strokes_image, **overrides):
 
 
 def custom_advanced(prompt, sampler, key, model=("1", 0), steps=12):
-    prompt["30"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 32, "height": 32, "batch_size": 1}}
-    prompt["31"] = {"class_type": "BasicScheduler", "inputs": {"model": list(model), "scheduler": "ddim_uniform",
-                                                               "steps": steps, "denoise": 1.0}}
-    prompt["32"] = {"class_type": "CFGGuider", "inputs": {"model": list(model), "positive": ["2", 0],
-                                                          "negative": ["3", 0], "cfg": 5.0}}
-    prompt["33"] = {"class_type": "RandomNoise", "inputs": {"noise_seed": 7}}
-    prompt["34"] = {"class_type": "SamplerCustomAdvanced", "inputs": {
-        "noise": ["33", 0], "guider": ["32", 0], "sampler": sampler, "sigmas": ["31", 0], "latent_image": ["30", 0]}}
-    graphs.capture(prompt, "35", key, latent=["34", 0])
+    latent = graphs.empty_latent(prompt, "30")
+    sigmas = graphs.basic_scheduler(prompt, "31", steps, "ddim_uniform", model=model)
+    out = graphs.sampler_custom_advanced(prompt, "34", "33", "32", sampler, sigmas, latent, 7, model=model)
+    graphs.capture(prompt, "35", key, latent=out)
 
 
 def test_sampler_form_composes_with_sampler_custom_advanced_and_a_model_patch(host, captured, caplog):
     caplog.set_level("INFO")
     prompt = graphs.base()
     image = graphs.strokes(prompt, "10")
-    prompt["40"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}}
+    graphs.ksampler_select(prompt, "40")
     custom_advanced(prompt, ["40", 0], "plain")
     host.run(prompt)
 

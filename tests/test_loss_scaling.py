@@ -226,7 +226,6 @@ def test_a_gradient_that_stays_non_finite_skips_the_step_with_one_warning(host, 
 def test_gradop_and_the_panorama_sync_with_fp16_decoders_follow_their_fp32_runs(host, lpips_models, scalers):
     """The per-pixel scale still starts GradOP+ and the sync; with the scaler their fp16 results are finite and
     near the fp32 ones (no step skipped)."""
-    import test_panorama_graph as pano
     captured = harness.test_nodes_module().CAPTURED
     results = {}
     for decoder in ("fp32", "fp16"):
@@ -234,7 +233,7 @@ def test_gradop_and_the_panorama_sync_with_fp16_decoders_follow_their_fp32_runs(
         image = graphs.strokes(prompt, "10", width=128, height=128)
         graphs.gradop(prompt, "11", image, steps=10, iterative_steps=1, grad_steps=3, decoder=decoder)
         graphs.capture(prompt, "12", f"gradop {decoder}", latent=["11", 0])
-        pano.add_panorama(prompt, "20", f"panorama {decoder}", loss_decoder=decoder)
+        graphs.panorama(prompt, "20", f"panorama {decoder}", loss_decoder=decoder)
         host.run(prompt)
         results[decoder] = captured[f"gradop {decoder}"], captured[f"panorama {decoder}"]
     assert all(s.skipped == 0 for s in scalers) and len(scalers) == 4

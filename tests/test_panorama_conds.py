@@ -14,7 +14,6 @@ import torch
 
 from devkit import graphs
 from devkit import harness
-from test_panorama_graph import add_panorama
 from devkit.tolerance import PATHS, assert_close_across_paths, close_across_paths
 
 WIDTH, HEIGHT, WINDOW, STRIDE = 160, 32, 4, 2
@@ -41,24 +40,20 @@ def build(prompt: dict, positive=("2", 0), negative=("3", 0), latent=None, sync_
     prompt["50"] = {"class_type": "GS_TestCondRecorder", "inputs": {"model": ["1", 0], "key": "canvas"}}
     prompt["51"] = {"class_type": "GS_TestCondRecorder", "inputs": {"model": ["1", 0], "key": "pano"}}
     if latent is None:
-        prompt["52"] = {"class_type": "EmptyLatentImage", "inputs": {"width": WIDTH, "height": HEIGHT,
-                                                                      "batch_size": 1}}
-        latent = ["52", 0]
+        latent = graphs.empty_latent(prompt, "52", WIDTH, HEIGHT)
     prompt["53"] = {"class_type": "KSampler", "inputs": {
         "model": ["50", 0], "seed": 5, "steps": 1, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal",
         "positive": list(positive), "negative": list(negative), "latent_image": latent, "denoise": 1.0}}
     graphs.capture(prompt, "54", "canvas", latent=["53", 0])
-    add_panorama(prompt, "55", "pano", model=["51", 0], positive=list(positive), negative=list(negative),
-                 width=WIDTH, height=HEIGHT, steps=1, scheduler="normal", window_size=WINDOW * 8,
-                 stride=STRIDE * 8, sync_weight=sync_weight, sync_steps=1, window_batch=3, sync_batch=2)
+    graphs.panorama(prompt, "55", "pano", model=["51", 0], positive=list(positive), negative=list(negative),
+                    width=WIDTH, height=HEIGHT, steps=1, scheduler="normal", window_size=WINDOW * 8,
+                    stride=STRIDE * 8, sync_weight=sync_weight, sync_steps=1, window_batch=3, sync_batch=2)
     if latent[0] != "52":
         graphs.syncdiffusion_sampler(prompt, "55", **prompt.pop("55")["inputs"])
-        prompt["56"] = {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "normal",
-                                                                   "steps": 1, "denoise": 1.0}}
-        prompt["57"] = {"class_type": "SamplerCustom", "inputs": {
-            "model": ["51", 0], "add_noise": True, "noise_seed": 5, "cfg": 5.0, "positive": list(positive),
-            "negative": list(negative), "sampler": ["55", 0], "sigmas": ["56", 0], "latent_image": latent}}
-        graphs.capture(prompt, "55c", "pano", latent=["57", 0])
+        sigmas = graphs.basic_scheduler(prompt, "56", 1)
+        out = graphs.sampler_custom(prompt, "57", ["55", 0], sigmas, latent, 5, model=("51", 0),
+                                    positive=positive, negative=negative)
+        graphs.capture(prompt, "55c", "pano", latent=out)
 
 
 def matched_items():
@@ -219,8 +214,8 @@ def test_an_area_outside_the_canvas_is_refused_naming_it(host, x, y):
         "conditioning": ["40", 0], "width": 64, "height": 64, "x": x, "y": y, "strength": 1.0}}
     prompt["45"] = {"class_type": "ConditioningCombine", "inputs": {"conditioning_1": ["2", 0],
                                                                      "conditioning_2": ["41", 0]}}
-    add_panorama(prompt, "55", "pano", positive=["45", 0], width=WIDTH, height=HEIGHT, steps=1, scheduler="normal",
-                 window_size=WINDOW * 8, stride=STRIDE * 8, sync_weight=0.0, window_batch=3)
+    graphs.panorama(prompt, "55", "pano", positive=["45", 0], width=WIDTH, height=HEIGHT, steps=1,
+                    scheduler="normal", window_size=WINDOW * 8, stride=STRIDE * 8, sync_weight=0.0, window_batch=3)
     _, server = host.run(prompt, expect_success=False)
     message = host.node_error(server)
     assert message.startswith(f"conditioning area: 64x64 px at x={x}, y={y} lies outside the panorama canvas "

@@ -16,27 +16,16 @@ WIDTH, HEIGHT, WINDOW, STRIDE, STEPS = 96, 32, 32, 16, 4
 SYNC_EFFECT = 0.05  # the least relative change sync (weight 20, one synced step of three) makes; see below
 
 
-# this file's panorama: graphs.syncdiffusion's inputs with these
-PANORAMA = {"width": WIDTH, "height": HEIGHT, "seed": 5, "steps": STEPS, "window_size": WINDOW, "stride": STRIDE,
-            "sync_weight": 20.0, "sync_steps": 2, "window_batch": 8, "sync_batch": 4}
-
-
-def add_panorama(prompt, node_id, key, **overrides):
-    graphs.syncdiffusion(prompt, node_id, **{**PANORAMA, **overrides})
-    graphs.capture(prompt, node_id + "c", key, latent=[node_id, 0])
+PANORAMA = graphs.SYNCED_PANORAMA  # this file's panorama: graphs.syncdiffusion's inputs with these
+assert (PANORAMA["width"], PANORAMA["height"], PANORAMA["window_size"], PANORAMA["stride"],
+        PANORAMA["steps"]) == (WIDTH, HEIGHT, WINDOW, STRIDE, STEPS)
 
 
 def add_custom(prompt, node_id, key, sampler_node: dict, seed=5, width=WIDTH, height=HEIGHT, steps=STEPS,
                sampler="euler", scheduler="ddim_uniform"):
     prompt[node_id] = sampler_node
-    prompt[node_id + "s"] = {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": scheduler,
-                                                                       "steps": steps, "denoise": 1.0}}
-    prompt[node_id + "l"] = {"class_type": "EmptyLatentImage", "inputs": {"width": width, "height": height,
-                                                                         "batch_size": 1}}
-    prompt[node_id + "k"] = {"class_type": "SamplerCustom", "inputs": {
-        "model": ["1", 0], "add_noise": True, "noise_seed": seed, "cfg": 5.0, "positive": ["2", 0],
-        "negative": ["3", 0], "sampler": [node_id, 0], "sigmas": [node_id + "s", 0], "latent_image": [node_id + "l", 0]}}
-    graphs.capture(prompt, node_id + "c", key, latent=[node_id + "k", 0])
+    out = graphs.custom_sampling(prompt, node_id, [node_id, 0], steps, seed, width, height, scheduler)
+    graphs.capture(prompt, node_id + "c", key, latent=out)
 
 
 def oracle_node(lpips_file, sync_weight=20.0, sync_steps=2, downscale=1, window=WINDOW):
@@ -65,11 +54,11 @@ def test_node_and_sampler_match_a_plain_torch_oracle(host, captured, lpips_model
     grows to |x| ~ 70: with every window one at a time, as the oracle runs them, node and oracle agree to
     1.6e-5 relative (measured; asserted 5e-5) while the sync changes the result by 50 %."""
     prompt = graphs.base()
-    add_panorama(prompt, "10", "node", sampler_name="euler", sync_weight=1.0, sync_batch=1)
+    graphs.panorama(prompt, "10", "node", sampler_name="euler", sync_weight=1.0, sync_batch=1)
     add_custom(prompt, "20", "oracle", oracle_node(lpips_models["vgg"], sync_weight=1.0))
     add_custom(prompt, "30", "sampler", sampler_node(sampler_name="ddim", sync_weight=1.0, sync_batch=1))
-    add_panorama(prompt, "40", "multi", sync_weight=0.0)
-    add_panorama(prompt, "50", "node_20", sampler_name="euler", sync_weight=20.0, sync_batch=1, window_batch=1)
+    graphs.panorama(prompt, "40", "multi", sync_weight=0.0)
+    graphs.panorama(prompt, "50", "node_20", sampler_name="euler", sync_weight=20.0, sync_batch=1, window_batch=1)
     add_custom(prompt, "60", "oracle_20", oracle_node(lpips_models["vgg"], sync_weight=20.0))
     host.run(prompt)
     node, oracle, custom = (captured[k] for k in ("node", "oracle", "sampler"))
@@ -86,15 +75,15 @@ def test_lpips_at_reduced_size_matches_the_oracle_with_block_means(host, capture
     LPIPS (1e-5); it is an approximation, so it differs from the full-size sync. 1/4 of a 32 px window is
     smaller than VGG runs on: a clear error naming lpips_size."""
     prompt = graphs.base()
-    add_panorama(prompt, "10", "half", sync_weight=1.0, sync_batch=1, lpips_size="1/2 (approximate)")
+    graphs.panorama(prompt, "10", "half", sync_weight=1.0, sync_batch=1, lpips_size="1/2 (approximate)")
     add_custom(prompt, "20", "oracle", oracle_node(lpips_models["vgg"], sync_weight=1.0, downscale=2))
-    add_panorama(prompt, "30", "full", sync_weight=1.0, sync_batch=1)
+    graphs.panorama(prompt, "30", "full", sync_weight=1.0, sync_batch=1)
     host.run(prompt)
     half, oracle = captured["half"], captured["oracle"]
     assert relative(half, oracle) < 1e-5, relative(half, oracle)
     assert relative(captured["full"], half) > 1e-4
     prompt = graphs.base()
-    add_panorama(prompt, "10", "quarter", lpips_size="1/4 (approximate)")
+    graphs.panorama(prompt, "10", "quarter", lpips_size="1/4 (approximate)")
     _, server = host.run(prompt, expect_success=False)
     message = host.node_error(server)
     assert "lpips_size" in message and "8 px" in message, message
@@ -102,7 +91,7 @@ def test_lpips_at_reduced_size_matches_the_oracle_with_block_means(host, capture
 
 def test_sync_weight_zero_is_independent_multidiffusion(host, captured, lpips_models):
     prompt = graphs.base()
-    add_panorama(prompt, "10", "node", sync_weight=0.0)
+    graphs.panorama(prompt, "10", "node", sync_weight=0.0)
     add_custom(prompt, "20", "oracle", oracle_node(lpips_models["vgg"], sync_weight=0.0))
     host.run(prompt)
     assert relative(captured["node"], captured["oracle"]) < 1e-5
@@ -124,10 +113,10 @@ def test_batched_and_unbatched_windows_agree(host, captured, lpips_models):
     results = {}
     for clamp in (True, False):
         prompt = graphs.base()
-        add_panorama(prompt, "10", "one", window_batch=1, sync_batch=1, steps=2, sync_steps=1)
-        add_panorama(prompt, "20", "plain_batched", window_batch=3, sync_batch=1, steps=2, sync_steps=1)
-        add_panorama(prompt, "30", "grad_batched", window_batch=1, sync_batch=3, steps=2, sync_steps=1)
-        add_panorama(prompt, "40", "multi", window_batch=1, sync_weight=0.0, steps=2, sync_steps=1)
+        graphs.panorama(prompt, "10", "one", window_batch=1, sync_batch=1, steps=2, sync_steps=1)
+        graphs.panorama(prompt, "20", "plain_batched", window_batch=3, sync_batch=1, steps=2, sync_steps=1)
+        graphs.panorama(prompt, "30", "grad_batched", window_batch=1, sync_batch=3, steps=2, sync_steps=1)
+        graphs.panorama(prompt, "40", "multi", window_batch=1, sync_weight=0.0, steps=2, sync_steps=1)
         if not clamp:
             gradients.DifferentiableDecoder.decode_model_space = (
                 lambda self, x0, latent_format, clamp=False: decode(self, x0, latent_format, False))
@@ -168,8 +157,8 @@ def add_decode(prompt, node_id, key, latent, circular=False, tile_size=64, overl
 
 def test_sync_makes_the_windows_closer_to_the_anchor(host, captured, lpips_models):
     prompt = graphs.base()
-    add_panorama(prompt, "10", "off", sync_weight=0.0, steps=6, sync_steps=4)
-    add_panorama(prompt, "20", "on", sync_weight=20.0, steps=6, sync_steps=4)
+    graphs.panorama(prompt, "10", "off", sync_weight=0.0, steps=6, sync_steps=4)
+    graphs.panorama(prompt, "20", "on", sync_weight=20.0, steps=6, sync_steps=4)
     for node_id, key in (("11", "off"), ("21", "on")):
         prompt[node_id] = {"class_type": "VAEDecode", "inputs": {"samples": [node_id[0] + "0", 0], "vae": ["1", 2]}}
         graphs.capture(prompt, node_id + "c", key + "_image", image=[node_id, 0])
@@ -188,7 +177,7 @@ def seams(image: torch.Tensor) -> tuple[float, torch.Tensor]:
 
 def test_loop_closes_the_seam(host, captured, lpips_models):
     prompt = graphs.base()
-    add_panorama(prompt, "10", "loop", loop=True, sync_weight=0.0)
+    graphs.panorama(prompt, "10", "loop", loop=True, sync_weight=0.0)
     add_decode(prompt, "11", "image", ["10", 0], circular=True)
     host.run(prompt)
     image = captured["image"]
@@ -256,7 +245,7 @@ def test_seamless_decode_equals_a_plain_torch_blend_of_the_vae_tiles(host, captu
     weights matter) and a blend with another ramp would be caught."""
     tiny = harness.test_nodes_module().tiny
     prompt = graphs.base()
-    prompt["4"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 96, "height": 80, "batch_size": 1}}
+    graphs.empty_latent(prompt, "4", 96, 80)
     prompt["5"] = {"class_type": "KSampler", "inputs": {
         "model": ["1", 0], "seed": 1, "steps": 2, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal",
         "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0], "denoise": 1.0}}
@@ -326,7 +315,7 @@ BAD = [
 @pytest.mark.parametrize("overrides,name", BAD, ids=[n + str(i) for i, (_, n) in enumerate(BAD)])
 def test_bad_inputs_name_the_input(host, lpips_models, overrides, name):
     prompt = graphs.base()
-    add_panorama(prompt, "10", "x", **overrides)
+    graphs.panorama(prompt, "10", "x", **overrides)
     _, server = host.run(prompt, expect_success=False)
     message = host.node_error(server)
     assert name in message, message
@@ -340,7 +329,7 @@ def test_a_missing_lpips_file_says_which_file_to_put_where(host, lpips_models, t
     folder_paths.filename_list_cache.pop("lpips", None)
     try:
         prompt = graphs.base()
-        add_panorama(prompt, "10", "x", lpips_net="alex")
+        graphs.panorama(prompt, "10", "x", lpips_net="alex")
         _, server = host.run(prompt, expect_success=False)
     finally:
         folder_paths.folder_names_and_paths["lpips"][0].extend(saved)
@@ -361,8 +350,8 @@ def test_other_samplers_run_with_sync(host, captured, lpips_models, sampler):
         settings.update(window_batch=1, sync_batch=1)
         add_custom(prompt, "30", "oracle", oracle_node(lpips_models["vgg"], sync_steps=1), steps=3,
                    scheduler="normal")
-    add_panorama(prompt, "10", "sync", **settings)
-    add_panorama(prompt, "20", "off", **dict(settings, sync_weight=0.0))
+    graphs.panorama(prompt, "10", "sync", **settings)
+    graphs.panorama(prompt, "20", "off", **dict(settings, sync_weight=0.0))
     host.run(prompt)
     synced, off = captured["sync"], captured["off"]
     assert torch.isfinite(synced).all()
@@ -437,7 +426,7 @@ def test_circular_seamless_decode_with_an_overlap_wider_than_the_latent_keeps_th
     """The wrapped padding is clamped to the latent's width, and so is the crop: the image is as wide as the
     plain decode's (before: 16 px instead of 32, and 0 px for a 16 px latent)."""
     prompt = graphs.base()
-    prompt["4"] = {"class_type": "EmptyLatentImage", "inputs": {"width": latent_width, "height": 64, "batch_size": 1}}
+    graphs.empty_latent(prompt, "4", latent_width, 64)
     prompt["6"] = {"class_type": "VAEDecode", "inputs": {"samples": ["4", 0], "vae": ["1", 2]}}
     graphs.capture(prompt, "6c", "plain", image=["6", 0])
     add_decode(prompt, "7", "circular", ["4", 0], tile_size=128, overlap=overlap, circular=True)
@@ -477,7 +466,7 @@ def test_a_bad_lpips_trunk_file_is_refused_naming_it(host, lpips_models, tmp_pat
     cleanup = lpips_folder(tmp_path, name, content, state)
     try:
         prompt = graphs.base()
-        add_panorama(prompt, "10", "x", lpips_net="alex", steps=2, sync_steps=1)
+        graphs.panorama(prompt, "10", "x", lpips_net="alex", steps=2, sync_steps=1)
         _, server = host.run(prompt, expect_success=False)
     finally:
         cleanup()
@@ -504,7 +493,7 @@ def test_the_lpips_network_is_built_once_across_runs(host, captured, lpips_model
     monkeypatch.setattr(lpips, "LPIPS", counting)
     for seed in (1, 2):
         prompt = graphs.base()
-        add_panorama(prompt, "10", f"run{seed}", seed=seed, steps=2, sync_steps=1)
+        graphs.panorama(prompt, "10", f"run{seed}", seed=seed, steps=2, sync_steps=1)
         host.run(prompt)
     prompt = graphs.base()
     add_custom(prompt, "20", "custom", sampler_node(sync_steps=1), steps=2)
@@ -512,7 +501,7 @@ def test_the_lpips_network_is_built_once_across_runs(host, captured, lpips_model
     assert built == ["vgg"]
     assert not torch.equal(captured["run1"], captured["run2"])  # two real runs (different seeds)
     prompt = graphs.base()
-    add_panorama(prompt, "10", "alex", lpips_net="alex", steps=2, sync_steps=1)
+    graphs.panorama(prompt, "10", "alex", lpips_net="alex", steps=2, sync_steps=1)
     host.run(prompt)
     assert built == ["vgg", "alex"]  # another net: built (and the cache holds one network at a time)
 
@@ -549,7 +538,7 @@ def test_an_interrupt_mid_step_ends_the_prompt_before_the_next_window_batch(host
 
     monkeypatch.setattr(distance_class, "__call__", distance)
     prompt = graphs.base()
-    add_panorama(prompt, "10", "x", steps=3, sync_steps=2, window_batch=2, sync_batch=2)
+    graphs.panorama(prompt, "10", "x", steps=3, sync_steps=2, window_batch=2, sync_batch=2)
     try:
         result, server = host.run(prompt, expect_success=False)
     finally:

@@ -33,7 +33,7 @@ def regions_graph(kind="sd15", pattern="square", width=64, height=64, spec="red:
               "missing_phrases": "append"}
     inputs.update(overrides)
     prompt["6"] = {"class_type": "GS_StrokeRegions", "inputs": inputs}
-    prompt["10"] = {"class_type": "EmptyLatentImage", "inputs": {"width": width, "height": height, "batch_size": 1}}
+    graphs.empty_latent(prompt, "10", width, height)
     return prompt
 
 
@@ -142,13 +142,10 @@ def test_sigma_window_limits_the_bias(host, captured):
 def test_works_with_ksampler_samplercustom_and_sdedit(host, captured):
     prompt = regions_graph()
     graphs.capture(prompt, "30", "ksampler", latent=ksampler(prompt, "20", ("6", 0)))
-    prompt["21"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}}
-    prompt["22"] = {"class_type": "BasicScheduler", "inputs": {"model": ["6", 0], "scheduler": "normal", "steps": 2,
-                                                               "denoise": 1.0}}
-    prompt["23"] = {"class_type": "SamplerCustom", "inputs": {
-        "model": ["6", 0], "add_noise": True, "noise_seed": 11, "cfg": 5.0, "positive": ["6", 1],
-        "negative": ["3", 0], "sampler": ["21", 0], "sigmas": ["22", 0], "latent_image": ["10", 0]}}
-    graphs.capture(prompt, "31", "custom", latent=["23", 0])
+    sampler = graphs.ksampler_select(prompt, "21")
+    sigmas = graphs.basic_scheduler(prompt, "22", 2, model=("6", 0))
+    out = graphs.sampler_custom(prompt, "23", sampler, sigmas, ["10", 0], 11, model=("6", 0), positive=("6", 1))
+    graphs.capture(prompt, "31", "custom", latent=out)
     prompt["24"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["5", 0], "vae": ["1", 2]}}
     sdedit = graphs.sdedit(prompt, "25", model=["6", 0], positive=["6", 1], latent=["24", 0], steps=2)
     plain_sdedit = graphs.sdedit(prompt, "26", model=["1", 0], positive=["6", 1], latent=["24", 0], steps=2)

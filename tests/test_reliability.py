@@ -74,13 +74,10 @@ def gradop_sampler(noise_seed=3, sampler=None, **inputs) -> dict:
     prompt["9"] = {"class_type": "GS_GradOPPlusSampler", "inputs": {
         "sampler_name": "euler", "vae": ["1", 2], "strokes": image,
         **{**graphs.GRADOP_METHOD, "iterative_steps": 1, "grad_steps": 1}, **inputs}}
-    prompt["6"] = {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "ddim_uniform",
-                                                              "steps": 6, "denoise": 1.0}}
-    prompt["7"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 32, "height": 32, "batch_size": 1}}
-    prompt["8"] = {"class_type": "SamplerCustom", "inputs": {
-        "model": ["1", 0], "add_noise": True, "noise_seed": noise_seed, "cfg": 5.0, "positive": ["2", 0],
-        "negative": ["3", 0], "sampler": ["9", 0], "sigmas": ["6", 0], "latent_image": ["7", 0]}}
-    graphs.capture(prompt, "10", "x", latent=["8", 0])
+    sigmas = graphs.basic_scheduler(prompt, "6", 6, "ddim_uniform")
+    latent = graphs.empty_latent(prompt, "7")
+    out = graphs.sampler_custom(prompt, "8", ["9", 0], sigmas, latent, noise_seed)
+    graphs.capture(prompt, "10", "x", latent=out)
     return prompt
 
 
@@ -104,7 +101,7 @@ def semantic(**inputs) -> dict:
         "model": ["1", 0], "vae": ["1", 2], "clip_model": ["5", 0], "text": "a castle", "text_weight": 0.5,
         "image_weight": 0.5, "image_loss": "content", "cutouts": 1, "start_percent": 0.0, "end_percent": 1.0,
         "every": 1, "decoder": "auto", "step_mode": "normalised", "reference_image": ["4", 0], **inputs}}
-    prompt["6"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}
+    graphs.empty_latent(prompt, "6", 64, 64)
     prompt["7"] = {"class_type": "KSampler", "inputs": {
         "model": ["9", 0], "seed": 1, "steps": 2, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal",
         "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["6", 0], "denoise": 1.0}}
@@ -133,7 +130,7 @@ def panorama(**inputs) -> dict:
 
 def seamless(width=64, **inputs) -> dict:
     prompt = graphs.base()
-    prompt["6"] = {"class_type": "EmptyLatentImage", "inputs": {"width": width, "height": 32, "batch_size": 1}}
+    graphs.empty_latent(prompt, "6", width, 32)
     prompt["9"] = {"class_type": "GS_SeamlessDecode", "inputs": {
         "samples": ["6", 0], "vae": ["1", 2], "tile_size": 64, "overlap": 16, "circular": True, **inputs}}
     graphs.capture(prompt, "10", "x", image=["9", 0])

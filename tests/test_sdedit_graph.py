@@ -124,7 +124,7 @@ def test_other_model_families(host, captured, kind):
     diffusers one KSamplerAdvanced from step steps - int(steps * strength), on the same model and seed (the
     independent expectation: ComfyUI's own nodes); paper semantics starts elsewhere."""
     prompt = graphs.base(kind)
-    prompt["10"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 2}}
+    graphs.empty_latent(prompt, "10", 64, 64, batch=2)
     common = dict(latent=["10", 0], strength=0.7, sampler_name="dpmpp_2m", scheduler="karras", seed=7, steps=6)
     for semantics in ("paper", "comfy", "diffusers"):
         graphs.capture(prompt, f"3{semantics}", semantics,

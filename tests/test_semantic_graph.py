@@ -53,9 +53,7 @@ def add_branch(prompt, tag: str, loader: dict | None, guidance: dict | None, sam
                                                                                "key": f"{tag}:after"}}
         model = [f"{tag}a", 0]
     if latent is None:
-        prompt[f"{tag}e"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64,
-                                                                          "batch_size": batch}}
-        latent = [f"{tag}e", 0]
+        latent = graphs.empty_latent(prompt, f"{tag}e", 64, 64, batch)
     prompt[f"{tag}k"] = {"class_type": "KSampler", "inputs": {
         "model": model, "seed": seed, "steps": steps, "cfg": 5.0, "sampler_name": sampler, "scheduler": "normal",
         "positive": ["2", 0], "negative": ["3", 0], "latent_image": latent, "denoise": 1.0}}
@@ -193,7 +191,7 @@ def test_a_batch_of_two_equals_two_batches_of_one(host, clip_guidance, captured,
     prompt = graphs.base()
     reference = graphs.strokes(prompt, "4", width=64, height=64)
     settings = guidance_inputs(image_loss="both", cutouts=2)
-    prompt["5"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 2}}
+    graphs.empty_latent(prompt, "5", 64, 64, batch=2)
     prompt["7"] = {"class_type": "LatentFromBatch", "inputs": {"samples": ["5", 0], "batch_index": 0, "length": 2}}
     add_branch(prompt, "pair", VIT, settings, reference=reference, latent=["7", 0])
     for index in range(2):

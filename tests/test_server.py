@@ -6,6 +6,7 @@ import uuid
 
 import pytest
 
+from devkit import graphs
 from devkit import harness
 from devkit.server_support import http, running_server, wait_for
 
@@ -95,14 +96,10 @@ def test_every_template_runs_as_downloaded(server):
 
 
 def test_bad_input_reports_an_error_and_the_server_survives(server):
-    prompt = {"1": {"class_type": "GS_TestTinyCheckpoint", "inputs": {"kind": "sd15", "seed": 0}},
-              "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "x"}},
-              "3": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-              "4": {"class_type": "GS_SDEdit", "inputs": {
-                  "model": ["1", 0], "positive": ["2", 0], "negative": ["2", 0], "latent": ["3", 0], "seed": 0,
-                  "steps": 4, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal", "strength": 0.5,
-                  "semantics": "paper", "repeats": 1, "strength_sweep": "0.5, nope"}},
-              "5": {"class_type": "GS_TestCapture", "inputs": {"key": "x", "latent": ["4", 0]}}}
+    prompt = graphs.base()
+    latent = graphs.empty_latent(prompt, "30", 64, 64)
+    out = graphs.sdedit(prompt, "4", latent=latent, seed=0, steps=4, strength=0.5, strength_sweep="0.5, nope")
+    graphs.capture(prompt, "5", "x", latent=out)
     response = http(server["url"] + "/prompt", {"prompt": prompt, "client_id": "t"})
     entry = wait_for(server, response["prompt_id"])
     assert entry["status"]["status_str"] == "error"

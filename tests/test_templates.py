@@ -72,6 +72,10 @@ def loaded_files(workflow: dict, node_classes: dict, folder_widgets: dict) -> di
     """node id -> {(file name, folder)} that the node loads when the template runs: the widgets listing a model
     folder, and the files the pack's nodes read by an option's value (the LPIPS trunk, TAESD)."""
     lpips_model = harness.loaded_module("nodes.toolkit.lpips_model")
+    checkpoints = {widget_values(node, node_classes).get("ckpt_name") for node in workflow["nodes"]}
+    # decoder 'taesd' reads the TAESD decoder of the checkpoint's latent format (taef1_decoder for Flux.1)
+    fast = {workflow_builder.FAST_DECODERS[name]["name"] for name in checkpoints
+            if name in workflow_builder.FAST_DECODERS}
     loads = {}
     for node in workflow["nodes"]:
         values = widget_values(node, node_classes)
@@ -81,7 +85,7 @@ def loaded_files(workflow: dict, node_classes: dict, folder_widgets: dict) -> di
             files.add((lpips_model.HUB_FILES[values["lpips_net"]], lpips_model.FOLDER))
         for option in ("decoder", "loss_decoder"):
             if values.get(option) == "taesd":
-                files.add(("taesd_decoder.safetensors", "vae_approx"))
+                files |= {(name, "vae_approx") for name in fast or {"taesd_decoder.safetensors"}}
         if files:
             loads[node["id"]] = files
     return loads
@@ -101,7 +105,8 @@ def test_every_model_file_a_template_loads_is_declared_and_every_declared_file_i
     for node in workflow["nodes"]:
         values = {v for v in node.get("widgets_values") or [] if isinstance(v, str)}
         for model in node["properties"].get("models", []):
-            if model["directory"] != "lpips":  # read by lpips_net's value, declared at the top level for the dialog
+            # read by lpips_net's / decoder's value, declared at the top level for the dialog
+            if model["directory"] not in ("lpips", "vae_approx"):
                 assert model["name"] in values, (node["type"], model)
     # no other widget names a model file (the frontend's scan would look for it)
     for node in workflow["nodes"]:
@@ -128,7 +133,8 @@ def test_declared_model_files_have_one_address_a_public_download_and_a_registere
         parsed = urlparse(url)
         assert parsed.scheme == "https" and parsed.netloc, url
         assert Path(parsed.path).name == name, "a browser download keeps the server's file name: it must be the name"
-        if not name.endswith(".pth"):  # torchvision's VGG16 comes from download.pytorch.org, listed for the user
+        # torchvision's VGG16 comes from download.pytorch.org and TAEF1 from GitHub, listed for the user
+        if not name.endswith(".pth"):
             assert url.startswith(DOWNLOAD_HOSTS) and name.endswith(DOWNLOAD_SUFFIXES), url
 
 

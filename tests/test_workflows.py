@@ -111,9 +111,12 @@ def test_example_workflow_nodes_do_not_overlap(path):
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
-def test_example_workflow_runs(host, vae_approx, lpips_models, path):  # vae_approx: TAESD for decoder "taesd"
+def test_example_workflow_runs(host, vae_approx, flow_vae_approx, lpips_models, path):
+    """(vae_approx, flow_vae_approx: the TAESD decoders of decoder "taesd", taef1_decoder for the Flux templates)"""
     workflow = load(path)
     prompt = harness.workflow_to_prompt(workflow, host.nodes.NODE_CLASS_MAPPINGS)
+    if any(node["class_type"] == "GS_TestTinyFlowCheckpoint" for node in prompt.values()):
+        harness.fewer_steps(prompt)  # the Flux templates on the tiny flow model: a few steps keep them cheap
     assert any(n["class_type"].startswith("GS_") and not n["class_type"].startswith("GS_Test") for n in prompt.values())
     result, _ = host.run(prompt)
     images = [image for node in result["outputs"].values() for image in node.get("images", [])]
@@ -129,5 +132,7 @@ def test_example_workflow_runs(host, vae_approx, lpips_models, path):  # vae_app
         assert sorted(image["filename"].split("_0")[0] for image in saved) == ["gradop_plus", "sdedit_compare"]
     if path.stem == "SDEdit Sigmas in SamplerCustom":
         assert [image["filename"].split("_0")[0] for image in saved] == ["sdedit_sigmas"]
+    if path.stem.endswith(" on Flux dev"):  # each of them saves one image, through the tiny flow model
+        assert len(saved) == 1 and prompt["1"]["class_type"] == "GS_TestTinyFlowCheckpoint", saved
     if path.stem == "GradOP+ Sampler with region words":
         assert [image["filename"].split("_0")[0] for image in saved] == ["gradop_sampler_regions"]

@@ -380,10 +380,16 @@ _INSTALL_RECORDER = """() => {
 # node is replaced by the test node (devkit/host_nodes), widget values are copied by name where the test
 # node has the same widget, and every link is reconnected (inputs by name, outputs by slot).
 BROWSER_SWAPS = {
-    "CheckpointLoaderSimple": {"type": "GS_TestTinyCheckpoint", "values": {"kind": "sd15", "seed": 0}},
+    # by the checkpoint's file name (harness.FLOW_CHECKPOINTS): a flow template gets the tiny flow model
+    "CheckpointLoaderSimple": {"type": "GS_TestTinyCheckpoint", "values": {"kind": "sd15", "seed": 0},
+                               "cases": {"widget": "ckpt_name", "values": {
+                                   name: {"type": "GS_TestTinyFlowCheckpoint", "values": {"kind": kind, "seed": 0}}
+                                   for name, kind in harness.FLOW_CHECKPOINTS.items()}}},
     "LoadImage": {"type": "GS_TestLoadImageSmall", "values": {"size": 64}},
     "GS_StrokeCanvas": {"type": "GS_TestStrokeCanvasSmall", "values": {"size": 64}},
     "EmptyLatentImage": {"type": "EmptyLatentImage", "values": {"width": 64, "height": 64}},
+    "EmptySD3LatentImage": {"type": "EmptySD3LatentImage", "values": {"width": 64, "height": 64}},
+    "GS_GradOPPlus": {"type": "GS_GradOPPlus", "values": {"width": 0, "height": 0}},
     "GS_OpenCLIPLoader": {"type": "GS_TestTinyOpenCLIP", "values": {"kind": "vit", "seed": 0}},
     "GS_SyncDiffusion": {"type": "GS_SyncDiffusion", "values": {"width": 128, "height": 32, "window_size": 32,
                                                                "stride": 16, "steps": 3, "sync_steps": 2}},
@@ -398,8 +404,12 @@ SWAP_NODES = """({swaps}) => {
   const link = (id) => (graph.links.get ? graph.links.get(id) : graph.links[id]);
   const swapped = [];
   for (const old of [...graph.nodes]) {
-    const swap = swaps[old.type];
+    let swap = swaps[old.type];
     if (!swap) continue;
+    if (swap.cases) {  // a stand-in chosen by a widget's value (the checkpoint's file name)
+      const widget = (old.widgets || []).find((o) => o.name === swap.cases.widget);
+      swap = (widget && swap.cases.values[widget.value]) || swap;
+    }
     const node = LG.createNode(swap.type);
     if (!node) throw new Error(`cannot create ${swap.type}`);
     node.pos = [old.pos[0], old.pos[1]];

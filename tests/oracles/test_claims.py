@@ -104,8 +104,7 @@ def test_sd1_levels_and_sdedit_start_levels_printed_in_the_docs(host, store, tin
             "model": ["1", 0], "scheduler": scheduler, "steps": 50, "strength": strength, "semantics": semantics}}
         capture(prompt, f"3{n:02d}", f"s{n}", sigmas=[f"2{n:02d}", 0])
     # KSamplerAdvanced start_at_step 10 of 50 ddim_uniform steps starts where diffusers 0.8 does
-    prompt["90"] = {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "ddim_uniform",
-                                                               "steps": 50, "denoise": 1.0}}
+    graphs.basic_scheduler(prompt, "90", 50, "ddim_uniform")
     prompt["91"] = {"class_type": "SplitSigmas", "inputs": {"sigmas": ["90", 0], "step": 10}}
     capture(prompt, "92", "advanced", sigmas=["91", 1])
     host.run(prompt)
@@ -245,7 +244,7 @@ def test_samplers_restart_per_segment_with_a_fresh_noise_stream(host, store, sam
     prompt["10"] = {"class_type": "GS_TestStrokes", "inputs": {"width": 32, "height": 32, "left": 0xCC3322,
                                                                "right": 0x2255CC, "batch": 1}}
     add_gradop(prompt, "20", "node", ["10", 0], grad_steps=0, sampler_name=sampler)
-    prompt["30"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 32, "height": 32, "batch_size": 1}}
+    graphs.empty_latent(prompt, "30", 32, 32)
     bounds = [0, 2, 3, 4, 10000]
     for variant, seeds in (("fresh", [7, 8, 9, 10]), ("same", [7, 7, 7, 7])):
         latent = ["30", 0]
@@ -272,13 +271,9 @@ def test_progress_counts_sampler_and_adam_steps(host):
         "sampler_name": "euler", "vae": ["1", 2], "strokes": ["10", 0], "strength": 0.8, "iterative_steps": 3,
         "grad_steps": 2, "learning_rate": 0.1, "painting_function": "gaussian blur", "decoder": "auto",
         "loss_resolution": "full", "mode": "GradOP+", "gamma": 0.001}}
-    prompt["31"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 32, "height": 32, "batch_size": 1}}
-    prompt["32"] = {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "ddim_uniform",
-                                                               "steps": 8, "denoise": 1.0}}
-    prompt["33"] = {"class_type": "SamplerCustom", "inputs": {
-        "model": ["1", 0], "add_noise": True, "noise_seed": 7, "cfg": 5.0, "positive": ["2", 0], "negative": ["3", 0],
-        "sampler": ["30", 0], "sigmas": ["32", 0], "latent_image": ["31", 0]}}
-    capture(prompt, "34", "custom", latent=["33", 0])
+    latent = graphs.empty_latent(prompt, "31")
+    sigmas = graphs.basic_scheduler(prompt, "32", 8, "ddim_uniform")
+    capture(prompt, "34", "custom", latent=graphs.sampler_custom(prompt, "33", ["30", 0], sigmas, latent, 7))
     events = harness.run_recording_progress(host, prompt)
 
     def final(node, total):
@@ -302,7 +297,7 @@ def regions_prompt(mode="paint_with_words", strength=1.0):
         "model": ["1", 0], "clip": ["1", 1], "stroke": ["5", 0], "prompt": "a castle by the river",
         "region_spec": "red: castle\nblue: river", "strength": strength, "mode": mode, "start_percent": 0.0,
         "end_percent": 1.0, "missing_phrases": "append"}}
-    prompt["10"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}
+    graphs.empty_latent(prompt, "10", 64, 64)
     return prompt
 
 

@@ -34,6 +34,7 @@ from PIL import Image
 
 
 from . import reference as ref
+from devkit import graphs
 from devkit.tolerance import ORACLE, assert_close_across_paths
 
 from .common import base_prompt, capture, max_difference
@@ -269,19 +270,11 @@ def test_sampler_form_through_sampler_custom_and_sampler_custom_advanced(host, s
     method = {**METHOD_DEFAULTS, **settings}
     prompt["20"] = {"class_type": "GS_GradOPPlusSampler", "inputs": {"sampler_name": "euler", "vae": ["1", 2],
                                                                      "strokes": strokes, **method}}
-    prompt["21"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 32, "height": 32, "batch_size": 1}}
-    prompt["22"] = {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "ddim_uniform",
-                                                               "steps": STEPS, "denoise": 1.0}}
-    prompt["23"] = {"class_type": "SamplerCustom", "inputs": {
-        "model": ["1", 0], "add_noise": True, "noise_seed": SEED, "cfg": CFG, "positive": ["2", 0],
-        "negative": ["3", 0], "sampler": ["20", 0], "sigmas": ["22", 0], "latent_image": ["21", 0]}}
-    capture(prompt, "24", "custom", latent=["23", 0])
-    prompt["25"] = {"class_type": "RandomNoise", "inputs": {"noise_seed": SEED}}
-    prompt["26"] = {"class_type": "CFGGuider", "inputs": {"model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0],
-                                                          "cfg": CFG}}
-    prompt["27"] = {"class_type": "SamplerCustomAdvanced", "inputs": {
-        "noise": ["25", 0], "guider": ["26", 0], "sampler": ["20", 0], "sigmas": ["22", 0], "latent_image": ["21", 0]}}
-    capture(prompt, "28", "advanced", latent=["27", 0])
+    latent = graphs.empty_latent(prompt, "21")
+    sigmas = graphs.basic_scheduler(prompt, "22", STEPS, "ddim_uniform")
+    capture(prompt, "24", "custom", latent=graphs.sampler_custom(prompt, "23", ["20", 0], sigmas, latent, SEED, CFG))
+    capture(prompt, "28", "advanced", latent=graphs.sampler_custom_advanced(prompt, "27", "25", "26", ["20", 0],
+                                                                             sigmas, latent, SEED, CFG))
     host.run(prompt)
     result = oracle(tiny, denoiser, store["strokes"].movedim(-1, 1), (1, 4, 4, 4), **settings)
     scale = float(result.latent.abs().max())

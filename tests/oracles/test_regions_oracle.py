@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from . import reference as ref
+from devkit import graphs
 from devkit.tolerance import ORACLE, assert_close_across_paths
 
 from .common import base_prompt, max_difference
@@ -96,7 +97,7 @@ def regions_graph(strength=None):
               "region_spec": "red: castle\nblue: river", "mode": "paint_with_words", "start_percent": 0.0,
               "end_percent": 1.0, "missing_phrases": "error", "strength": 0.4 if strength is None else strength}
     prompt["6"] = {"class_type": "GS_StrokeRegions", "inputs": inputs}  # colour_tolerance, min_region_percent: defaults
-    prompt["10"] = {"class_type": "EmptyLatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 2}}
+    graphs.empty_latent(prompt, "10", SIZE, SIZE, batch=2)
     return prompt
 
 
