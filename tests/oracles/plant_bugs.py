@@ -146,8 +146,7 @@ PLANTS = {
                                                            "if False:")],
                                                          [SF + "::test_a_non_finite_gradop_gradient_leaves_the_run_"
                                                                "unguided_with_one_warning"]),
-    "regions default strength 0.5": ([("nodes/regions.py", 'io.Float.Input("strength", default=0.4, min=0.0',
-                                       'io.Float.Input("strength", default=0.5, min=0.0')], [CL]),
+    "regions default strength 0.5": ([("nodes/regions.py", "DEFAULT_STRENGTH = 0.4", "DEFAULT_STRENGTH = 0.5")], [CL]),
 }
 
 
