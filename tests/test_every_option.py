@@ -259,6 +259,15 @@ HOST_LIST_SAMPLE = {"sampler_name": ["euler", "euler_ancestral", "dpmpp_2m", "dp
                     "scheduler": ["simple", "normal", "karras", "beta"]}
 
 
+# On the tiny Flux.1 dev the prompt's text barely reaches the image (random weights, a 77-token text beside 16
+# image tokens): options that act through the text attention move the final latent by far less than SAME_RTOL.
+FLOW_SAME_RESULT = {
+    ("GS_StrokeRegions", "mode"): "both modes against their oracle on each joint attention call: "
+                                  "tests/test_regions_joint.py",
+    ("GS_StrokeRegions", "missing_phrases"): SAME_RESULT[("GS_StrokeRegions", "missing_phrases")],
+}
+
+
 @pytest.mark.parametrize("node", sorted(GRAPHS))
 def test_every_pack_option_runs_on_a_flow_transformer(host, vae_approx, clip_guidance, lpips_models, node):
     """Every option the pack defines, on tiny Flux.1 dev (16-channel latents, 2x2 patches, the flow schedule, a
@@ -276,6 +285,8 @@ def test_every_pack_option_runs_on_a_flow_transformer(host, vae_approx, clip_gui
             raise AssertionError(f"{node}.{input_name} on Flux.1 dev: {error}") from None
         for option, value in results.items():
             assert torch.isfinite(value).all(), f"{node}.{input_name}={option!r} gave a non-finite result on Flux.1 dev"
+        if (node, input_name) in FLOW_SAME_RESULT:
+            continue  # runs and is finite; its effect is checked where the reason says
         if (node, input_name) not in ENVIRONMENT_LISTS:
             check_the_option_reached_the_node(node, input_name, results)
 
