@@ -11,8 +11,9 @@ PROMPT = "a red castle, a blue river"
 WORDS = ("red", "castle", "blue", "river")
 
 # Hand-checked from the shipped tokenizers. CLIP BPE (keys "l", "g"): BOS 49406, a 320, red 736, castle 3540, "," 267,
-# blue 1746, river 2473, EOS 49407. T5 SentencePiece ("t5xxl"): no BOS; "▁" 3, "a" 9, "▁red" 1131, "▁castle" 13243,
-# "," 6, "▁blue" 1692, "▁river" 4033, EOS 1, pad 0. Qwen2.5 BPE ("qwen25_7b", "qwen3_4b"): "a" 64, " red" 2518,
+# blue 1746, river 2473, EOS 49407. T5 SentencePiece ("t5xxl"; "_" stands for its word-start mark U+2581): no BOS;
+# "_" 3, "a" 9, "_red" 1131, "_castle" 13243,
+# "," 6, "_blue" 1692, "_river" 4033, EOS 1, pad 0. Qwen2.5 BPE ("qwen25_7b", "qwen3_4b"): "a" 64, " red" 2518,
 # " castle" 32584, "," 11, " a" 264, " blue" 6303, " river" 14796 inside the family's chat template.
 CLIP_IDS = [49406, 320, 736, 3540, 267, 320, 1746, 2473, 49407]
 T5_IDS = [3, 9, 1131, 13243, 6, 3, 9, 1692, 4033, 1]
@@ -176,7 +177,7 @@ def test_sd35_a_long_prompt_adds_clip_chunks_and_moves_the_t5_block(modules, cli
     tokens = clip.tokenize(LONG)
     assert [len(c) for c in tokens["l"]] == [77, 77] and [len(c) for c in tokens["t5xxl"]] == [90]
     # hand-checked: CLIP chunk 0 is BOS + 75 tokens (a red castle , castle x71) + EOS, chunk 1 is BOS + castle x9
-    # + a blue river + EOS + padding; T5: ▁ a ▁red ▁castle , + ▁castle x80 + ▁ a ▁blue ▁river </s> (90 tokens)
+    # + a blue river + EOS + padding; T5: _ a _red _castle , + _castle x80 + _ a _blue _river </s> (90 tokens)
     assert tokens["l"][1][12][0] == 2473 and tokens["t5xxl"][0][88][0] == 4033
     river_rows = [77 * 1 + 12, 77 * 2 + 88]  # CLIP row 77 k + p, T5 row 77 C + p
     assert river_rows == [89, 242]
