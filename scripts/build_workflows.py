@@ -38,6 +38,7 @@ THUMBNAILS = {
     flux.GRADOP: (workflow_builder.STROKES_FILE, thumbnails.flux_gradop),
     flux.SEMANTIC: (workflow_builder.STROKES_FILE, thumbnails.flux_semantic),
     flux.PANORAMA: (None, thumbnails.flux_panorama),
+    flux.REGIONS: (workflow_builder.STROKES_FILE, thumbnails.flux_regions),
 }
 
 

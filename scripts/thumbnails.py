@@ -290,6 +290,18 @@ def flux_gradop(painting: Image.Image) -> Image.Image:
     return image
 
 
+def flux_regions(painting: Image.Image) -> Image.Image:
+    image, draw = canvas("Region words on Flux.1 dev", "each colour named, on joint attention")
+    paste(image, words_on(painting, REGION_WORDS), (15, 110, 185, 280), "regions to words")
+    for i, (name, amount) in enumerate((("txt2img", 0.9), ("SDEdit", 0.6))):
+        top = 95 + i * 110
+        arrow(draw, (192, 195), (250, top + 45))
+        paste(image, realise(painting, amount, seed=53 + i, tint=FLUX_TINT), (255, top, 340, top + 90))
+        draw.text((347, top + 45), name, fill=INK, font=font(14), anchor="lm")
+    _flux_badge(draw)
+    return image
+
+
 def flux_semantic(painting: Image.Image) -> Image.Image:
     image, draw = canvas("CLIP guidance on Flux.1 dev", "steered by a text")
     draw.rounded_rectangle((15, 110, 175, 230), radius=8, fill=(245, 240, 225), outline=INK, width=2)

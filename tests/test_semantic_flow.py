@@ -158,7 +158,7 @@ def test_one_clip_step_on_a_flow_model_equals_a_plain_torch_oracle(host, clip_gu
     assert not [r for r in caplog.records if GUARD_WARNING in r.getMessage()]
 
 
-@pytest.mark.parametrize("kind, cfg", [("flux_schnell", 1.0), ("sd35", 3.0), ("z_image", 2.0)])
+@pytest.mark.parametrize("kind, cfg", [("flux_schnell", 1.0), ("sd35", 3.0), ("z_image", 2.0), ("chroma", 3.0)])
 def test_clip_guidance_runs_on_flow_families(host, clip_guidance, captured, records, caplog, kind, cfg):
     """Both step modes guide every family's run (the latent moves, stays finite, no guard fallback)."""
     latents = {}

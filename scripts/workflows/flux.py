@@ -1,5 +1,5 @@
-"""Flux.1 dev examples, one per capability that runs there (region words do not support Flux yet): SDEdit,
-GradOP+, CLIP guidance and a SyncDiffusion panorama. Each loads the fp8 all-in-one checkpoint with Load
+"""Flux.1 dev examples, one per capability: SDEdit, GradOP+, CLIP guidance, a SyncDiffusion panorama and region
+words on a painting (the bias on Flux's joint attention). Each loads the fp8 all-in-one checkpoint with Load
 Checkpoint, sets the distilled guidance with FluxGuidance and samples at cfg 1 (Flux.1 dev is guidance-distilled:
 the negative prompt has no effect there); the gradient methods decode through the fast TAEF1 decoder
 (decoder 'taesd' reads taef1_decoder from models/vae_approx)."""
@@ -7,12 +7,15 @@ from __future__ import annotations
 
 from workflow_builder import (FLUX1_DEV_FP8, LPIPS_VGG16, OPEN_CLIP_VIT_B_32, STROKES_FILE, TAEF1_DECODER, Builder,
                               stroke_painting)
+from workflows.regions import REGION_SPEC, REGIONS_POS, REGIONS_SIZE
+from workflows.regions import PROMPT as REGIONS_PROMPT
 from workflows.semantic import LOADER
 
 SDEDIT = "SDEdit on Flux dev"
 GRADOP = "GradOP+ strokes to photo on Flux dev"
 SEMANTIC = "CLIP guidance on Flux dev"
 PANORAMA = "SyncDiffusion panorama on Flux dev"
+REGIONS = "Region words on a painting on Flux dev"
 PROMPT = "a photograph of a mountain lake at sunset, detailed, realistic"
 SAMPLING = {"seed": 42, "steps": 20, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple"}
 
@@ -98,6 +101,37 @@ def panorama_workflow(node_classes) -> dict:
     return b.workflow()
 
 
+def regions_workflow(node_classes) -> dict:
+    """Stroke Regions to Words on Flux.1 dev: the painting's regions named in the prompt (T5 tokens), its MODEL and
+    CONDITIONING (with FluxGuidance) into a text-to-image KSampler at the painting's size and into SDEdit."""
+    b = Builder(node_classes)
+    b.add(1, "CheckpointLoaderSimple", (20, 40), {"ckpt_name": FLUX1_DEV_FP8["name"]}, size=(315, 98),
+          models=[FLUX1_DEV_FP8])
+    b.add(3, "CLIPTextEncode", (20, 570), {"text": ""}, {"clip": (1, 1)}, size=(340, 110))
+    b.add(4, "LoadImage", (20, 200), {"image": STROKES_FILE}, size=(315, 320))
+    b.add(5, "GS_StrokeRegions", REGIONS_POS,
+          {"prompt": REGIONS_PROMPT, "region_spec": REGION_SPEC, "strength": 0.4, "mode": "paint_with_words",
+           "start_percent": 0.0, "end_percent": 1.0, "missing_phrases": "append", "colour_tolerance": 24,
+           "min_region_percent": 0.2},
+          {"model": (1, 0), "clip": (1, 1), "stroke": (4, 0)}, size=REGIONS_SIZE)
+    b.add(13, "PreviewImage", (20, 730), {}, {"images": (5, 2)}, size=(340, 300))
+    b.add(17, "FluxGuidance", (820, 40), {"guidance": 3.5}, {"conditioning": (5, 1)}, size=(315, 58))
+    # a latent of the painting's size; with denoise 1.0 KSampler starts from pure noise (text-to-image)
+    b.add(6, "VAEEncode", (820, 140), {}, {"pixels": (4, 0), "vae": (1, 2)}, size=(210, 46))
+    b.add(7, "KSampler", (820, 230), {**SAMPLING, "denoise": 1.0},
+          {"model": (5, 0), "positive": (17, 0), "negative": (3, 0), "latent_image": (6, 0)}, size=(315, 262))
+    b.add(10, "GS_SDEdit", (820, 540), {**SAMPLING, "strength": 0.7, "semantics": "paper", "repeats": 1,
+                                        "strength_sweep": ""},
+          {"model": (5, 0), "positive": (17, 0), "negative": (3, 0), "image": (4, 0), "vae": (1, 2)},
+          size=(340, 420))
+    for decode_id, save_id, source, y, prefix in ((8, 9, 7, 40, "flux_regions_txt2img"),
+                                                  (11, 12, 10, 520, "flux_regions_sdedit")):
+        b.add(decode_id, "VAEDecode", (1200, y), {}, {"samples": (source, 0), "vae": (1, 2)}, size=(210, 46))
+        b.add(save_id, "SaveImage", (1200, y + 80), {"filename_prefix": f"guided_synthesis/{prefix}"},
+              {"images": (decode_id, 0)}, size=(300, 340))
+    return b.workflow()
+
+
 WORKFLOWS = {SDEDIT: sdedit_workflow, GRADOP: gradop_workflow, SEMANTIC: semantic_workflow,
-             PANORAMA: panorama_workflow}
+             PANORAMA: panorama_workflow, REGIONS: regions_workflow}
 INPUTS = {STROKES_FILE: stroke_painting}
