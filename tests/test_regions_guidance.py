@@ -220,6 +220,59 @@ def test_dense_mode_matches_densediffusions_cross_attention_formula():
     assert_close_across_paths(out[:, unnamed], plain[:, unnamed], rtol=1e-5, why=FORMULA)
 
 
+def joint_inputs(batch=2, n_image=64, n_text=77, heads=2, dim=8, seed=3):
+    """[B, heads, h*w, d] image queries and [B, heads, T, d] text keys of a joint attention."""
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randn(batch, heads, n_image, dim, generator=gen),
+            torch.randn(batch, heads, n_text, dim, generator=gen))
+
+
+def test_joint_paint_with_words_offset_is_the_formula_on_the_image_text_block():
+    """w(sigma) max(QK^T) M on the image-query x text-key block: the max per image over its heads, image queries and
+    text keys, the same for every head; a whole multiple of the prompt length tiles the bias (docs section 6a)."""
+    region = make_region(strength=0.5)
+    q_image, k_text = joint_inputs(n_text=154)  # the prompt twice, as a repeated conditioning
+    sigma = torch.tensor([3.0, 0.5])
+    offset = region.joint_offset(q_image, k_text, (8, 8), sigma)
+    peak = torch.stack([(q_image[b] @ k_text[b].transpose(-1, -2)).max().clamp_min(0) for b in range(2)])
+    bias = torch.zeros(64, 154)
+    bias[torch.arange(64) % 8 < 4, 3] = 1
+    bias[torch.arange(64) % 8 < 4, 77 + 3] = 1
+    expected = (0.5 * torch.log1p(sigma) * peak).view(2, 1, 1, 1) * bias
+    assert offset.shape == (2, 1, 64, 154)
+    assert_close_across_paths(offset, expected, rtol=1e-5, why=FORMULA)
+    assert region.joint_offset(q_image, k_text[:, :, :100], (8, 8), sigma) is None  # not a multiple of 77
+    negative_peak = region.joint_offset(-q_image.abs(), k_text.abs(), (8, 8), sigma)
+    assert float(negative_peak.abs().max()) == 0.0  # a negative maximum biases nothing (clamped at 0)
+
+
+def test_joint_dense_offset_is_densediffusions_update_over_the_text_keys():
+    masks = torch.zeros(2, 8, 8)
+    masks[0, :, :4] = 1
+    masks[1, :2, 4:] = 1
+    token_masks = torch.zeros(2, 77)
+    token_masks[0, [3, 4]] = 1
+    token_masks[1, 7] = 1
+    times = {14.0: 0.95, 3.0: 0.5}
+    region = regions.RegionAttention(masks, token_masks, strength=1.0, mode="dense", sigma_to_t=times.get)
+    q_image, k_text = joint_inputs()
+    offset = region.joint_offset(q_image, k_text, (8, 8), torch.tensor([14.0, 3.0]))
+    scores = q_image @ k_text.transpose(-1, -2)  # [B, heads, 64, 77]
+    inside_phrase = torch.zeros(64, 77)
+    size = torch.zeros(64, 1)
+    for r, area in enumerate((0.5, 0.125)):
+        inside = masks[r].flatten() > 0
+        inside_phrase[inside] = torch.maximum(inside_phrase[inside], token_masks[r])
+        size[inside] = 1 - area
+    for b, t in enumerate(times.values()):
+        factor = size * (t ** 5 if t >= 0.7 else 0.0)
+        s = scores[b]
+        expected = (inside_phrase * factor * (s.amax(-1, keepdim=True) - s)
+                    - (1 - inside_phrase) * factor * (s - s.amin(-1, keepdim=True)))
+        assert_close_across_paths(offset[b], expected, rtol=1e-5, why=FORMULA)
+    assert float(offset[1].abs().max()) == 0.0 and float(offset[0].abs().max()) > 0.1
+
+
 def test_an_image_does_not_change_with_its_batch():
     for mode in regions.MODES:
         region = make_region(mode)
