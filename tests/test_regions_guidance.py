@@ -242,6 +242,12 @@ def test_joint_paint_with_words_offset_is_the_formula_on_the_image_text_block():
     assert offset.shape == (2, 1, 64, 154)
     assert_close_across_paths(offset, expected, rtol=1e-5, why=FORMULA)
     assert region.joint_offset(q_image, k_text[:, :, :100], (8, 8), sigma) is None  # not a multiple of 77
+    wide = region.joint_offset(q_image[:, :, :8], k_text, (2, 4), sigma)  # a 2 x 4 token grid: left half = columns 0-1
+    wide_bias = torch.zeros(8, 154)
+    wide_bias[torch.arange(8) % 4 < 2, 3] = wide_bias[torch.arange(8) % 4 < 2, 80] = 1
+    wide_peak = torch.stack([(q_image[b, :, :8] @ k_text[b].transpose(-1, -2)).max().clamp_min(0) for b in range(2)])
+    assert_close_across_paths(wide, (0.5 * torch.log1p(sigma) * wide_peak).view(2, 1, 1, 1) * wide_bias, rtol=1e-5,
+                              why=FORMULA)
     negative_peak = region.joint_offset(-q_image.abs(), k_text.abs(), (8, 8), sigma)
     assert float(negative_peak.abs().max()) == 0.0  # a negative maximum biases nothing (clamped at 0)
 
