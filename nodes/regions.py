@@ -265,10 +265,9 @@ def positive_rows(region: regions.RegionAttention, batch: int, extra_options) ->
     return rows, sigma
 
 
-class RegionAttentionPatch:
-    """attn2 replace callable: region-biased attention on the positive rows inside the sigma window; the
-    other rows keep the unpatched layer's own attention call. With an earlier replace patch, that patch
-    runs on every row and the bias is added to its output as (biased - plain)."""
+class _RegionPatch:
+    """What both region patches share: the region, the patch they wrap (kept across ModelPatcher.clone's deep
+    copy of model_options, which would otherwise copy the region's tensors), one warning per patch."""
 
     def __init__(self, region: regions.RegionAttention, previous=None):
         self.region = region
@@ -276,12 +275,18 @@ class RegionAttentionPatch:
         self._warned = False
 
     def __deepcopy__(self, memo):
-        return RegionAttentionPatch(self.region, copy.deepcopy(self.previous, memo))
+        return type(self)(self.region, copy.deepcopy(self.previous, memo))
 
     def _warn(self, message: str) -> None:
         if not self._warned:
-            LOG.warning("Stroke Regions to Words: %s; this layer is left unbiased", message)
+            LOG.warning("Stroke Regions to Words: %s", message)
             self._warned = True
+
+
+class RegionAttentionPatch(_RegionPatch):
+    """attn2 replace callable: region-biased attention on the positive rows inside the sigma window; the
+    other rows keep the unpatched layer's own attention call. With an earlier replace patch, that patch
+    runs on every row and the bias is added to its output as (biased - plain)."""
 
     def __call__(self, q, k, v, extra_options):
         rows, sigma, grid = self._biased_rows(q, k, extra_options)
@@ -292,7 +297,8 @@ class RegionAttentionPatch:
                                        sigma, with_plain=self.previous is not None)
         if result is None:
             self._warn(f"the conditioning has {k.shape[1]} tokens, not a multiple of the prompt's "
-                       f"{self.region.n_tokens} (connect this node's CONDITIONING output)")
+                       f"{self.region.n_tokens} (connect this node's CONDITIONING output); "
+                       "this layer is left unbiased")
             return self._unbiased(q, k, v, extra_options)
         if self.previous is not None:
             biased, plain = result
@@ -319,7 +325,8 @@ class RegionAttentionPatch:
         latent_hw = (extra_options.get("original_shape") or [0, 0, 0, 0])[-2:]
         grid = regions.layer_grid(q.shape[1], latent_hw, (extra_options.get("activations_shape") or [])[-2:] or None)
         if grid is None:
-            self._warn(f"cannot tell the layout of a layer with {q.shape[1]} query tokens")
+            self._warn(f"cannot tell the layout of a layer with {q.shape[1]} query tokens; "
+                       "this layer is left unbiased")
             return None, None, None
         return rows, sigma, grid
 
@@ -377,19 +384,11 @@ def _mask_rows(mask, rows: torch.Tensor, batch: int):
     return mask[rows.to(mask.device)]
 
 
-class JointRegionOverride:
+class JointRegionOverride(_RegionPatch):
     """``optimized_attention_override``: on the joint attention of a DiT block, the positive rows inside the
     sigma window get the region bias on their image-query x text-key block as an additive attention mask,
     computed by the host's own attention function (any backend); every other row, and every attention that
     is not joint, is the unpatched call. An override already on the model keeps being called for all rows."""
-
-    def __init__(self, region: regions.RegionAttention, previous=None):
-        self.region = region
-        self.previous = previous
-        self._warned = False
-
-    def __deepcopy__(self, memo):
-        return JointRegionOverride(self.region, copy.deepcopy(self.previous, memo))
 
     def _call(self, func, bound: dict):
         args = [bound.pop(name) for name in ("q", "k", "v", "heads")]
@@ -422,11 +421,8 @@ class JointRegionOverride:
         qh, kh = by_heads(q), by_heads(k)
         offset = self.region.joint_offset(qh[:, :, n_text:n_text + n_image], kh[:, :, :n_text], grid, sigma)
         if offset is None:
-            if not self._warned:
-                LOG.warning("Stroke Regions to Words: the conditioning has %d text tokens, not a multiple of the "
-                            "prompt's %d (connect this node's CONDITIONING output); the model is left unbiased",
-                            n_text, self.region.n_tokens)
-                self._warned = True
+            self._warn(f"the conditioning has {n_text} text tokens, not a multiple of the prompt's "
+                       f"{self.region.n_tokens} (connect this node's CONDITIONING output); the model is left unbiased")
             return self._call(func, bound)
         scale = qh.shape[-1] ** -0.5
         mask = torch.zeros(len(rows), offset.shape[1], length, length, dtype=q.dtype, device=q.device)
@@ -581,7 +577,8 @@ class StrokeRegions(io.ComfyNode):
             description="Say what each colour region of a stroke painting is ('river', 'castle', 'sun'), without "
                         "training: the words' prompt tokens get more attention from the image inside their region "
                         "(eDiff-I paint-with-words, or DenseDiffusion-style modulation; UNet cross-attention or "
-                        "the image-to-text block of Flux.1 / SD3.5 / Qwen-Image joint attention). Outputs a patched MODEL "
+                        "the image-to-text block of Flux.1 / SD3.5 / Qwen-Image joint attention). "
+                        "Outputs a patched MODEL "
                         "and the prompt's CONDITIONING for any sampler (KSampler, SamplerCustom, SDEdit, GradOP+).",
             inputs=[
                 io.Model.Input("model", tooltip="The diffusion model: a UNet (SD1.x, SD2, SDXL) or a joint-attention "
@@ -638,7 +635,8 @@ class StrokeRegions(io.ComfyNode):
                 LOG.info("Stroke Regions to Words: region_spec names no region; the model is unchanged")
             patched = model.clone()
         else:
-            patched = patch_joint_model(model, region) if is_joint_attention_model(model) else patch_model(model, region)
+            patch = patch_joint_model if is_joint_attention_model(model) else patch_model
+            patched = patch(model, region)
 
         preview = preview_image(palette, phrases)
         palette_ui = {
