@@ -47,14 +47,28 @@ def _positions(image_tokens: int, text_tokens: int):
     return ids
 
 
+def full_width_blocks(device, image_tokens: int, text_tokens: int):
+    """(double block, single block, RoPE table) of Flux.1 at full width with seeded random weights, frozen on
+    ``device``, for ``image_tokens`` on a square grid after ``text_tokens``. Call under inference_mode(False)."""
+    import comfy.ldm.flux.layers as flux
+    import comfy.ops
+    tiny = harness.test_nodes_module().tiny
+    ops = comfy.ops.disable_weight_init
+    double = flux.DoubleStreamBlock(HIDDEN, HEADS, MLP_RATIO, qkv_bias=True, operations=ops)
+    single = flux.SingleStreamBlock(HIDDEN, HEADS, MLP_RATIO, operations=ops)
+    for module in (double, single):
+        tiny.seeded_init_(module, 0)
+        module.to(device).eval().requires_grad_(False)
+    pe = flux.EmbedND(128, 10000, [16, 56, 56])(_positions(image_tokens, text_tokens)).to(device)
+    return double, single, pe
+
+
 def run(host) -> None:
     import lpips
     import open_clip
     import torch
 
-    import comfy.ldm.flux.layers as flux
     import comfy.ldm.models.autoencoder
-    import comfy.ops
     import comfy.taesd.taesd
     from bench.common import device_and_sync, device_name, forward_only, interleaved
     tiny = harness.test_nodes_module().tiny
@@ -70,13 +84,7 @@ def run(host) -> None:
           f"decoders and LPIPS at {pixels}^2 x {pixel_scale:.0f} (pixel ratio to 1024^2)"))
     pieces, no_backward = {}, {}
     with torch.inference_mode(False):
-        ops = comfy.ops.disable_weight_init
-        double = flux.DoubleStreamBlock(HIDDEN, HEADS, MLP_RATIO, qkv_bias=True, operations=ops)
-        single = flux.SingleStreamBlock(HIDDEN, HEADS, MLP_RATIO, operations=ops)
-        for module in (double, single):
-            tiny.seeded_init_(module, 0)
-            module.to(device).eval().requires_grad_(False)
-        pe = flux.EmbedND(128, 10000, [16, 56, 56])(_positions(image_tokens, text_tokens)).to(device)
+        double, single, pe = full_width_blocks(device, image_tokens, text_tokens)
         generator = torch.Generator().manual_seed(0)
         img = torch.randn(1, image_tokens, HIDDEN, generator=generator).to(device).requires_grad_(True)
         txt = torch.randn(1, text_tokens, HIDDEN, generator=generator).to(device).requires_grad_(True)

@@ -47,14 +47,11 @@ def flux_case(mode: str, rounds: int) -> dict:
 
     import torch
 
-    import comfy.ldm.flux.layers as flux
-    import comfy.ops
-    from bench.sections.flux import DOUBLE_BLOCKS, HEADS, HIDDEN, MLP_RATIO, SINGLE_BLOCKS, _positions
+    from bench.sections.flux import DOUBLE_BLOCKS, HIDDEN, SINGLE_BLOCKS, full_width_blocks
     from bench.common import forward_only
 
     regions_node = harness.loaded_module(f"{harness.PACK_NAME}.nodes.regions")
     regions = harness.loaded_module(f"{harness.PACK_NAME}.guidance.regions")
-    tiny = harness.test_nodes_module().tiny
     device, sync = device_and_sync()
     image_tokens, text_tokens = (4096, 512) if device.type == "cuda" else (1024, 128)
     side = math.isqrt(image_tokens)
@@ -70,13 +67,7 @@ def flux_case(mode: str, rounds: int) -> dict:
                        regions_node.LAYOUT_KEY: (text_tokens, (side, side)), "cond_or_uncond": [0],
                        "sigmas": torch.tensor([0.9])}
     with torch.inference_mode(False), torch.no_grad():
-        ops = comfy.ops.disable_weight_init
-        double = flux.DoubleStreamBlock(HIDDEN, HEADS, MLP_RATIO, qkv_bias=True, operations=ops)
-        single = flux.SingleStreamBlock(HIDDEN, HEADS, MLP_RATIO, operations=ops)
-        for module in (double, single):
-            tiny.seeded_init_(module, 0)
-            module.to(device).eval().requires_grad_(False)
-        pe = flux.EmbedND(128, 10000, [16, 56, 56])(_positions(image_tokens, text_tokens)).to(device)
+        double, single, pe = full_width_blocks(device, image_tokens, text_tokens)
         generator = torch.Generator().manual_seed(0)
         img = torch.randn(1, image_tokens, HIDDEN, generator=generator).to(device)
         txt = torch.randn(1, text_tokens, HIDDEN, generator=generator).to(device)
