@@ -1,18 +1,14 @@
 """Compares two GS_RECORD_NUMBERS files: the tensors every graph of the suite output, before and after a change.
 
-    export PYTHONHASHSEED=0   # both runs: see below
     GS_RECORD_NUMBERS=before.pt .venv/bin/python -m pytest tests -m "not server"   # on the old commit
     GS_RECORD_NUMBERS=after.pt  .venv/bin/python -m pytest tests -m "not server"   # on the new one
     .venv/bin/python scripts/compare_numbers.py before.pt after.pt [--rtol 1e-5]
 
-Fix PYTHONHASHSEED for both runs. Python randomises string hashing per process, which changes the order of
-set iteration inside the host (and so where tensors land in memory, and which SIMD path a kernel takes): the
-same graph then rounds differently in the last bits from one process to the next. Most graphs absorb that;
-GradOP+'s Adam does not, because it divides each gradient element by its own running size, so rounding noise
-on near-zero gradient elements becomes a full-size step (the SAMPLER-form option sweeps of test_every_option
-differed by up to 1e-4 of their scale on euler, and by far more on samplers that diverge on the tiny model).
-With PYTHONHASHSEED=0 in two separate processes the same sweep is bit-identical (189 of 189 tensors), and within
-one process the order in which the branches run changes nothing (checked: each branch equals its run alone).
+Two runs of the suite in separate processes give bitwise-equal tensors (checked on test_every_option's SAMPLER
+sweeps with PYTHONHASHSEED 1 and 2: 189 of 189). They once did not: the SAMPLER forms let uni_pc write into a
+SIGMAS tensor that ComfyUI's cache shared with the branch beside it, so the result depended on which branch the
+executor ran first, an order that follows Python's per-process string hashing (fixed; see
+test_a_sampler_form_never_writes_into_the_sigmas_it_was_given). A difference between two such runs is a bug.
 
 Each test's graphs are matched in the order they ran; a tensor agrees when max|after - before| is at most
 rtol * max|before| (the same machine and kernels: the default rtol is fp32's resolution). Prints a line per
