@@ -24,6 +24,31 @@ def base(kind: str = "sd15", seed: int = 0, text: str = "a castle on a hill") ->
     return prompt
 
 
+def flow_txt2img(kind: str, text: str = "a castle on a hill", text_encoder: str | None = None, seed: int = 1,
+                 steps: int = 2, cfg: float | None = None) -> dict:
+    """Text-to-image on a tiny flow transformer with its own node ids: checkpoint ck, prompts pos/neg, FluxGuidance
+    guided (read by Flux.1 dev, ignored by the others), EmptySD3LatentImage latent, KSampler sample (euler, simple;
+    cfg 1 on Flux, else 2), decode, and captures 'image' (out) and 'latent' (out_latent)."""
+    checkpoint = {"kind": kind, "seed": 0}
+    if text_encoder is not None:
+        checkpoint["text_encoder"] = text_encoder
+    return {
+        "ck": {"class_type": "GS_TestTinyFlowCheckpoint", "inputs": checkpoint},
+        "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": ["ck", 1]}},
+        "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["ck", 1]}},
+        "guided": {"class_type": "FluxGuidance", "inputs": {"conditioning": ["pos", 0], "guidance": 3.5}},
+        "latent": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "sample": {"class_type": "KSampler", "inputs": {
+            "model": ["ck", 0], "seed": seed, "steps": steps,
+            "cfg": cfg if cfg is not None else (1.0 if kind.startswith("flux") else 2.0),
+            "sampler_name": "euler", "scheduler": "simple", "positive": ["guided", 0], "negative": ["neg", 0],
+            "latent_image": ["latent", 0], "denoise": 1.0}},
+        "decode": {"class_type": "VAEDecode", "inputs": {"samples": ["sample", 0], "vae": ["ck", 2]}},
+        "out": {"class_type": "GS_TestCapture", "inputs": {"key": "image", "image": ["decode", 0]}},
+        "out_latent": {"class_type": "GS_TestCapture", "inputs": {"key": "latent", "latent": ["sample", 0]}},
+    }
+
+
 def solid_image(prompt: dict, node_id: str, width=64, height=64, batch=1, color=0x3366CC) -> list:
     prompt[node_id] = {"class_type": "EmptyImage",
                        "inputs": {"width": width, "height": height, "batch_size": batch, "color": color}}

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from devkit import harness
+from devkit import graphs, harness
 from devkit.tolerance import FORMULA, assert_close_across_paths
 
 # family -> (model_base class, latent format, its sampling schedule: (kind, shift)). The shifts are the
@@ -70,20 +70,7 @@ def test_an_unknown_family_is_refused(tiny_flow):
 
 
 def txt2img(kind: str) -> dict:
-    return {
-        "ck": {"class_type": "GS_TestTinyFlowCheckpoint", "inputs": {"kind": kind, "seed": 0}},
-        "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": "a castle on a hill", "clip": ["ck", 1]}},
-        "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["ck", 1]}},
-        "guided": {"class_type": "FluxGuidance", "inputs": {"conditioning": ["pos", 0], "guidance": 3.5}},
-        "latent": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "sample": {"class_type": "KSampler", "inputs": {
-            "model": ["ck", 0], "seed": 1, "steps": 2, "cfg": 1.0 if kind.startswith("flux") else 2.0,
-            "sampler_name": "euler", "scheduler": "simple", "positive": ["guided", 0], "negative": ["neg", 0],
-            "latent_image": ["latent", 0], "denoise": 1.0}},
-        "decode": {"class_type": "VAEDecode", "inputs": {"samples": ["sample", 0], "vae": ["ck", 2]}},
-        "out": {"class_type": "GS_TestCapture", "inputs": {"key": "image", "image": ["decode", 0]}},
-        "out_latent": {"class_type": "GS_TestCapture", "inputs": {"key": "latent", "latent": ["sample", 0]}},
-    }
+    return graphs.flow_txt2img(kind)
 
 
 @pytest.mark.parametrize("kind", list(FAMILIES))

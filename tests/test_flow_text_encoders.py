@@ -4,7 +4,7 @@ docs/text_encoder_layouts.md writes the layouts down; the hand-checked values be
 import pytest
 import torch
 
-from devkit import harness
+from devkit import graphs, harness
 from devkit.tolerance import PATHS, assert_close_across_paths
 
 PROMPT = "a red castle, a blue river"
@@ -207,24 +207,9 @@ def test_an_unknown_text_encoder_or_family_is_refused(modules):
 
 
 def txt2img(kind: str, text_encoder: str | None = "family") -> dict:
-    ck = {"kind": kind, "seed": 0}
-    if text_encoder is not None:
-        ck["text_encoder"] = text_encoder
-    return {
-        "ck": {"class_type": "GS_TestTinyFlowCheckpoint", "inputs": ck},
-        "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": PROMPT, "clip": ["ck", 1]}},
-        "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["ck", 1]}},
-        "guided": {"class_type": "FluxGuidance", "inputs": {"conditioning": ["pos", 0], "guidance": 3.5}},
-        "cond": {"class_type": "GS_TestCaptureConditioning", "inputs": {"key": "cond", "conditioning": ["pos", 0]}},
-        "latent": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "sample": {"class_type": "KSampler", "inputs": {
-            "model": ["ck", 0], "seed": 1, "steps": 2, "cfg": 1.0 if kind.startswith("flux") else 2.0,
-            "sampler_name": "euler", "scheduler": "simple", "positive": ["guided", 0], "negative": ["neg", 0],
-            "latent_image": ["latent", 0], "denoise": 1.0}},
-        "decode": {"class_type": "VAEDecode", "inputs": {"samples": ["sample", 0], "vae": ["ck", 2]}},
-        "out": {"class_type": "GS_TestCapture", "inputs": {"key": "image", "image": ["decode", 0]}},
-        "out_latent": {"class_type": "GS_TestCapture", "inputs": {"key": "latent", "latent": ["sample", 0]}},
-    }
+    prompt = graphs.flow_txt2img(kind, PROMPT, text_encoder)
+    prompt["cond"] = {"class_type": "GS_TestCaptureConditioning", "inputs": {"key": "cond", "conditioning": ["pos", 0]}}
+    return prompt
 
 
 @pytest.mark.parametrize("kind", ["flux_dev", "sd35", "qwen_image", "chroma", "z_image"])

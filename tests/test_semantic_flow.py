@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from devkit import harness
+from devkit import graphs, harness
 from devkit.tolerance import FORMULA, ORACLE, PATHS, assert_close_across_paths
 
 VIT = {"architecture": "GS-Test-Tiny-ViT", "checkpoint": "gs_tiny_vit.safetensors"}
@@ -39,18 +39,9 @@ def flow_prompt(kind: str, guide: dict | None, cfg: float, steps: int = 3, vae: 
     """Tiny flow checkpoint -> recorder 'before' -> CLIP Semantic Guidance -> recorder 'after' -> KSampler
     (euler, simple) -> captured latent 'latent'. ``guide`` None: the unpatched model. ``vae``: the node whose
     output 0 (or the checkpoint's output 2) is the VAE."""
-    prompt = {
-        "ck": {"class_type": "GS_TestTinyFlowCheckpoint", "inputs": {"kind": kind, "seed": 0}},
-        "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": "a castle on a hill", "clip": ["ck", 1]}},
-        "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["ck", 1]}},
-        "guided": {"class_type": "FluxGuidance", "inputs": {"conditioning": ["pos", 0], "guidance": 3.5}},
-        "latent": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "sample": {"class_type": "KSampler", "inputs": {
-            "model": ["ck", 0], "seed": seed, "steps": steps, "cfg": cfg, "sampler_name": "euler",
-            "scheduler": "simple", "positive": ["guided", 0], "negative": ["neg", 0], "latent_image": ["latent", 0],
-            "denoise": 1.0}},
-        "out": {"class_type": "GS_TestCapture", "inputs": {"key": "latent", "latent": ["sample", 0]}},
-    }
+    prompt = graphs.flow_txt2img(kind, seed=seed, steps=steps, cfg=cfg)
+    del prompt["decode"], prompt["out_latent"]
+    prompt["out"] = {"class_type": "GS_TestCapture", "inputs": {"key": "latent", "latent": ["sample", 0]}}
     vae_output = ["ck", 2] if vae == "ck" else [vae, 0]
     if guide is not None:
         prompt["clip"] = {"class_type": "GS_OpenCLIPLoader", "inputs": {
