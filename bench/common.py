@@ -80,3 +80,28 @@ class FullSizeSD15:
         import torch
         side = self.latent // scale
         return torch.randn(1, 4, side, side, device=self.device, requires_grad=requires_grad)
+
+
+def print_sync_cost_rows(costs: dict, steps: int, sync_steps: int, windows: int,
+                         full_decoder_without_jacobian: bool = False) -> None:
+    """SyncDiffusion's cost vs MultiDiffusion per option, from timed pieces: U (one model call), D/T (decoder
+    forward), L (LPIPS), and their forward + backward Ug, Dg/Tg, Lg, Lg/2. Each synced step runs the plain
+    windows once more through decoder and LPIPS, and every window but the anchor through the gradient pass. A
+    row whose pieces were not timed prints n/a."""
+    options = {
+        "full VAE decoder (reference)": ("Ug", "D", "Dg", "Lg", sync_steps),
+        "TAESD in the loss": ("Ug", "T", "Tg", "Lg", sync_steps),
+        "TAESD, lpips_size 1/2": ("Ug", "T", "Tg", "Lg/2", sync_steps),
+        **({"full VAE decoder, unet_jacobian none": ("U", "D", "Dg", "Lg", sync_steps)}
+           if full_decoder_without_jacobian else {}),
+        "TAESD, unet_jacobian none": ("U", "T", "Tg", "Lg", sync_steps),
+        "TAESD, sync_every 2": ("Ug", "T", "Tg", "Lg", sync_steps // 2),
+        "TAESD, unet_jacobian none, lpips_size 1/2": ("U", "T", "Tg", "Lg/2", sync_steps),
+    }
+    plain = steps * windows * costs["U"]
+    for name, (unet_g, dec, dec_g, lp_g, count) in options.items():
+        if unet_g not in costs:
+            print(f"  {name:44}   n/a")
+            continue
+        per_step = costs["U"] + costs[dec] + costs["L"] + (windows - 1) * (costs[unet_g] + costs[dec_g] + costs[lp_g])
+        print(f"  {name:44} {1 + count * per_step / plain:5.2f}x")

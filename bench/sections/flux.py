@@ -70,7 +70,7 @@ def run(host) -> None:
 
     import comfy.ldm.models.autoencoder
     import comfy.taesd.taesd
-    from bench.common import device_and_sync, device_name, forward_only, interleaved
+    from bench.common import device_and_sync, device_name, forward_only, interleaved, print_sync_cost_rows
     tiny = harness.test_nodes_module().tiny
     lpips_model = harness.loaded_module(f"{harness.PACK_NAME}.nodes.toolkit.lpips_model")
     device, sync = device_and_sync()
@@ -151,24 +151,9 @@ def run(host) -> None:
           "g: forward + backward; D/T: 16-ch KL VAE / TAEF1-shaped decoder; L: LPIPS VGG; CLIP g: ViT-B-32 on 4 "
           "224 px views")
     steps, sync_steps, windows = (REFERENCE_SETTING[k] for k in ("steps", "sync_steps", "windows"))
-    plain = steps * windows * costs["U"]
-    options = {
-        "full VAE decoder (reference)": ("Ug", "D", "Dg", "Lg", sync_steps),
-        "TAESD in the loss": ("Ug", "T", "Tg", "Lg", sync_steps),
-        "TAESD, lpips_size 1/2": ("Ug", "T", "Tg", "Lg/2", sync_steps),
-        "full VAE decoder, unet_jacobian none": ("U", "D", "Dg", "Lg", sync_steps),
-        "TAESD, unet_jacobian none": ("U", "T", "Tg", "Lg", sync_steps),
-        "TAESD, sync_every 2": ("Ug", "T", "Tg", "Lg", sync_steps // 2),
-        "TAESD, unet_jacobian none, lpips_size 1/2": ("U", "T", "Tg", "Lg/2", sync_steps),
-    }
     print(f"SyncDiffusion, {windows} windows of 1024 px, sync in {sync_steps} of {steps} steps, vs MultiDiffusion "
           f"(the SD1.5 rows' setting):")
-    for name, (unet_g, dec, dec_g, lp_g, count) in options.items():
-        if unet_g not in costs:
-            print(f"  {name:44}   n/a")
-            continue
-        per_step = costs["U"] + costs[dec] + costs["L"] + (windows - 1) * (costs[unet_g] + costs[dec_g] + costs[lp_g])
-        print(f"  {name:44} {1 + count * per_step / plain:5.2f}x")
+    print_sync_cost_rows(costs, steps, sync_steps, windows, full_decoder_without_jacobian=True)
     print("CLIP guidance, guided / unguided sampling at the same steps:")
     for name, decoder_key, share in (("full VAE decoder, every step", "Dg", 1.0),
                                       ("full VAE decoder, every 2 steps", "Dg", 0.5),

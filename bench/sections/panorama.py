@@ -76,7 +76,7 @@ def full_size(latent: int = 64) -> None:
     of each piece, from which the reference's setting (512x3072, stride 128 px, sync in 10 of 50 steps) is
     costed against MultiDiffusion for each option. Needs about 20 GB of RAM and some CPU minutes."""
     import torch
-    from bench.common import FullSizeSD15, forward_only, interleaved
+    from bench.common import FullSizeSD15, forward_only, interleaved, print_sync_cost_rows
     from devkit import memory_probe
     gradients = harness.loaded_module(f"{harness.PACK_NAME}.nodes.toolkit.gradients")
     lpips_model = harness.loaded_module(f"{harness.PACK_NAME}.nodes.toolkit.lpips_model")
@@ -123,17 +123,6 @@ def full_size(latent: int = 64) -> None:
           ", ".join(f"{k} {v:.2f}" for k, v in costs.items()) +
           "  (U: CFG pair UNet forward, D/T: SD VAE / TAESD decode, L: LPIPS VGG; g: forward + backward)")
     steps, sync_steps, windows = (REFERENCE_SETTING[k] for k in ("steps", "sync_steps", "windows"))
-    plain = steps * windows * costs["U"]
-    options = {
-        "full VAE decoder (reference)": ("Ug", "D", "Dg", "Lg", sync_steps),
-        "TAESD in the loss": ("Ug", "T", "Tg", "Lg", sync_steps),
-        "TAESD, lpips_size 1/2": ("Ug", "T", "Tg", "Lg/2", sync_steps),
-        "TAESD, unet_jacobian none": ("U", "T", "Tg", "Lg", sync_steps),
-        "TAESD, sync_every 2": ("Ug", "T", "Tg", "Lg", sync_steps // 2),
-        "TAESD, unet_jacobian none, lpips_size 1/2": ("U", "T", "Tg", "Lg/2", sync_steps),
-    }
     print(f"the reference's setting ({windows} windows, sync in {sync_steps} of {steps} steps) costed from these "
           f"pieces, vs MultiDiffusion:")
-    for name, (unet_g, dec, dec_g, lp_g, count) in options.items():
-        per_step = costs["U"] + costs[dec] + costs["L"] + (windows - 1) * (costs[unet_g] + costs[dec_g] + costs[lp_g])
-        print(f"  {name:44} {1 + count * per_step / plain:5.2f}x")
+    print_sync_cost_rows(costs, steps, sync_steps, windows)
